@@ -1,0 +1,204 @@
+/*
+ * smtp_plugin.h - the plugin ABI of smtp-plugin-host.
+ *
+ * This header is the contract. The Zig binding (abi/zig/) and the TypeScript
+ * layouts (src/abi/) are checked against it by test/abi/layout.test.ts, so a
+ * change here that is not mirrored there fails the tests.
+ *
+ * Rules that hold for every declaration below:
+ *  - Structs only grow at the end. A struct that the host hands to a plugin
+ *    starts with `struct_size`, so a plugin built against an older header can
+ *    tell which fields exist; the plugin's own structs are versioned by the
+ *    ABI version the plugin exports.
+ *  - The host never calls into one plugin from two threads at once.
+ *  - Strings are UTF-8. Metadata values are byte strings with a length and
+ *    may hold any byte, NUL included.
+ *  - A plugin links no host symbol: everything the host offers arrives
+ *    through the pointers passed to init and to execute_hook.
+ *
+ * See docs/abi.md for the reference, including what stop and cancel mean for
+ * each hook.
+ */
+#ifndef SMTP_PLUGIN_H
+#define SMTP_PLUGIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ABI version: major in the high 16 bits, minor in the low 16 bits. The host
+ * loads a plugin whose major equals its own and whose minor is not newer than
+ * its own. */
+#define SMTP_PLUGIN_ABI_VERSION_MAJOR 1u
+#define SMTP_PLUGIN_ABI_VERSION_MINOR 0u
+#define SMTP_PLUGIN_ABI_VERSION ((SMTP_PLUGIN_ABI_VERSION_MAJOR << 16) | SMTP_PLUGIN_ABI_VERSION_MINOR)
+
+/* The 19 hooks, in the order and with the names of the seed guide. */
+typedef enum smtp_hook_type {
+    SMTP_HOOK_MESSAGE_RECEIVED = 0,
+    SMTP_HOOK_MESSAGE_VALIDATED = 1,
+    SMTP_HOOK_MESSAGE_FILTERED = 2,
+    SMTP_HOOK_MESSAGE_STORED = 3,
+    SMTP_HOOK_MESSAGE_DELIVERED = 4,
+    SMTP_HOOK_AUTH_STARTED = 5,
+    SMTP_HOOK_AUTH_COMPLETED = 6,
+    SMTP_HOOK_AUTH_FAILED = 7,
+    SMTP_HOOK_CONNECTION_OPENED = 8,
+    SMTP_HOOK_CONNECTION_CLOSED = 9,
+    SMTP_HOOK_CONNECTION_UPGRADED = 10,
+    SMTP_HOOK_COMMAND_RECEIVED = 11,
+    SMTP_HOOK_COMMAND_VALIDATED = 12,
+    SMTP_HOOK_CONFIG_LOADED = 13,
+    SMTP_HOOK_CONFIG_CHANGED = 14,
+    SMTP_HOOK_SERVER_STARTING = 15,
+    SMTP_HOOK_SERVER_STARTED = 16,
+    SMTP_HOOK_SERVER_STOPPING = 17,
+    SMTP_HOOK_SERVER_STOPPED = 18
+} smtp_hook_type;
+
+#define SMTP_HOOK_COUNT 19
+
+/* Bit for one hook in smtp_plugin_metadata.handled_hooks. */
+#define SMTP_HOOK_BIT(hook) (UINT64_C(1) << (hook))
+
+/* What execute_hook returns. Any other value is a plugin error, handled by
+ * the plugin's failure policy. A context whose `cancel` flag is set after the
+ * call counts as SMTP_HOOK_CANCEL whatever the code. */
+typedef enum smtp_hook_result {
+    SMTP_HOOK_CONTINUE = 0, /* run the next plugin */
+    SMTP_HOOK_STOP = 1,     /* run no further plugin for this event */
+    SMTP_HOOK_CANCEL = 2    /* run no further plugin and refuse the operation */
+} smtp_hook_result;
+
+/* Status codes returned by the host functions in smtp_host_api. */
+typedef enum smtp_status {
+    SMTP_STATUS_OK = 0,
+    SMTP_STATUS_NO_MEMORY = 1,   /* the host could not allocate */
+    SMTP_STATUS_TOO_LARGE = 2,   /* a key, a value or the key count is over its bound */
+    SMTP_STATUS_INVALID = 3      /* a NULL pointer with a non-zero length, or an empty key */
+} smtp_status;
+
+/* The host allocator handed to init. The guide's `std.mem.Allocator` is not a
+ * C type, so the host passes this table; the Zig binding wraps it back into a
+ * std.mem.Allocator (plugin.Allocator.allocator()).
+ * Ownership: the struct and `ctx` belong to the host and stay valid from init
+ * until deinit returns. Memory from `alloc` belongs to the plugin until it
+ * passes it to `free` with the same `len` and `alignment`. */
+typedef struct smtp_allocator {
+    uint32_t struct_size;   /* sizeof(smtp_allocator) as the host built it */
+    uint32_t reserved;
+    void *ctx;
+    /* Returns `len` bytes aligned to `alignment` (a power of two), or NULL. */
+    void *(*alloc)(void *ctx, size_t len, size_t alignment);
+    /* Releases memory from `alloc`. `ptr` may be NULL when `len` is 0. */
+    void (*free)(void *ctx, void *ptr, size_t len, size_t alignment);
+} smtp_allocator;
+
+struct smtp_hook_context;
+
+/* Host functions reached through smtp_hook_context.host.
+ * Ownership: the table belongs to the host and stays valid for the call. */
+typedef struct smtp_host_api {
+    uint32_t struct_size;   /* sizeof(smtp_host_api) as the host built it */
+    uint32_t reserved;
+    /* Looks up `key`. Returns 1 and sets *value and *value_len when the key
+     * is present, 0 when it is absent. *value belongs to the host and stays
+     * valid until this key is set again or execute_hook returns. */
+    int (*get_metadata)(const struct smtp_hook_context *ctx,
+                        const uint8_t *key, size_t key_len,
+                        const uint8_t **value, size_t *value_len);
+    /* Copies `key` and `value` into the context, replacing an earlier value.
+     * Returns an smtp_status; the pointers are only read during the call. */
+    int (*set_metadata)(struct smtp_hook_context *ctx,
+                        const uint8_t *key, size_t key_len,
+                        const uint8_t *value, size_t value_len);
+} smtp_host_api;
+
+/* The context of one hook call.
+ * Ownership: the host owns it; it is valid only until execute_hook returns.
+ * The plugin may write `cancel` and nothing else. */
+typedef struct smtp_hook_context {
+    uint32_t struct_size;          /* sizeof(smtp_hook_context) as the host built it */
+    smtp_hook_type hook_type;      /* which hook is running (an int) */
+    bool cancel;                   /* set it to cancel the operation */
+    uint8_t reserved[7];
+    const smtp_host_api *host;     /* host functions, never NULL */
+    void *host_data;               /* the host's own state; opaque to plugins */
+} smtp_hook_context;
+
+/* Plugin metadata.
+ * Ownership: the plugin's; the struct and every string it points to must stay
+ * valid until the library is unloaded (static data, in practice). The host
+ * copies and validates it at load: strings must be UTF-8, at most
+ * 256 bytes (description: 4096), at most 64 dependencies. */
+typedef struct smtp_plugin_metadata {
+    const char *name;               /* required, non-empty: [A-Za-z0-9._-]+ */
+    const char *version;            /* required, semantic version, e.g. "1.0.0" */
+    const char *author;             /* required, may be "" */
+    const char *description;        /* required, may be "" */
+    const char *license;            /* required, may be "" */
+    /* NULL-terminated array of plugin names, each optionally followed by
+     * "@" and a semver range ("spam-filter@^1.0"). NULL means none. */
+    const char *const *dependencies;
+    const char *min_server_version; /* nullable: no lower bound */
+    const char *max_server_version; /* nullable: no upper bound */
+    /* Which hooks the plugin handles, as SMTP_HOOK_BIT(hook) bits; 0 means
+     * every hook. The host skips the plugin for hooks not listed. */
+    uint64_t handled_hooks;
+} smtp_plugin_metadata;
+
+/* The six plugin functions, in the seed guide's order.
+ * Ownership: the plugin's; must stay valid until the library is unloaded. */
+typedef struct smtp_plugin_interface {
+    /* Called once after load. `config_json` is a NUL-terminated JSON text
+     * ("{}" when the plugin has no config), valid only during the call.
+     * Returns 0 on success; anything else refuses the plugin. */
+    int (*init)(const smtp_allocator *host_allocator, const char *config_json);
+    /* Called once before unload, after disable. Frees what init took. */
+    void (*deinit)(void);
+    /* Returns the plugin's metadata; NULL refuses the plugin. */
+    const smtp_plugin_metadata *(*get_metadata)(void);
+    /* Runs one hook. Returns an smtp_hook_result. */
+    int (*execute_hook)(smtp_hook_context *context);
+    /* Returns 0 on success. */
+    int (*enable)(void);
+    /* Returns 0 on success. */
+    int (*disable)(void);
+} smtp_plugin_interface;
+
+/* --- Exports of a plugin library --------------------------------------- */
+
+/* Required marker, checked before anything else is called: returns the
+ * SMTP_PLUGIN_ABI_VERSION the plugin was built against. The Zig binding
+ * exports it for you; C plugins use SMTP_PLUGIN_DECLARE_ABI_VERSION(). */
+uint32_t smtp_plugin_abi_version(void);
+
+/* Required entry point: the six functions. When absent, the host falls back
+ * to the six individual exports below, all of which are then required. */
+const smtp_plugin_interface *smtp_plugin_get_interface(void);
+
+int smtp_plugin_init(const smtp_allocator *host_allocator, const char *config_json);
+void smtp_plugin_deinit(void);
+const smtp_plugin_metadata *smtp_plugin_get_metadata(void);
+int smtp_plugin_execute_hook(smtp_hook_context *context);
+int smtp_plugin_enable(void);
+int smtp_plugin_disable(void);
+
+#if defined(_WIN32)
+#define SMTP_PLUGIN_EXPORT __declspec(dllexport)
+#else
+#define SMTP_PLUGIN_EXPORT __attribute__((visibility("default")))
+#endif
+
+#define SMTP_PLUGIN_DECLARE_ABI_VERSION() \
+    SMTP_PLUGIN_EXPORT uint32_t smtp_plugin_abi_version(void) { return SMTP_PLUGIN_ABI_VERSION; }
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SMTP_PLUGIN_H */

@@ -1,0 +1,153 @@
+//! An in-memory implementation of the host side of a hook context: the
+//! metadata store and the smtp_host_api functions over it. Zig unit tests get
+//! it through `plugin.HookContext.init`; the Node host's native runtime
+//! (src/native/host_runtime.zig) serves real hook calls with the same code.
+const std = @import("std");
+pub const plugin = @import("plugin.zig");
+
+/// Bounds on what a context holds, enforced on every set.
+pub const Limits = struct {
+    key_bytes_max: usize = 256,
+    value_bytes_max: usize = 64 * 1024 * 1024,
+    keys_max: usize = 1024,
+};
+
+pub const Entry = struct {
+    key: []u8,
+    value: []u8,
+    /// Set by a plugin since the host last collected changes.
+    changed: bool,
+};
+
+pub const Store = struct {
+    allocator: std.mem.Allocator,
+    limits: Limits,
+    entries: []Entry = &.{},
+    len: usize = 0,
+    changed_count: usize = 0,
+
+    pub fn find(self: *const Store, key: []const u8) ?*Entry {
+        for (self.entries[0..self.len]) |*entry| {
+            if (std.mem.eql(u8, entry.key, key)) return entry;
+        }
+        return null;
+    }
+
+    /// Sets `key`; `by_plugin` marks the entry as a change to report.
+    pub fn put(self: *Store, key: []const u8, value: []const u8, by_plugin: bool) plugin.Status {
+        if (key.len == 0) return .invalid;
+        if (key.len > self.limits.key_bytes_max or value.len > self.limits.value_bytes_max) return .too_large;
+        const copy = self.allocator.dupe(u8, value) catch return .no_memory;
+        if (self.find(key)) |entry| {
+            self.allocator.free(entry.value);
+            entry.value = copy;
+            self.markChanged(entry, by_plugin);
+            return .ok;
+        }
+        if (self.len == self.limits.keys_max) {
+            self.allocator.free(copy);
+            return .too_large;
+        }
+        if (self.len == self.entries.len) {
+            const capacity = @min(self.limits.keys_max, @max(8, self.entries.len * 2));
+            self.entries = self.allocator.realloc(self.entries, capacity) catch {
+                self.allocator.free(copy);
+                return .no_memory;
+            };
+        }
+        const key_copy = self.allocator.dupe(u8, key) catch {
+            self.allocator.free(copy);
+            return .no_memory;
+        };
+        self.entries[self.len] = .{ .key = key_copy, .value = copy, .changed = false };
+        self.markChanged(&self.entries[self.len], by_plugin);
+        self.len += 1;
+        return .ok;
+    }
+
+    fn markChanged(self: *Store, entry: *Entry, by_plugin: bool) void {
+        if (by_plugin and !entry.changed) self.changed_count += 1;
+        if (!by_plugin and entry.changed) self.changed_count -= 1;
+        entry.changed = by_plugin;
+    }
+
+    /// Forgets every change mark (after the host collected them).
+    pub fn clearChanges(self: *Store) void {
+        for (self.entries[0..self.len]) |*entry| entry.changed = false;
+        self.changed_count = 0;
+    }
+
+    /// Removes every entry, keeping the entry array for reuse.
+    pub fn clear(self: *Store) void {
+        for (self.entries[0..self.len]) |entry| {
+            self.allocator.free(entry.key);
+            self.allocator.free(entry.value);
+        }
+        self.len = 0;
+        self.changed_count = 0;
+    }
+
+    pub fn deinit(self: *Store) void {
+        self.clear();
+        self.allocator.free(self.entries);
+        self.entries = &.{};
+    }
+};
+
+pub fn storeOf(ctx: *const plugin.HookContext) *Store {
+    return @ptrCast(@alignCast(ctx.host_data.?));
+}
+
+fn getMetadata(ctx: *const plugin.HookContext, key: [*]const u8, key_len: usize, value: *?[*]const u8, value_len: *usize) callconv(.c) c_int {
+    const entry = storeOf(ctx).find(key[0..key_len]) orelse return 0;
+    value.* = entry.value.ptr;
+    value_len.* = entry.value.len;
+    return 1;
+}
+
+fn setMetadata(ctx: *plugin.HookContext, key: [*]const u8, key_len: usize, value: [*]const u8, value_len: usize) callconv(.c) c_int {
+    return @intFromEnum(storeOf(ctx).put(key[0..key_len], value[0..value_len], true));
+}
+
+pub const api: plugin.HostApi = .{ .get_metadata = getMetadata, .set_metadata = setMetadata };
+
+/// A context whose metadata lives in a Store taken from `allocator`.
+/// Panics when `allocator` cannot provide the few bytes of the store, which
+/// keeps the guide's `HookContext.init(...)` free of `try`.
+pub fn initContext(allocator: std.mem.Allocator, hook_type: plugin.HookType, limits: Limits) plugin.HookContext {
+    const store = allocator.create(Store) catch @panic("out of memory creating a hook context");
+    store.* = .{ .allocator = allocator, .limits = limits };
+    return .{ .hook_type = hook_type, .host = &api, .host_data = store };
+}
+
+/// Frees a context made by initContext; leaves any other context alone.
+pub fn deinitContext(ctx: *plugin.HookContext) void {
+    if (ctx.host != &api) return;
+    const store = storeOf(ctx);
+    const allocator = store.allocator;
+    store.deinit();
+    allocator.destroy(store);
+    ctx.host_data = null;
+}
+
+test "metadata set by a plugin is read back and marked as a change" {
+    var ctx = initContext(std.testing.allocator, .message_filtered, .{});
+    defer deinitContext(&ctx);
+    try ctx.setMetadata("k", "v1");
+    try ctx.setMetadata("k", "v2\x00binary");
+    try std.testing.expectEqualStrings("v2\x00binary", ctx.getMetadata("k").?);
+    try std.testing.expect(ctx.getMetadata("absent") == null);
+    try std.testing.expectEqual(@as(usize, 1), storeOf(&ctx).changed_count);
+}
+
+test "limits refuse oversized keys, values and key counts" {
+    var ctx = initContext(std.testing.allocator, .message_received, .{ .key_bytes_max = 4, .value_bytes_max = 8, .keys_max = 2 });
+    defer deinitContext(&ctx);
+    try std.testing.expectError(error.MetadataTooLarge, ctx.setMetadata("toolong", "v"));
+    try std.testing.expectError(error.MetadataTooLarge, ctx.setMetadata("k", "123456789"));
+    try std.testing.expectError(error.InvalidMetadata, ctx.setMetadata("", "v"));
+    try ctx.setMetadata("a", "1");
+    try ctx.setMetadata("b", "2");
+    try std.testing.expectError(error.MetadataTooLarge, ctx.setMetadata("c", "3"));
+    try ctx.setMetadata("a", "replaced");
+}

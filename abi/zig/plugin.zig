@@ -1,0 +1,236 @@
+//! The plugin API of the seed guide, over the C ABI of abi/smtp_plugin.h.
+//! Every `extern struct` here mirrors a struct of the header; the sizes are
+//! asserted below and test/abi/layout.test.ts compares every offset.
+const std = @import("std");
+const builtin = @import("builtin");
+const metadata_host = @import("metadata_host.zig");
+
+pub const abi_version_major: u32 = 1;
+pub const abi_version_minor: u32 = 0;
+/// SMTP_PLUGIN_ABI_VERSION: major in the high 16 bits, minor in the low 16.
+pub const abi_version: u32 = (abi_version_major << 16) | abi_version_minor;
+
+/// smtp_hook_type. Non-exhaustive so that a value this build does not name
+/// lands in a switch's `else` prong instead of being undefined behaviour.
+pub const HookType = enum(c_int) {
+    message_received = 0,
+    message_validated = 1,
+    message_filtered = 2,
+    message_stored = 3,
+    message_delivered = 4,
+    auth_started = 5,
+    auth_completed = 6,
+    auth_failed = 7,
+    connection_opened = 8,
+    connection_closed = 9,
+    connection_upgraded = 10,
+    command_received = 11,
+    command_validated = 12,
+    config_loaded = 13,
+    config_changed = 14,
+    server_starting = 15,
+    server_started = 16,
+    server_stopping = 17,
+    server_stopped = 18,
+    _,
+};
+
+pub const hook_count: usize = 19;
+
+/// smtp_hook_result: what executeHook returns.
+pub const HookResult = enum(c_int) {
+    @"continue" = 0,
+    stop = 1,
+    cancel = 2,
+};
+
+/// smtp_status: what the host functions return.
+pub const Status = enum(c_int) {
+    ok = 0,
+    no_memory = 1,
+    too_large = 2,
+    invalid = 3,
+    _,
+};
+
+/// The bit of `hook` in PluginMetadata.handled_hooks.
+pub fn hookBit(hook: HookType) u64 {
+    return @as(u64, 1) << @intCast(@intFromEnum(hook));
+}
+
+/// PluginMetadata.handled_hooks for a list of hooks.
+pub fn hookMask(comptime hooks: []const HookType) u64 {
+    comptime var mask: u64 = 0;
+    inline for (hooks) |hook| mask |= comptime hookBit(hook);
+    return mask;
+}
+
+/// smtp_allocator: the host allocator handed to init. Valid from init until
+/// deinit returns.
+pub const Allocator = extern struct {
+    struct_size: u32 = @sizeOf(Allocator),
+    reserved: u32 = 0,
+    ctx: ?*anyopaque,
+    alloc: *const fn (ctx: ?*anyopaque, len: usize, alignment: usize) callconv(.c) ?*anyopaque,
+    free: *const fn (ctx: ?*anyopaque, ptr: ?*anyopaque, len: usize, alignment: usize) callconv(.c) void,
+
+    /// The host allocator as a `std.mem.Allocator`. It never resizes in
+    /// place, so growing a buffer reallocates and copies.
+    pub fn allocator(self: *const Allocator) std.mem.Allocator {
+        return .{ .ptr = @constCast(self), .vtable = &std_vtable };
+    }
+
+    /// A host allocator backed by a Zig allocator, for unit tests that call
+    /// `smtp_plugin_init` without a host: `Allocator.wrap(&testing.allocator)`.
+    pub fn wrap(backing: *const std.mem.Allocator) Allocator {
+        return .{ .ctx = @constCast(backing), .alloc = wrappedAlloc, .free = wrappedFree };
+    }
+
+    const std_vtable: std.mem.Allocator.VTable = .{
+        .alloc = stdAlloc,
+        .resize = stdResize,
+        .remap = stdRemap,
+        .free = stdFree,
+    };
+
+    fn stdAlloc(ptr: *anyopaque, len: usize, alignment: std.mem.Alignment, ret_addr: usize) ?[*]u8 {
+        _ = ret_addr;
+        const self: *const Allocator = @ptrCast(@alignCast(ptr));
+        const raw = self.alloc(self.ctx, len, alignment.toByteUnits()) orelse return null;
+        return @ptrCast(raw);
+    }
+
+    fn stdResize(ptr: *anyopaque, memory: []u8, alignment: std.mem.Alignment, new_len: usize, ret_addr: usize) bool {
+        _ = .{ ptr, alignment, ret_addr };
+        // free() must receive the length alloc() was given, so only a no-op
+        // resize can succeed in place.
+        return new_len == memory.len;
+    }
+
+    fn stdRemap(ptr: *anyopaque, memory: []u8, alignment: std.mem.Alignment, new_len: usize, ret_addr: usize) ?[*]u8 {
+        _ = .{ ptr, alignment, ret_addr };
+        return if (new_len == memory.len) memory.ptr else null;
+    }
+
+    fn stdFree(ptr: *anyopaque, memory: []u8, alignment: std.mem.Alignment, ret_addr: usize) void {
+        _ = ret_addr;
+        const self: *const Allocator = @ptrCast(@alignCast(ptr));
+        self.free(self.ctx, memory.ptr, memory.len, alignment.toByteUnits());
+    }
+
+    fn wrappedAlloc(ctx: ?*anyopaque, len: usize, alignment: usize) callconv(.c) ?*anyopaque {
+        const backing: *const std.mem.Allocator = @ptrCast(@alignCast(ctx.?));
+        const a = std.mem.Alignment.fromByteUnits(alignment);
+        return @ptrCast(backing.rawAlloc(len, a, @returnAddress()) orelse return null);
+    }
+
+    fn wrappedFree(ctx: ?*anyopaque, ptr: ?*anyopaque, len: usize, alignment: usize) callconv(.c) void {
+        const backing: *const std.mem.Allocator = @ptrCast(@alignCast(ctx.?));
+        const p: [*]u8 = @ptrCast(ptr orelse return);
+        backing.rawFree(p[0..len], std.mem.Alignment.fromByteUnits(alignment), @returnAddress());
+    }
+};
+
+/// smtp_host_api: the host functions, reached through HookContext.host.
+pub const HostApi = extern struct {
+    struct_size: u32 = @sizeOf(HostApi),
+    reserved: u32 = 0,
+    get_metadata: *const fn (ctx: *const HookContext, key: [*]const u8, key_len: usize, value: *?[*]const u8, value_len: *usize) callconv(.c) c_int,
+    set_metadata: *const fn (ctx: *HookContext, key: [*]const u8, key_len: usize, value: [*]const u8, value_len: usize) callconv(.c) c_int,
+};
+
+pub const SetMetadataError = error{ OutOfMemory, MetadataTooLarge, InvalidMetadata };
+
+/// smtp_hook_context: one hook call. Valid only during executeHook.
+pub const HookContext = extern struct {
+    struct_size: u32 = @sizeOf(HookContext),
+    hook_type: HookType,
+    cancel: bool = false,
+    reserved: [7]u8 = @splat(0),
+    host: *const HostApi,
+    host_data: ?*anyopaque,
+
+    /// The value of `key`, or null. The slice belongs to the host and stays
+    /// valid until `key` is set again or the hook call returns.
+    pub fn getMetadata(self: *const HookContext, key: []const u8) ?[]const u8 {
+        var value: ?[*]const u8 = null;
+        var value_len: usize = 0;
+        if (self.host.get_metadata(self, key.ptr, key.len, &value, &value_len) == 0) return null;
+        if (value_len == 0) return "";
+        return (value orelse return null)[0..value_len];
+    }
+
+    /// Copies `key` and `value` into the context.
+    pub fn setMetadata(self: *HookContext, key: []const u8, value: []const u8) SetMetadataError!void {
+        const status: Status = @enumFromInt(self.host.set_metadata(self, key.ptr, key.len, value.ptr, value.len));
+        return switch (status) {
+            .ok => {},
+            .no_memory => error.OutOfMemory,
+            .too_large => error.MetadataTooLarge,
+            else => error.InvalidMetadata,
+        };
+    }
+
+    /// A context with no host, for unit tests (the guide's "Unit Tests"):
+    /// metadata lives in memory taken from `allocator`; call `deinit`.
+    pub fn init(allocator: std.mem.Allocator, hook_type: HookType) HookContext {
+        return metadata_host.initContext(allocator, hook_type, .{});
+    }
+
+    /// Frees a context made by `init`. A host-made context is left alone.
+    pub fn deinit(self: *HookContext) void {
+        metadata_host.deinitContext(self);
+    }
+};
+
+/// smtp_plugin_metadata. Must stay valid until the library is unloaded.
+pub const PluginMetadata = extern struct {
+    name: [*:0]const u8,
+    version: [*:0]const u8,
+    author: [*:0]const u8 = "",
+    description: [*:0]const u8 = "",
+    license: [*:0]const u8 = "",
+    /// Plugin names, each optionally "name@<semver range>"; null for none.
+    dependencies: ?[*:null]const ?[*:0]const u8 = null,
+    min_server_version: ?[*:0]const u8 = null,
+    max_server_version: ?[*:0]const u8 = null,
+    /// hookMask(&.{...}) of the hooks handled; 0 means every hook.
+    handled_hooks: u64 = 0,
+};
+
+/// smtp_plugin_interface: the six functions in the guide's order.
+pub const PluginInterface = extern struct {
+    init: *const fn (host_allocator: *const Allocator, config: [*:0]const u8) callconv(.c) c_int,
+    deinit: *const fn () callconv(.c) void,
+    getMetadata: *const fn () callconv(.c) ?*const PluginMetadata,
+    executeHook: *const fn (context: *HookContext) callconv(.c) c_int,
+    enable: *const fn () callconv(.c) c_int,
+    disable: *const fn () callconv(.c) c_int,
+};
+
+comptime {
+    // Sizes on 64-bit targets; wasm32 is checked the same way by its own build.
+    const p = @sizeOf(usize);
+    std.debug.assert(@sizeOf(HookType) == 4);
+    std.debug.assert(@sizeOf(Allocator) == 8 + 3 * p);
+    std.debug.assert(@sizeOf(HostApi) == 8 + 2 * p);
+    std.debug.assert(@sizeOf(HookContext) == 16 + 2 * p);
+    std.debug.assert(@sizeOf(PluginMetadata) == 8 * p + 8);
+    std.debug.assert(@sizeOf(PluginInterface) == 6 * p);
+}
+
+test "hookMask sets one bit per hook" {
+    try std.testing.expectEqual(@as(u64, 0b101), hookMask(&.{ .message_received, .message_filtered }));
+    try std.testing.expectEqual(@as(u64, 1) << 18, hookBit(.server_stopped));
+}
+
+test "the host allocator round-trips through std.mem.Allocator" {
+    const host = Allocator.wrap(&std.testing.allocator);
+    const a = host.allocator();
+    const buf = try a.alloc(u64, 100);
+    defer a.free(buf);
+    buf[99] = 7;
+    const grown = try a.realloc(try a.dupe(u8, "abc"), 10);
+    defer a.free(grown);
+    try std.testing.expectEqualStrings("abc", grown[0..3]);
+}

@@ -1,0 +1,41 @@
+import { isHostError } from '../errors.js';
+import { SERVER_VERSION } from '../version.js';
+import { PLUGIN_USAGE, pluginCommand } from './plugin-command.js';
+
+const USAGE = `smtp-server ${SERVER_VERSION}
+${PLUGIN_USAGE}
+  smtp-server --version`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'plugin':
+        return await pluginCommand(rest);
+      case '--version':
+        process.stdout.write(`${SERVER_VERSION}\n`);
+        return 0;
+      case '--help':
+      case '-h':
+        process.stdout.write(`${USAGE}\n`);
+        return 0;
+      default:
+        process.stderr.write(`${command === undefined ? 'no command given' : `unknown command "${command}"`}\n${USAGE}\n`);
+        return 2;
+    }
+  } catch (error) {
+    if (isHostError(error)) {
+      process.stderr.write(`error ${error.code}: ${error.message}\n`);
+      return error.code === 'SMTP_E_CLI_USAGE' ? 2 : 1;
+    }
+    if (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`error SMTP_E_CLI_USAGE: ${error.message}\n${USAGE}\n`);
+      return 2;
+    }
+    if (error instanceof Error && 'code' in error && error.code === 'ENOENT') {
+      process.stderr.write(`error: ${error.message}\n`);
+      return 1;
+    }
+    throw error;
+  }
+}

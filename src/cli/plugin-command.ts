@@ -1,0 +1,124 @@
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { HOOK_NAMES, formatAbiVersion, isHookName } from '../abi/hooks.js';
+import { hostError } from '../errors.js';
+import { HookContext } from '../plugin/hook-context.js';
+import { PluginInstance } from '../plugin/lifecycle.js';
+import { loadPluginFile } from '../plugin/load.js';
+import { metadataToJson } from '../plugin/metadata.js';
+import { BUILD_TARGETS, OPTIMIZE_MODES, buildPlugin, testPlugin, type BuildTarget, type OptimizeMode } from '../toolchain/build.js';
+
+export const PLUGIN_USAGE = `usage:
+  smtp-server plugin build FILE.zig [--target native|wasm] [-o OUT] [--zig VERSION] [--optimize MODE]
+  smtp-server plugin test FILE.zig [--zig VERSION]
+  smtp-server plugin info FILE
+  smtp-server plugin call FILE --hook NAME [--config JSON | --config-file PATH]
+                          [--meta KEY=VALUE]... [--meta-file KEY=PATH]...`;
+
+function usage(message: string): never {
+  throw hostError('SMTP_E_CLI_USAGE', `${message}\n${PLUGIN_USAGE}`);
+}
+
+function onePositional(positionals: string[], what: string): string {
+  if (positionals.length !== 1) usage(`plugin ${what} takes exactly one FILE`);
+  return positionals[0]!;
+}
+
+function splitPair(pair: string, flag: string): [string, string] {
+  const at = pair.indexOf('=');
+  if (at <= 0) usage(`${flag} expects KEY=VALUE, got "${pair}"`);
+  return [pair.slice(0, at), pair.slice(at + 1)];
+}
+
+async function build(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { target: { type: 'string', default: 'native' }, output: { type: 'string', short: 'o' }, zig: { type: 'string' }, optimize: { type: 'string', default: 'ReleaseFast' } },
+  });
+  const source = onePositional(positionals, 'build');
+  if (!BUILD_TARGETS.includes(values.target as BuildTarget)) usage(`--target must be ${BUILD_TARGETS.join(' or ')}`);
+  if (!OPTIMIZE_MODES.includes(values.optimize as OptimizeMode)) usage(`--optimize must be one of ${OPTIMIZE_MODES.join(', ')}`);
+  const output = await buildPlugin({
+    source,
+    target: values.target as BuildTarget,
+    optimize: values.optimize as OptimizeMode,
+    ...(values.output === undefined ? {} : { output: values.output }),
+    ...(values.zig === undefined ? {} : { zigVersion: values.zig }),
+  });
+  process.stdout.write(`${output}\n`);
+  return 0;
+}
+
+function test(args: string[]): number {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { zig: { type: 'string' } } });
+  return testPlugin(onePositional(positionals, 'test'), values.zig);
+}
+
+function info(args: string[]): number {
+  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
+  const plugin = loadPluginFile(onePositional(positionals, 'info'));
+  try {
+    const out = { file: plugin.path, kind: plugin.kind, abi_version: formatAbiVersion(plugin.abiVersion), ...metadataToJson(plugin.metadata, HOOK_NAMES) };
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+  } finally {
+    plugin.unload();
+  }
+  return 0;
+}
+
+async function call(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      hook: { type: 'string' },
+      config: { type: 'string' },
+      'config-file': { type: 'string' },
+      meta: { type: 'string', multiple: true, default: [] },
+      'meta-file': { type: 'string', multiple: true, default: [] },
+    },
+  });
+  const file = onePositional(positionals, 'call');
+  const hook = values.hook ?? usage('plugin call needs --hook NAME');
+  if (!isHookName(hook)) usage(`unknown hook "${hook}"; hooks: ${HOOK_NAMES.join(', ')}`);
+  if (values.config !== undefined && values['config-file'] !== undefined) usage('give --config or --config-file, not both');
+  const configJson = values['config-file'] !== undefined ? readFileSync(values['config-file'], 'utf8') : (values.config ?? '{}');
+  try {
+    JSON.parse(configJson);
+  } catch (cause) {
+    throw hostError('SMTP_E_PLUGIN_CONFIG', `--config is not JSON: ${(cause as Error).message}`, cause);
+  }
+  const context = new HookContext(hook);
+  for (const pair of values.meta) context.setMetadata(...splitPair(pair, '--meta'));
+  for (const pair of values['meta-file']) {
+    const [key, path] = splitPair(pair, '--meta-file');
+    context.setMetadata(key, readFileSync(path));
+  }
+  const instance = new PluginInstance(loadPluginFile(file));
+  try {
+    instance.init(configJson);
+    instance.enable();
+    const { code } = instance.executeHook(context);
+    process.stdout.write(`${JSON.stringify({ code, cancel: context.cancel, metadata: context.toJSON() })}\n`);
+  } finally {
+    instance.shutdown();
+  }
+  return 0;
+}
+
+export async function pluginCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  switch (sub) {
+    case 'build':
+      return build(rest);
+    case 'test':
+      return test(rest);
+    case 'info':
+      return info(rest);
+    case 'call':
+      return call(rest);
+    default:
+      return usage(sub === undefined ? 'plugin needs a subcommand' : `unknown plugin subcommand "${sub}"`);
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * Every error the host raises is a HostError with a stable code. Codes are
+ * never reused; docs/errors.md lists each one and test/errors.test.ts keeps
+ * the two in sync in both directions.
+ */
+
+/** The SMTP reply an error maps to, where one applies. */
+export interface SmtpReply {
+  readonly code: number;
+  readonly enhanced: string;
+}
+
+export class HostError extends Error {
+  readonly code: string;
+  readonly reply: SmtpReply | undefined;
+
+  constructor(code: string, message: string, options?: { cause?: unknown; reply?: SmtpReply }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'HostError';
+    this.code = code;
+    this.reply = options?.reply;
+  }
+}
+
+const TEMPFAIL: SmtpReply = { code: 451, enhanced: '4.3.0' };
+
+/** code -> [what it means, the SMTP reply it maps to]. */
+export const ERROR_CODES = {
+  SMTP_E_PLUGIN_NOT_FOUND: ['The plugin file does not exist or cannot be read.', undefined],
+  SMTP_E_PLUGIN_NOT_LIBRARY: ['The file is not a loadable shared library (or the loader refused it).', undefined],
+  SMTP_E_PLUGIN_UNSUPPORTED_FILE: ['The file name has no extension the host knows (.so, .dylib, .dll).', undefined],
+  SMTP_E_PLUGIN_MISSING_EXPORT: ['A required export is absent.', undefined],
+  SMTP_E_PLUGIN_ABI_VERSION: ["The plugin's ABI version is not one this host runs.", undefined],
+  SMTP_E_PLUGIN_METADATA: ['The metadata is NULL, not UTF-8, over a bound, or malformed.', undefined],
+  SMTP_E_PLUGIN_INIT: ['init returned non-zero.', undefined],
+  SMTP_E_PLUGIN_ENABLE: ['enable returned non-zero.', undefined],
+  SMTP_E_PLUGIN_DISABLE: ['disable returned non-zero.', undefined],
+  SMTP_E_PLUGIN_HOOK_CODE: ['execute_hook returned a value other than 0, 1 or 2.', TEMPFAIL],
+  SMTP_E_PLUGIN_STATE: ['An illegal lifecycle transition (for example enable before init).', undefined],
+  SMTP_E_PLUGIN_DUPLICATE: ['A plugin with the same name is already loaded.', undefined],
+  SMTP_E_PLUGIN_UNKNOWN: ['No loaded plugin has that name.', undefined],
+  SMTP_E_PLUGIN_CONFIG: ["The plugin's configuration is not a JSON text.", undefined],
+  SMTP_E_HOOK_UNKNOWN: ['The hook name is not one of the 19 hooks.', undefined],
+  SMTP_E_METADATA_LIMIT: ['A metadata key or value is empty, over its bound, or too many keys are set.', TEMPFAIL],
+  SMTP_E_RUNTIME_MISSING: ['The native host runtime library has not been built.', undefined],
+  SMTP_E_ZIG_NOT_FOUND: ['The pinned Zig is neither installed in .toolchain/ nor on PATH, and could not be installed.', undefined],
+  SMTP_E_ZIG_VERSION: ['The requested Zig version is not one the project supports.', undefined],
+  SMTP_E_BUILD_FAILED: ['Zig or the C compiler reported an error building a plugin.', undefined],
+  SMTP_E_BUILD_TARGET: ['The build target is unknown or not supported yet.', undefined],
+  SMTP_E_CLI_USAGE: ['The command line is malformed.', undefined],
+} as const satisfies Record<string, readonly [string, SmtpReply | undefined]>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export function hostError(code: ErrorCode, message: string, cause?: unknown): HostError {
+  const reply = ERROR_CODES[code][1];
+  return new HostError(code, message, reply === undefined ? { cause } : { cause, reply });
+}
+
+export function isHostError(error: unknown, code?: ErrorCode): error is HostError {
+  return error instanceof HostError && (code === undefined || error.code === code);
+}

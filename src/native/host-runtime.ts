@@ -1,0 +1,154 @@
+import { existsSync } from 'node:fs';
+import koffi from 'koffi';
+import { hostError } from '../errors.js';
+import { RUNTIME_LIBRARY } from '../paths.js';
+import type { HookContext, MetadataLimits } from '../plugin/hook-context.js';
+
+/** koffi pointers are BigInt in koffi 3. */
+export type NativePointer = bigint;
+
+/** What one native execute_hook call produced. */
+export interface NativeCallOutcome {
+  readonly code: number;
+  readonly cancel: boolean;
+}
+
+interface RuntimeFunctions {
+  allocator: () => NativePointer;
+  contextCreate: (keyBytesMax: number, valueBytesMax: number, keysMax: number) => NativePointer | null;
+  contextLoad: (ctx: NativePointer, hook: number, buf: Buffer, len: number) => number;
+  callHook: (fn: NativePointer, ctx: NativePointer) => number;
+  takeChanges: (ctx: NativePointer, out: Buffer, cap: number) => number;
+  strnlen: (s: NativePointer, max: number) => number;
+}
+
+let runtime: RuntimeFunctions | undefined;
+
+function loadRuntime(): RuntimeFunctions {
+  if (runtime) return runtime;
+  if (!existsSync(RUNTIME_LIBRARY)) {
+    throw hostError('SMTP_E_RUNTIME_MISSING', `the native host runtime ${RUNTIME_LIBRARY} is missing: run "npm run build:native" (npm install does it)`);
+  }
+  const lib = koffi.load(RUNTIME_LIBRARY);
+  runtime = {
+    allocator: lib.func('void *smtp_host_allocator(void)'),
+    contextCreate: lib.func('void *smtp_host_context_create(size_t, size_t, size_t)'),
+    contextLoad: lib.func('int smtp_host_context_load(void *ctx, int hook, const uint8_t *buf, size_t len)'),
+    callHook: lib.func('int64_t smtp_host_call_hook(void *fn, void *ctx)'),
+    takeChanges: lib.func('int64_t smtp_host_take_changes(void *ctx, uint8_t *out, size_t cap)'),
+    strnlen: lib.func('intptr_t smtp_host_strnlen(void *s, size_t max)'),
+  };
+  return runtime;
+}
+
+/** The smtp_allocator every native plugin's init receives (libc malloc). */
+export function hostAllocator(): NativePointer {
+  return loadRuntime().allocator();
+}
+
+/** Length of the C string at `s`, or -1 when it has no NUL within `max` bytes. */
+export function boundedStrlen(s: NativePointer, max: number): number {
+  return loadRuntime().strnlen(s, max);
+}
+
+const TWO_POW_32 = 2 ** 32;
+let scratch = Buffer.allocUnsafe(64 * 1024);
+
+function ensureScratch(bytes: number): Buffer {
+  if (scratch.length < bytes) scratch = Buffer.allocUnsafe(Math.max(bytes, scratch.length * 2));
+  return scratch;
+}
+
+/**
+ * One native context, reused for every call made with the same limits.
+ * It remembers which JS context (id and version) it last copied, so a chain
+ * of native plugins copies the metadata in once: what a plugin sets is
+ * already in the native copy and is only copied back out.
+ */
+class NativeContextSlot {
+  readonly pointer: NativePointer;
+  #contextId = 0;
+  #contextVersion = -1;
+
+  constructor(limits: MetadataLimits) {
+    const fns = loadRuntime();
+    const pointer = fns.contextCreate(limits.keyBytesMax, limits.valueBytesMax, limits.keysMax);
+    if (pointer === null || pointer === 0n) throw hostError('SMTP_E_METADATA_LIMIT', 'the native runtime could not allocate a hook context');
+    this.pointer = pointer;
+  }
+
+  call(executeHook: NativePointer, context: HookContext): NativeCallOutcome {
+    const fns = loadRuntime();
+    if (this.#contextId !== context.id || this.#contextVersion !== context.version) this.#load(fns, context);
+    const packed = fns.callHook(executeHook, this.pointer);
+    const code = packed % TWO_POW_32 | 0;
+    const high = Math.floor(packed / TWO_POW_32);
+    const cancel = (high & 1) === 1;
+    const changes = high >>> 1;
+    if (changes > 0) this.#collect(fns, context);
+    if (cancel) {
+      context.cancel = true;
+      // The native copy now carries cancel; reload before any further call.
+      this.#contextId = 0;
+    }
+    return { code, cancel };
+  }
+
+  #load(fns: RuntimeFunctions, context: HookContext): void {
+    let bytes = 0;
+    for (const [key, value] of context.entries()) {
+      bytes += 8 + Buffer.byteLength(key, 'utf8') + (typeof value === 'string' ? Buffer.byteLength(value, 'utf8') : value.byteLength);
+    }
+    const buf = ensureScratch(bytes);
+    let at = 0;
+    for (const [key, value] of context.entries()) {
+      const keyLen = buf.write(key, at + 4, 'utf8');
+      buf.writeUInt32LE(keyLen, at);
+      at += 4 + keyLen;
+      if (typeof value === 'string') {
+        const valueLen = buf.write(value, at + 4, 'utf8');
+        buf.writeUInt32LE(valueLen, at);
+        at += 4 + valueLen;
+      } else {
+        buf.writeUInt32LE(value.byteLength, at);
+        buf.set(value, at + 4);
+        at += 4 + value.byteLength;
+      }
+    }
+    const status = fns.contextLoad(this.pointer, context.hookValue, buf, at);
+    if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `the native runtime refused the hook context (status ${status})`);
+    this.#contextId = context.id;
+    this.#contextVersion = context.version;
+  }
+
+  #collect(fns: RuntimeFunctions, context: HookContext): void {
+    let out = ensureScratch(0);
+    let written = fns.takeChanges(this.pointer, out, out.length);
+    if (written < 0) {
+      out = ensureScratch(-written);
+      written = fns.takeChanges(this.pointer, out, out.length);
+    }
+    let at = 0;
+    while (at < written) {
+      const keyLen = out.readUInt32LE(at);
+      const key = out.toString('utf8', at + 4, at + 4 + keyLen);
+      at += 4 + keyLen;
+      const valueLen = out.readUInt32LE(at);
+      // A copy: the scratch buffer is reused by the next call.
+      context.applyPluginChange(key, Uint8Array.prototype.slice.call(out, at + 4, at + 4 + valueLen));
+      at += 4 + valueLen;
+    }
+  }
+}
+
+const slots = new Map<MetadataLimits, NativeContextSlot>();
+
+/** Runs a native execute_hook function pointer on `context`. */
+export function callNativeHook(executeHook: NativePointer, context: HookContext): NativeCallOutcome {
+  let slot = slots.get(context.limits);
+  if (!slot) {
+    slot = new NativeContextSlot(context.limits);
+    slots.set(context.limits, slot);
+  }
+  return slot.call(executeHook, context);
+}

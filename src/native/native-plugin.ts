@@ -1,0 +1,192 @@
+import { accessSync, constants } from 'node:fs';
+import koffi from 'koffi';
+import { formatAbiVersion, isAbiCompatible, ABI_VERSION } from '../abi/hooks.js';
+import { AbiVersionProto, INTERFACE_FIELDS, InitProto, IntProto, PluginInterfaceStruct, PluginMetadataStruct, PointerProto, VoidProto } from '../abi/layout.js';
+import { hostError } from '../errors.js';
+import type { HookContext } from '../plugin/hook-context.js';
+import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/metadata.js';
+import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
+import { boundedStrlen, callNativeHook, hostAllocator, type NativePointer } from './host-runtime.js';
+
+type Library = ReturnType<typeof koffi.load>;
+type InterfacePointers = Record<(typeof INTERFACE_FIELDS)[number], NativePointer>;
+
+const INDIVIDUAL_EXPORTS: Record<(typeof INTERFACE_FIELDS)[number], string> = {
+  init: 'smtp_plugin_init',
+  deinit: 'smtp_plugin_deinit',
+  get_metadata: 'smtp_plugin_get_metadata',
+  execute_hook: 'smtp_plugin_execute_hook',
+  enable: 'smtp_plugin_enable',
+  disable: 'smtp_plugin_disable',
+};
+
+const utf8Strict = new TextDecoder('utf-8', { fatal: true });
+
+function isNull(pointer: unknown): boolean {
+  return pointer === null || pointer === undefined || pointer === 0n;
+}
+
+function symbolAddress(lib: Library, name: string): NativePointer | null {
+  try {
+    const address = lib.symbol(name) as NativePointer | null;
+    return isNull(address) ? null : address;
+  } catch {
+    return null;
+  }
+}
+
+/** Reads a NUL-terminated UTF-8 string of at most `maxBytes` from plugin memory. */
+function readCString(pointer: unknown, maxBytes: number, describe: () => string): string | null {
+  if (isNull(pointer)) return null;
+  const address = pointer as NativePointer;
+  const length = boundedStrlen(address, maxBytes);
+  if (length < 0) throw hostError('SMTP_E_PLUGIN_METADATA', `${describe()} is longer than ${maxBytes} bytes or not NUL-terminated`);
+  if (length === 0) return '';
+  const bytes = new Uint8Array(koffi.view(address, length).slice(0));
+  try {
+    return utf8Strict.decode(bytes);
+  } catch {
+    throw hostError('SMTP_E_PLUGIN_METADATA', `${describe()} is not valid UTF-8`);
+  }
+}
+
+function readMetadata(pointer: unknown, path: string): PluginMetadata {
+  if (isNull(pointer)) throw hostError('SMTP_E_PLUGIN_METADATA', `${path}: get_metadata returned NULL`);
+  const struct = koffi.decode(pointer, PluginMetadataStruct) as Record<string, unknown>;
+  const field = (name: string, max: number = METADATA_LIMITS.fieldBytesMax): string | null =>
+    readCString(struct[name], max, () => `${path}: metadata ${name}`);
+  const dependencies: string[] = [];
+  if (!isNull(struct.dependencies)) {
+    const pointerSize = koffi.sizeof('void *');
+    for (let index = 0; ; index++) {
+      if (index > METADATA_LIMITS.dependenciesMax) {
+        throw hostError('SMTP_E_PLUGIN_METADATA', `${path}: metadata dependencies has more than ${METADATA_LIMITS.dependenciesMax} entries or no NULL terminator`);
+      }
+      const entry = koffi.decode(struct.dependencies, index * pointerSize, 'void *');
+      if (isNull(entry)) break;
+      dependencies.push(readCString(entry, METADATA_LIMITS.fieldBytesMax, () => `${path}: metadata dependencies[${index}]`)!);
+    }
+  }
+  const raw: RawMetadata = {
+    name: field('name'),
+    version: field('version'),
+    author: field('author'),
+    description: field('description', METADATA_LIMITS.descriptionBytesMax),
+    license: field('license'),
+    dependencies,
+    minServerVersion: field('min_server_version'),
+    maxServerVersion: field('max_server_version'),
+    handledHooks: BigInt(struct.handled_hooks as number | bigint),
+  };
+  return validateMetadata(raw, path);
+}
+
+function resolveInterface(lib: Library, path: string): InterfacePointers {
+  const entry = symbolAddress(lib, 'smtp_plugin_get_interface');
+  if (entry !== null) {
+    const getInterface = koffi.decode(entry, PointerProto) as () => unknown;
+    const table = getInterface();
+    if (isNull(table)) throw hostError('SMTP_E_PLUGIN_MISSING_EXPORT', `${path}: smtp_plugin_get_interface returned NULL`);
+    const fields = koffi.decode(table, PluginInterfaceStruct) as Record<string, unknown>;
+    const missing = INTERFACE_FIELDS.filter((name) => isNull(fields[name]));
+    if (missing.length > 0) {
+      throw hostError('SMTP_E_PLUGIN_MISSING_EXPORT', `${path}: smtp_plugin_get_interface has NULL ${missing.join(', ')}`);
+    }
+    return fields as InterfacePointers;
+  }
+  const pointers: Partial<InterfacePointers> = {};
+  const missing: string[] = [];
+  for (const name of INTERFACE_FIELDS) {
+    const address = symbolAddress(lib, INDIVIDUAL_EXPORTS[name]);
+    if (address === null) missing.push(INDIVIDUAL_EXPORTS[name]);
+    else pointers[name] = address;
+  }
+  if (missing.length > 0) {
+    throw hostError('SMTP_E_PLUGIN_MISSING_EXPORT', `${path}: no smtp_plugin_get_interface, and the individual exports ${missing.join(', ')} are missing`);
+  }
+  return pointers as InterfacePointers;
+}
+
+class NativePlugin implements Plugin {
+  readonly kind = 'native' as const;
+  readonly path: string;
+  readonly abiVersion: number;
+  readonly metadata: PluginMetadata;
+  #lib: Library | null;
+  #executeHook: NativePointer;
+  #init: (allocator: NativePointer, config: string) => number;
+  #deinit: () => void;
+  #enable: () => number;
+  #disable: () => number;
+
+  constructor(path: string, lib: Library, abiVersion: number, pointers: InterfacePointers) {
+    this.path = path;
+    this.#lib = lib;
+    this.abiVersion = abiVersion;
+    this.#executeHook = pointers.execute_hook;
+    this.#init = koffi.decode(pointers.init, InitProto) as (allocator: NativePointer, config: string) => number;
+    this.#deinit = koffi.decode(pointers.deinit, VoidProto) as () => void;
+    this.#enable = koffi.decode(pointers.enable, IntProto) as () => number;
+    this.#disable = koffi.decode(pointers.disable, IntProto) as () => number;
+    const getMetadata = koffi.decode(pointers.get_metadata, PointerProto) as () => unknown;
+    this.metadata = readMetadata(getMetadata(), path);
+  }
+
+  init(configJson: string): number {
+    return this.#init(hostAllocator(), configJson);
+  }
+
+  enable(): number {
+    return this.#enable();
+  }
+
+  disable(): number {
+    return this.#disable();
+  }
+
+  executeHook(context: HookContext): number {
+    return callNativeHook(this.#executeHook, context).code;
+  }
+
+  deinit(): void {
+    this.#deinit();
+  }
+
+  unload(): void {
+    this.#lib?.unload();
+    this.#lib = null;
+  }
+}
+
+/**
+ * Loads a native plugin: dlopen through koffi, the ABI marker first, then
+ * the interface and the metadata. Any failure unloads the library again and
+ * throws a coded error naming the file.
+ */
+export function loadNativePlugin(path: string): Plugin {
+  try {
+    accessSync(path, constants.R_OK);
+  } catch (cause) {
+    throw hostError('SMTP_E_PLUGIN_NOT_FOUND', `${path}: no such readable file`, cause);
+  }
+  let lib: Library;
+  try {
+    lib = koffi.load(path);
+  } catch (cause) {
+    throw hostError('SMTP_E_PLUGIN_NOT_LIBRARY', `${path}: not a loadable shared library (${(cause as Error).message})`, cause);
+  }
+  try {
+    const marker = symbolAddress(lib, 'smtp_plugin_abi_version');
+    if (marker === null) {
+      throw hostError('SMTP_E_PLUGIN_MISSING_EXPORT', `${path}: no smtp_plugin_abi_version export (is it built against abi/smtp_plugin.h?)`);
+    }
+    const abiVersion = (koffi.decode(marker, AbiVersionProto) as () => number)();
+    if (!isAbiCompatible(abiVersion)) {
+      throw hostError('SMTP_E_PLUGIN_ABI_VERSION', `${path}: built for ABI ${formatAbiVersion(abiVersion)}, this host runs ABI ${formatAbiVersion(ABI_VERSION)}`);
+    }
+    return new NativePlugin(path, lib, abiVersion, resolveInterface(lib, path));
+  } catch (error) {
+    lib.unload();
+    throw error;
+  }
+}

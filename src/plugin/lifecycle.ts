@@ -1,0 +1,126 @@
+import { HookCode } from '../abi/hooks.js';
+import { hostError } from '../errors.js';
+import type { HookContext } from './hook-context.js';
+import type { Plugin } from './plugin.js';
+
+export type PluginState = 'loaded' | 'initialized' | 'enabled' | 'disabled' | 'deinitialized' | 'unloaded';
+type Transition = 'init' | 'enable' | 'disable' | 'deinit' | 'unload' | 'executeHook';
+
+/** Which states each transition may start from, and where it leads. */
+const TRANSITIONS: Record<Transition, { from: readonly PluginState[]; to: PluginState | null }> = {
+  init: { from: ['loaded'], to: 'initialized' },
+  enable: { from: ['initialized', 'disabled'], to: 'enabled' },
+  disable: { from: ['enabled'], to: 'disabled' },
+  deinit: { from: ['initialized', 'disabled'], to: 'deinitialized' },
+  unload: { from: ['loaded', 'deinitialized'], to: 'unloaded' },
+  executeHook: { from: ['enabled'], to: null },
+};
+
+/** What one plugin did with one hook. */
+export type HookAction = 'continue' | 'stop' | 'cancel';
+
+export interface HookCallResult {
+  /** The code the plugin returned (0, 1 or 2). */
+  readonly code: number;
+  /** The code read together with the cancel flag. */
+  readonly action: HookAction;
+}
+
+const RESULTS: readonly HookCallResult[] = [
+  { code: 0, action: 'continue' },
+  { code: 1, action: 'stop' },
+  { code: 2, action: 'cancel' },
+];
+const CANCELLED: readonly HookCallResult[] = RESULTS.map(({ code }) => ({ code, action: 'cancel' }));
+
+/**
+ * A plugin with its lifecycle state. Every call checks the transition and
+ * turns a non-zero return into a coded error naming the plugin, whatever
+ * backend runs it.
+ */
+export class PluginInstance {
+  readonly plugin: Plugin;
+  #state: PluginState = 'loaded';
+
+  constructor(plugin: Plugin) {
+    this.plugin = plugin;
+  }
+
+  get name(): string {
+    return this.plugin.metadata.name;
+  }
+
+  get state(): PluginState {
+    return this.#state;
+  }
+
+  #enter(transition: Transition): void {
+    const rule = TRANSITIONS[transition];
+    if (!rule.from.includes(this.#state)) {
+      throw hostError('SMTP_E_PLUGIN_STATE', `plugin "${this.name}": cannot ${transition} in state ${this.#state} (allowed from ${rule.from.join(', ')})`);
+    }
+  }
+
+  #leave(transition: Transition): void {
+    const to = TRANSITIONS[transition].to;
+    if (to !== null) this.#state = to;
+  }
+
+  init(configJson: string): void {
+    this.#enter('init');
+    const code = this.plugin.init(configJson);
+    if (code !== 0) throw hostError('SMTP_E_PLUGIN_INIT', `plugin "${this.name}" (${this.plugin.path}): init returned ${code}`);
+    this.#leave('init');
+  }
+
+  enable(): void {
+    this.#enter('enable');
+    const code = this.plugin.enable();
+    if (code !== 0) throw hostError('SMTP_E_PLUGIN_ENABLE', `plugin "${this.name}": enable returned ${code}`);
+    this.#leave('enable');
+  }
+
+  disable(): void {
+    this.#enter('disable');
+    const code = this.plugin.disable();
+    // A plugin that fails to disable is still taken out of the chain.
+    this.#leave('disable');
+    if (code !== 0) throw hostError('SMTP_E_PLUGIN_DISABLE', `plugin "${this.name}": disable returned ${code}`);
+  }
+
+  deinit(): void {
+    this.#enter('deinit');
+    this.plugin.deinit();
+    this.#leave('deinit');
+  }
+
+  unload(): void {
+    this.#enter('unload');
+    this.plugin.unload();
+    this.#leave('unload');
+  }
+
+  /** Runs one hook; the context's cancel flag wins over the code. */
+  executeHook(context: HookContext): HookCallResult {
+    this.#enter('executeHook');
+    const code = this.plugin.executeHook(context);
+    if (code !== HookCode.CONTINUE && code !== HookCode.STOP && code !== HookCode.CANCEL) {
+      throw hostError('SMTP_E_PLUGIN_HOOK_CODE', `plugin "${this.name}": ${context.hook} returned ${code} (expected 0, 1 or 2)`);
+    }
+    if (code === HookCode.CANCEL) context.cancel = true;
+    return (context.cancel ? CANCELLED : RESULTS)[code]!;
+  }
+
+  /** Disables (if enabled), deinits (if initialized) and unloads. */
+  shutdown(): void {
+    if (this.#state === 'enabled') {
+      try {
+        this.disable();
+      } catch {
+        // Already out of the chain; deinit and unload still run.
+      }
+    }
+    if (this.#state === 'initialized' || this.#state === 'disabled') this.deinit();
+    if (this.#state === 'loaded' || this.#state === 'deinitialized') this.unload();
+  }
+}

@@ -1,0 +1,41 @@
+import type { HookContext } from './hook-context.js';
+
+/** smtp_plugin_metadata, copied and validated at load. */
+export interface PluginMetadata {
+  readonly name: string;
+  readonly version: string;
+  readonly author: string;
+  readonly description: string;
+  readonly license: string;
+  /** "name" or "name@<semver range>". */
+  readonly dependencies: readonly string[];
+  readonly minServerVersion: string | null;
+  readonly maxServerVersion: string | null;
+  /** SMTP_HOOK_BIT bits of the hooks handled; 0n means every hook. */
+  readonly handledHooks: bigint;
+}
+
+export type PluginKind = 'native' | 'wasm';
+
+/**
+ * One loaded plugin, whatever runs it. Backends only translate calls; the
+ * lifecycle rules and the meaning of return codes live in PluginInstance,
+ * so every backend behaves alike.
+ */
+export interface Plugin {
+  readonly kind: PluginKind;
+  /** The file the plugin was loaded from. */
+  readonly path: string;
+  /** The SMTP_PLUGIN_ABI_VERSION the plugin was built against. */
+  readonly abiVersion: number;
+  readonly metadata: PluginMetadata;
+  /** Returns init's code (0 = success). */
+  init(configJson: string): number;
+  enable(): number;
+  disable(): number;
+  /** Runs one hook; returns the raw code and sets context.cancel if the plugin did. */
+  executeHook(context: HookContext): number;
+  deinit(): void;
+  /** Releases the code; nothing may be called afterwards. */
+  unload(): void;
+}

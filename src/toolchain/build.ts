@@ -1,0 +1,91 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { hostError } from '../errors.js';
+import { RUNTIME_LIBRARY, RUNTIME_SOURCE, ZIG_HOST_MODULE_ROOT, ZIG_MODULE_ROOT, sharedLibraryName } from '../paths.js';
+import { PINNED_ZIG_VERSION, findZig, zigEnv } from './zig.js';
+
+export const BUILD_TARGETS = ['native', 'wasm'] as const;
+export type BuildTarget = (typeof BUILD_TARGETS)[number];
+export const OPTIMIZE_MODES = ['Debug', 'ReleaseSafe', 'ReleaseFast', 'ReleaseSmall'] as const;
+export type OptimizeMode = (typeof OPTIMIZE_MODES)[number];
+
+export interface PluginBuildOptions {
+  readonly source: string;
+  readonly target?: BuildTarget;
+  /** Defaults to lib<name>.so (or .dylib/.dll) beside the source. */
+  readonly output?: string;
+  readonly zigVersion?: string;
+  readonly optimize?: OptimizeMode;
+}
+
+/** The zig arguments that build `source` against the ABI module. */
+export function pluginBuildArgs(source: string, output: string, optimize: OptimizeMode): string[] {
+  return [
+    'build-lib', '-dynamic', '-O', optimize,
+    '--dep', 'smtp-server', `-Mroot=${resolve(source)}`, `-Msmtp-server=${ZIG_MODULE_ROOT}`,
+    `-femit-bin=${resolve(output)}`,
+  ];
+}
+
+export function defaultOutput(source: string, target: BuildTarget): string {
+  const name = basename(source).replace(/\.zig$/, '');
+  return join(dirname(source), target === 'wasm' ? `${name}.wasm` : sharedLibraryName(name));
+}
+
+interface Run {
+  readonly status: number | null;
+  readonly stderr: string;
+}
+
+function runZigAsync(zig: string, args: string[]): Promise<Run> {
+  return new Promise((done) => {
+    const child = spawn(zig, args, { env: zigEnv(), stdio: ['ignore', 'inherit', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    child.on('error', (error) => done({ status: null, stderr: error.message }));
+    child.on('close', (status) => done({ status, stderr }));
+  });
+}
+
+function checkRun(run: Run, what: string): void {
+  if (run.status !== 0) throw hostError('SMTP_E_BUILD_FAILED', `${what} failed:\n${run.stderr.trim()}`);
+}
+
+/** Builds one plugin source; returns the path of the library it wrote. */
+export async function buildPlugin(options: PluginBuildOptions): Promise<string> {
+  const target = options.target ?? 'native';
+  if (!BUILD_TARGETS.includes(target)) throw hostError('SMTP_E_BUILD_TARGET', `unknown target "${String(target)}" (expected ${BUILD_TARGETS.join(' or ')})`);
+  if (target === 'wasm') {
+    throw hostError('SMTP_E_BUILD_TARGET', 'target "wasm" is not supported yet: sandboxed WebAssembly plugins arrive with the sandbox (issue 3)');
+  }
+  const output = options.output ?? defaultOutput(options.source, target);
+  mkdirSync(dirname(resolve(output)), { recursive: true });
+  const zig = findZig(options.zigVersion ?? PINNED_ZIG_VERSION);
+  const run = await runZigAsync(zig, pluginBuildArgs(options.source, output, options.optimize ?? 'ReleaseFast'));
+  checkRun(run, `zig build-lib ${options.source}`);
+  return resolve(output);
+}
+
+/** Runs the Zig unit tests of one plugin source with @import("smtp-server") resolved. */
+export function testPlugin(source: string, zigVersion: string = PINNED_ZIG_VERSION): number {
+  const zig = findZig(zigVersion);
+  const result = spawnSync(zig, ['test', '--dep', 'smtp-server', `-Mroot=${resolve(source)}`, `-Msmtp-server=${ZIG_MODULE_ROOT}`], {
+    env: zigEnv(),
+    stdio: 'inherit',
+  });
+  return result.status ?? 1;
+}
+
+/** Builds the native host runtime (src/native/host_runtime.zig). */
+export async function buildRuntime(zigVersion: string = PINNED_ZIG_VERSION, output: string = RUNTIME_LIBRARY): Promise<string> {
+  mkdirSync(dirname(output), { recursive: true });
+  const zig = findZig(zigVersion);
+  const run = await runZigAsync(zig, [
+    'build-lib', '-dynamic', '-lc', '-O', 'ReleaseFast',
+    '--dep', 'smtp-host', `-Mroot=${RUNTIME_SOURCE}`, `-Msmtp-host=${ZIG_HOST_MODULE_ROOT}`,
+    `-femit-bin=${output}`,
+  ]);
+  checkRun(run, 'zig build-lib host_runtime.zig');
+  return output;
+}
