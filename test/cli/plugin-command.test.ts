@@ -1,0 +1,122 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { FIXTURE_SOURCES, fixture } from '../helpers/fixtures.js';
+import { callJson, runCli } from '../helpers/cli.js';
+
+const SIX_KEYWORDS = 'Congratulations WINNER! Visit our casino, click here for free money, act now';
+const CLEAN = 'Hi Bob, the meeting moved to 3pm. See you there.';
+
+describe('smtp-server plugin call', () => {
+  // The guide's own source, with only the two ABI lines changed, built by plugin build on 0.14.1.
+  it('blocks six keywords and passes a clean body with the guide spam filter built by plugin build', () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'guide-')), 'libguide.so');
+    const build = runCli(['plugin', 'build', join(FIXTURE_SOURCES, 'guide_spam_filter.zig'), '-o', out, '--zig', '0.14.1']);
+    expect(build.status, build.stderr).toBe(0);
+    expect(build.stdout.trim()).toBe(out);
+    const spam = callJson(runCli(['plugin', 'call', out, '--hook', 'message_filtered', '--meta', `message_body=${SIX_KEYWORDS.toLowerCase()}`]));
+    expect(spam).toMatchObject({ code: 1, cancel: false });
+    expect(spam.metadata.is_spam).toBe('true');
+    expect(spam.metadata.spam_score).toBe('6');
+    const clean = callJson(runCli(['plugin', 'call', out, '--hook', 'message_filtered', '--meta', `message_body=${CLEAN}`]));
+    expect(clean).toEqual({ code: 0, cancel: false, metadata: { message_body: CLEAN } });
+  });
+
+  it('gives the same results for the Zig example and the C plugin built with gcc', () => {
+    for (const lib of [fixture('spam_filter'), fixture('c_spam_filter'), fixture('spam_filter_newest')]) {
+      const spam = callJson(runCli(['plugin', 'call', lib, '--hook', 'message_filtered', '--meta', `message_body=${SIX_KEYWORDS}`, '--meta', 'sender=a@example.com']));
+      expect(spam, lib).toEqual({ code: 1, cancel: false, metadata: { message_body: SIX_KEYWORDS, sender: 'a@example.com', spam_score: '6', is_spam: 'true' } });
+      const clean = callJson(runCli(['plugin', 'call', lib, '--hook', 'message_filtered', '--meta', `message_body=${CLEAN}`]));
+      expect(clean, lib).toEqual({ code: 0, cancel: false, metadata: { message_body: CLEAN, spam_score: '0' } });
+      const lowered = callJson(runCli(['plugin', 'call', lib, '--hook', 'message_filtered', '--config', '{"spam_threshold": 2}', '--meta', 'message_body=Buy VIAGRA, Click Here']));
+      expect(lowered.code, lib).toBe(1);
+    }
+  });
+
+  it('reads metadata from files and reports cancel', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meta-'));
+    writeFileSync(join(dir, 'in.txt'), 'from a file');
+    const run = callJson(runCli(['plugin', 'call', fixture('c_cancel_flag'), '--hook', 'message_received', '--meta-file', `in=${join(dir, 'in.txt')}`]));
+    expect(run).toEqual({ code: 0, cancel: true, metadata: { in: 'from a file', visited: 'flag-setter', out: 'from a file' } });
+  });
+
+  it('fails with a coded error on stderr and a non-zero exit', () => {
+    const cases: [string[], string][] = [
+      [['plugin', 'call', '/nonexistent/libx.so', '--hook', 'message_received'], 'SMTP_E_PLUGIN_NOT_FOUND'],
+      [['plugin', 'call', fixture('not_a_library'), '--hook', 'message_received'], 'SMTP_E_PLUGIN_NOT_LIBRARY'],
+      [['plugin', 'call', fixture('c_bad_abi'), '--hook', 'message_received'], 'SMTP_E_PLUGIN_ABI_VERSION'],
+      [['plugin', 'call', fixture('c_init_fails'), '--hook', 'message_received'], 'SMTP_E_PLUGIN_INIT'],
+      [['plugin', 'call', fixture('c_bad_code'), '--hook', 'message_received'], 'SMTP_E_PLUGIN_HOOK_CODE'],
+      [['plugin', 'call', fixture('spam_filter'), '--hook', 'message_filtered', '--config', '{"spam_threshold": "high"}'], 'SMTP_E_PLUGIN_INIT'],
+      [['plugin', 'call', fixture('spam_filter'), '--hook', 'message_filtered', '--config', 'not json'], 'SMTP_E_PLUGIN_CONFIG'],
+      [['plugin', 'call', fixture('spam_filter'), '--hook', 'no_such_hook'], 'SMTP_E_CLI_USAGE'],
+      [['plugin', 'call', fixture('spam_filter')], 'SMTP_E_CLI_USAGE'],
+      [['plugin', 'build', join(FIXTURE_SOURCES, 'read_set.zig'), '--target', 'wasm'], 'SMTP_E_BUILD_TARGET'],
+      [['plugin', 'build', join(FIXTURE_SOURCES, 'read_set.zig'), '--zig', '0.9.0'], 'SMTP_E_ZIG_VERSION'],
+    ];
+    for (const [args, code] of cases) {
+      const run = runCli(args);
+      expect(run.status, args.join(' ')).not.toBe(0);
+      expect(run.stdout, args.join(' ')).toBe('');
+      expect(run.stderr, args.join(' ')).toContain(`error ${code}:`);
+    }
+  });
+
+  it('reports a Zig compile error as SMTP_E_BUILD_FAILED with the compiler message', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'broken-'));
+    writeFileSync(join(dir, 'broken.zig'), 'const plugin = @import("smtp-server").plugin;\nexport fn f() c_int { return undefined_name; }\n');
+    const run = runCli(['plugin', 'build', join(dir, 'broken.zig')]);
+    expect(run.status).toBe(1);
+    expect(run.stderr).toContain('SMTP_E_BUILD_FAILED');
+    expect(run.stderr).toContain('undefined_name');
+    expect(existsSync(join(dir, 'libbroken.so'))).toBe(false);
+  });
+});
+
+describe('smtp-server plugin info', () => {
+  it('prints metadata and ABI version as JSON', () => {
+    const run = runCli(['plugin', 'info', fixture('spam_filter')]);
+    expect(run.status, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout)).toEqual({
+      file: fixture('spam_filter'),
+      kind: 'native',
+      abi_version: '1.0',
+      name: 'spam-filter',
+      version: '1.1.0',
+      author: 'SMTP Team',
+      description: 'Basic spam filtering using keyword analysis',
+      license: 'MIT',
+      dependencies: [],
+      min_server_version: '0.28.0',
+      max_server_version: null,
+      handled_hooks: ['message_filtered'],
+    });
+  });
+});
+
+describe('smtp-server plugin test', () => {
+  it("runs the example's Zig unit tests, on the pinned and the newest Zig", () => {
+    for (const version of ['0.14.1', '0.17.1']) {
+      const run = runCli(['plugin', 'test', 'plugins/spam_filter.zig', '--zig', version]);
+      expect(run.status, run.stderr).toBe(0);
+      expect(run.stderr).toMatch(/All 4 tests passed/);
+    }
+  });
+
+  it('fails when a unit test fails', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'failing-'));
+    writeFileSync(join(dir, 'failing.zig'), 'const std = @import("std");\nconst plugin = @import("smtp-server").plugin;\ntest "fails" { try std.testing.expectEqual(@as(u32, 1), plugin.abi_version); }\n');
+    const run = runCli(['plugin', 'test', join(dir, 'failing.zig')]);
+    expect(run.status).not.toBe(0);
+  });
+});
+
+describe('smtp-server', () => {
+  it('runs through npx from the checkout', () => {
+    const run = spawnSync('npx', ['--no-install', 'smtp-server', '--version'], { encoding: 'utf8' });
+    expect(run.status, run.stderr).toBe(0);
+    expect(run.stdout.trim()).toBe('0.28.0');
+  });
+});

@@ -1,0 +1,54 @@
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ABI_DIR, BUILD_DIR, PROJECT_ROOT, sharedLibraryName } from '../../src/paths.js';
+import { buildPlugin } from '../../src/toolchain/build.js';
+import { NEWEST_ZIG_VERSION, PINNED_ZIG_VERSION } from '../../src/toolchain/zig.js';
+
+/** Where the test run builds its plugin fixtures (never committed). */
+export const FIXTURE_DIR = join(BUILD_DIR, 'test-fixtures');
+export const FIXTURE_SOURCES = join(PROJECT_ROOT, 'test', 'fixtures', 'plugins');
+
+export function fixture(name: string): string {
+  return join(FIXTURE_DIR, sharedLibraryName(name));
+}
+
+/** name -> -D flags for test/fixtures/plugins/c_variants.c. */
+export const C_VARIANTS: Record<string, string[]> = {
+  c_plain: ['-DNAME="plain"'],
+  c_second: ['-DNAME="second"'],
+  c_stop: ['-DVARIANT_STOP', '-DNAME="stopper"'],
+  c_cancel_code: ['-DVARIANT_CANCEL_CODE', '-DNAME="canceller"'],
+  c_cancel_flag: ['-DVARIANT_CANCEL_FLAG', '-DNAME="flag-setter"'],
+  c_filtered_only: ['-DNAME="filtered-only"', '-DHANDLED=SMTP_HOOK_BIT(SMTP_HOOK_MESSAGE_FILTERED)'],
+  c_bad_code: ['-DVARIANT_BAD_CODE', '-DNAME="bad-code"'],
+  c_bad_abi: ['-DVARIANT_BAD_ABI'],
+  c_no_marker: ['-DVARIANT_NO_MARKER'],
+  c_null_metadata: ['-DVARIANT_NULL_METADATA'],
+  c_bad_utf8: ['-DVARIANT_BAD_UTF8'],
+  c_init_fails: ['-DVARIANT_INIT_FAILS'],
+  c_individual: ['-DVARIANT_INDIVIDUAL_EXPORTS', '-DNAME="individual"'],
+  c_missing_disable: ['-DVARIANT_INDIVIDUAL_EXPORTS', '-DVARIANT_MISSING_DISABLE'],
+  c_bad_name: ['-DNAME="bad name!"'],
+};
+
+export function compileC(source: string, name: string, defines: string[] = []): string {
+  const output = fixture(name);
+  const result = spawnSync('gcc', ['-shared', '-fPIC', '-O2', '-Wall', '-Werror', '-Wno-unused-function', '-std=c11', `-I${ABI_DIR}`, ...defines, '-o', output, source], { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`gcc ${name} failed:\n${result.stderr}${result.error?.message ?? ''}`);
+  return output;
+}
+
+/** Builds every plugin fixture from source: gcc for C, both Zig versions for Zig. */
+export async function buildFixtures(): Promise<void> {
+  mkdirSync(FIXTURE_DIR, { recursive: true });
+  compileC(join(FIXTURE_SOURCES, 'c_spam_filter.c'), 'c_spam_filter');
+  for (const [name, defines] of Object.entries(C_VARIANTS)) compileC(join(FIXTURE_SOURCES, 'c_variants.c'), name, defines);
+  writeFileSync(fixture('not_a_library'), 'this is text, not an ELF file\n');
+  await Promise.all([
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'guide_spam_filter.zig'), output: fixture('guide_spam_filter'), zigVersion: PINNED_ZIG_VERSION }),
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'read_set.zig'), output: fixture('read_set') }),
+    buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter') }),
+    buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter_newest'), zigVersion: NEWEST_ZIG_VERSION }),
+  ]);
+}
