@@ -135,7 +135,7 @@ class NativeContextSlot {
       at += 4 + keyLen;
       const valueLen = out.readUInt32LE(at);
       // A copy: the scratch buffer is reused by the next call.
-      context.applyPluginChange(key, Uint8Array.prototype.slice.call(out, at + 4, at + 4 + valueLen));
+      context.applyPluginChange(key, new Uint8Array(out.buffer.slice(out.byteOffset + at + 4, out.byteOffset + at + 4 + valueLen)));
       at += 4 + valueLen;
     }
   }

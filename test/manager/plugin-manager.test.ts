@@ -1,0 +1,118 @@
+import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { PluginManager } from '../../src/manager/plugin-manager.js';
+import { HookContext } from '../../src/plugin/hook-context.js';
+import { sharedLibraryName } from '../../src/paths.js';
+import { fixture } from '../helpers/fixtures.js';
+
+/** A plugin directory holding copies of the named fixtures, as 00_<name>.so etc. */
+function pluginDir(names: string[]): string {
+  const dir = mkdtempSync(join(tmpdir(), 'plugins-'));
+  names.forEach((name, index) => copyFileSync(fixture(name), join(dir, sharedLibraryName(`${String(index).padStart(2, '0')}_${name}`))));
+  return dir;
+}
+
+const SPAM = 'winner! casino: click here for free money, act now, congratulations';
+
+describe('PluginManager', () => {
+  it('loads every library in the directory, skips a broken one and keeps serving', async () => {
+    const dir = pluginDir(['c_plain', 'c_bad_abi', 'spam_filter', 'c_second']);
+    const manager = new PluginManager({ directory: dir });
+    const { loaded, failed } = manager.loadAllPlugins();
+    expect(loaded.map((p) => p.name)).toEqual(['plain', 'spam-filter', 'second']);
+    expect(failed).toHaveLength(1);
+    expect(failed[0]!.error.code).toBe('SMTP_E_PLUGIN_ABI_VERSION');
+    expect(failed[0]!.path).toContain('01_c_bad_abi');
+
+    const context = new HookContext('message_filtered');
+    context.setMetadata('message_body', 'hello');
+    expect(await manager.executeHook('message_filtered', context)).toEqual({ action: 'continue' });
+    expect(context.getMetadata('visited')).toBe('plain,second');
+    expect(context.getMetadata('spam_score')).toBe('0');
+    // A second scan loads nothing twice.
+    expect(manager.loadAllPlugins().loaded).toEqual([]);
+    manager.deinit();
+  });
+
+  it('runs the chain in load order and stops at stop, cancel or an error', async () => {
+    const manager = new PluginManager({ directory: tmpdir() });
+    manager.loadPlugin(fixture('c_plain'));
+    manager.loadPlugin(fixture('spam_filter'), '{"spam_threshold": 5.0}');
+    manager.loadPlugin(fixture('c_second'));
+
+    const spam = new HookContext('message_filtered');
+    spam.setMetadata('message_body', SPAM);
+    expect(await manager.executeHook('message_filtered', spam)).toEqual({ action: 'stop', plugin: 'spam-filter' });
+    expect(spam.getMetadata('visited')).toBe('plain');
+    expect(spam.getMetadata('is_spam')).toBe('true');
+    expect(spam.cancel).toBe(false);
+
+    manager.loadPlugin(fixture('c_cancel_flag'));
+    manager.loadPlugin(fixture('c_bad_code'));
+    const received = new HookContext('message_received');
+    expect(await manager.executeHook('message_received', received)).toEqual({ action: 'cancel', plugin: 'flag-setter' });
+    expect(received.cancel).toBe(true);
+    expect(received.getMetadata('visited')).toBe('plain,second,flag-setter');
+
+    manager.disablePlugin('flag-setter');
+    const failing = await manager.executeHook('message_received', new HookContext('message_received'));
+    expect(failing.action).toBe('error');
+    expect(failing.plugin).toBe('bad-code');
+    expect(failing.error?.code).toBe('SMTP_E_PLUGIN_HOOK_CODE');
+    // The failing plugin harmed nothing: the others still run.
+    manager.unloadPlugin('bad-code');
+    const after = new HookContext('message_received');
+    expect(await manager.executeHook('message_received', after)).toEqual({ action: 'continue' });
+    expect(after.getMetadata('visited')).toBe('plain,second');
+    manager.deinit();
+  });
+
+  it('skips a plugin for hooks it does not declare', async () => {
+    const manager = new PluginManager({ directory: tmpdir() });
+    manager.loadPlugin(fixture('c_filtered_only'));
+    manager.loadPlugin(fixture('c_plain'));
+    const received = new HookContext('message_received');
+    await manager.executeHook('message_received', received);
+    expect(received.getMetadata('visited')).toBe('plain');
+    const filtered = new HookContext('message_filtered');
+    await manager.executeHook('message_filtered', filtered);
+    expect(filtered.getMetadata('visited')).toBe('filtered-only,plain');
+    manager.deinit();
+  });
+
+  it('enables and disables at run time, and refuses duplicates and unknown names', async () => {
+    const manager = new PluginManager({ directory: tmpdir() });
+    manager.loadPlugin(fixture('c_spam_filter'));
+    const spam = () => {
+      const context = new HookContext('message_filtered');
+      context.setMetadata('message_body', SPAM);
+      return manager.executeHook('message_filtered', context);
+    };
+    expect((await spam()).action).toBe('stop');
+    manager.disablePlugin('c-spam-filter');
+    expect((await spam()).action).toBe('continue');
+    manager.enablePlugin('c-spam-filter');
+    expect((await spam()).action).toBe('stop');
+    expect(() => manager.loadPlugin(fixture('c_spam_filter'))).toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_DUPLICATE' }));
+    expect(() => manager.disablePlugin('nobody')).toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_UNKNOWN' }));
+    expect(() => manager.loadPlugin(fixture('c_init_fails'))).toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_INIT' }));
+    expect(manager.list().map((p) => p.name)).toEqual(['c-spam-filter']);
+    manager.deinit();
+  });
+
+  it('inits and enables in load order, and disables and deinits in reverse', () => {
+    const trace = join(mkdtempSync(join(tmpdir(), 'trace-')), 'trace.log');
+    const config = JSON.stringify({ trace });
+    const manager = new PluginManager({ directory: tmpdir() });
+    manager.loadPlugin(fixture('c_plain'), config);
+    manager.loadPlugin(fixture('c_second'), config);
+    manager.deinit();
+    expect(readFileSync(trace, 'utf8').trim().split('\n')).toEqual([
+      'plain init', 'plain enable', 'second init', 'second enable',
+      'second disable', 'second deinit', 'plain disable', 'plain deinit',
+    ]);
+    expect(manager.list()).toEqual([]);
+  });
+});

@@ -1,0 +1,73 @@
+import { describe, expect, it } from 'vitest';
+import { isHostError } from '../../src/errors.js';
+import { loadNativePlugin } from '../../src/native/native-plugin.js';
+import { HookContext } from '../../src/plugin/hook-context.js';
+import { PluginInstance } from '../../src/plugin/lifecycle.js';
+import { fixture } from '../helpers/fixtures.js';
+
+function illegal(run: () => unknown): string {
+  try {
+    run();
+  } catch (error) {
+    expect(isHostError(error, 'SMTP_E_PLUGIN_STATE')).toBe(true);
+    return (error as Error).message;
+  }
+  throw new Error('expected SMTP_E_PLUGIN_STATE');
+}
+
+describe('PluginInstance lifecycle', () => {
+  it('walks loaded -> initialized -> enabled -> disabled -> deinitialized -> unloaded', () => {
+    const instance = new PluginInstance(loadNativePlugin(fixture('c_plain')));
+    const context = new HookContext('message_received');
+    expect(instance.state).toBe('loaded');
+    expect(illegal(() => instance.enable())).toContain('cannot enable in state loaded');
+    expect(illegal(() => instance.executeHook(context))).toContain('cannot executeHook in state loaded');
+    instance.init('{}');
+    expect(illegal(() => instance.init('{}'))).toContain('cannot init in state initialized');
+    instance.enable();
+    expect(instance.executeHook(context)).toEqual({ code: 0, action: 'continue' });
+    expect(illegal(() => instance.deinit())).toContain('cannot deinit in state enabled');
+    instance.disable();
+    expect(illegal(() => instance.executeHook(context))).toContain('in state disabled');
+    instance.enable();
+    instance.disable();
+    instance.deinit();
+    expect(illegal(() => instance.enable())).toContain('cannot enable in state deinitialized');
+    instance.unload();
+    expect(instance.state).toBe('unloaded');
+    expect(illegal(() => instance.unload())).toContain('cannot unload in state unloaded');
+  });
+
+  it('reads stop, cancel by code and cancel by flag', () => {
+    const cases = [
+      ['c_stop', { code: 1, action: 'stop' }, false],
+      ['c_cancel_code', { code: 2, action: 'cancel' }, true],
+      ['c_cancel_flag', { code: 0, action: 'cancel' }, true],
+    ] as const;
+    for (const [name, result, cancel] of cases) {
+      const instance = new PluginInstance(loadNativePlugin(fixture(name)));
+      instance.init('{}');
+      instance.enable();
+      const context = new HookContext('message_received');
+      expect(instance.executeHook(context), name).toEqual(result);
+      expect(context.cancel, name).toBe(cancel);
+      instance.shutdown();
+      expect(instance.state).toBe('unloaded');
+    }
+  });
+
+  it('turns an unknown return code into SMTP_E_PLUGIN_HOOK_CODE naming the plugin and a 4xx reply', () => {
+    const instance = new PluginInstance(loadNativePlugin(fixture('c_bad_code')));
+    instance.init('{}');
+    instance.enable();
+    try {
+      instance.executeHook(new HookContext('message_filtered'));
+      throw new Error('expected an error');
+    } catch (error) {
+      expect(isHostError(error, 'SMTP_E_PLUGIN_HOOK_CODE')).toBe(true);
+      expect((error as Error).message).toBe('plugin "bad-code": message_filtered returned 7 (expected 0, 1 or 2)');
+      expect((error as { reply?: { code: number } }).reply?.code).toBe(451);
+    }
+    instance.shutdown();
+  });
+});
