@@ -134,8 +134,8 @@ class NativeContextSlot {
       const key = out.toString('utf8', at + 4, at + 4 + keyLen);
       at += 4 + keyLen;
       const valueLen = out.readUInt32LE(at);
-      // A copy: the scratch buffer is reused by the next call.
-      context.applyPluginChange(key, new Uint8Array(out.buffer.slice(out.byteOffset + at + 4, out.byteOffset + at + 4 + valueLen)));
+      // A copy (pooled for small values): the scratch buffer is reused by the next call.
+      context.applyPluginChange(key, Buffer.from(out.subarray(at + 4, at + 4 + valueLen)));
       at += 4 + valueLen;
     }
   }

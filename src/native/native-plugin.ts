@@ -1,4 +1,5 @@
 import { accessSync, constants } from 'node:fs';
+import { resolve } from 'node:path';
 import koffi from 'koffi';
 import { formatAbiVersion, isAbiCompatible, ABI_VERSION } from '../abi/hooks.js';
 import { AbiVersionProto, INTERFACE_FIELDS, InitProto, IntProto, PluginInterfaceStruct, PluginMetadataStruct, PointerProto, VoidProto } from '../abi/layout.js';
@@ -171,7 +172,8 @@ export function loadNativePlugin(path: string): Plugin {
   }
   let lib: Library;
   try {
-    lib = koffi.load(path);
+    // dlopen searches the library path for a name without a slash: resolve it.
+    lib = koffi.load(resolve(path));
   } catch (cause) {
     throw hostError('SMTP_E_PLUGIN_NOT_LIBRARY', `${path}: not a loadable shared library (${(cause as Error).message})`, cause);
   }

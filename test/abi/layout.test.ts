@@ -83,5 +83,11 @@ describe('abi/smtp_plugin.h is the contract', () => {
       expect(zig).toEqual(c);
       expect(zigNames).toEqual([...HOOK_NAMES]);
     });
+
+    it(`passes the binding's own Zig tests with Zig ${version}`, () => {
+      const run = spawnSync(findZig(version), ['test', ZIG_MODULE_ROOT], { encoding: 'utf8', env: zigEnv() });
+      expect(run.status, run.stderr).toBe(0);
+      expect(run.stderr).toMatch(/All \d+ tests passed/);
+    });
   }
 });

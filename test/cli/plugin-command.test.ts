@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { FIXTURE_SOURCES, fixture } from '../helpers/fixtures.js';
+import { FIXTURE_DIR, FIXTURE_SOURCES, fixture } from '../helpers/fixtures.js';
 import { callJson, runCli } from '../helpers/cli.js';
 
 const SIX_KEYWORDS = 'Congratulations WINNER! Visit our casino, click here for free money, act now';
@@ -93,6 +93,12 @@ describe('smtp-server plugin info', () => {
       max_server_version: null,
       handled_hooks: ['message_filtered'],
     });
+  });
+
+  it('loads a library named relative to the working directory', () => {
+    const run = runCli(['plugin', 'info', 'libspam_filter.so'], { cwd: FIXTURE_DIR });
+    expect(run.status, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).name).toBe('spam-filter');
   });
 });
 

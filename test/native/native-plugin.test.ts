@@ -48,7 +48,7 @@ describe('the native backend', () => {
     const context = new HookContext('message_received');
     context.setMetadata('in', bytes);
     plugin.executeHook(context);
-    expect(context.getMetadataBytes('out')).toEqual(bytes);
+    expect(Uint8Array.from(context.getMetadataBytes("out")!)).toEqual(bytes);
     // A second call on the same context sees the first call's changes.
     plugin.executeHook(context);
     expect(context.getMetadata('visited')).toBe('plain,plain');
