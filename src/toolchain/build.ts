@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { hostError } from '../errors.js';
 import { RUNTIME_LIBRARY, RUNTIME_SOURCE, ZIG_HOST_MODULE_ROOT, ZIG_MODULE_ROOT, sharedLibraryName } from '../paths.js';
@@ -52,6 +52,11 @@ function checkRun(run: Run, what: string): void {
   if (run.status !== 0) throw hostError('SMTP_E_BUILD_FAILED', `${what} failed:\n${run.stderr.trim()}`);
 }
 
+/** Zig 0.14 leaves the object file beside a dynamic library it emits; nothing reads it. */
+function removeObjectBeside(output: string): void {
+  rmSync(`${output}.o`, { force: true });
+}
+
 /** Builds one plugin source; returns the path of the library it wrote. */
 export async function buildPlugin(options: PluginBuildOptions): Promise<string> {
   const target = options.target ?? 'native';
@@ -64,6 +69,7 @@ export async function buildPlugin(options: PluginBuildOptions): Promise<string> 
   const zig = findZig(options.zigVersion ?? PINNED_ZIG_VERSION);
   const run = await runZigAsync(zig, pluginBuildArgs(options.source, output, options.optimize ?? 'ReleaseFast'));
   checkRun(run, `zig build-lib ${options.source}`);
+  removeObjectBeside(resolve(output));
   return resolve(output);
 }
 
@@ -87,5 +93,6 @@ export async function buildRuntime(zigVersion: string = PINNED_ZIG_VERSION, outp
     `-femit-bin=${output}`,
   ]);
   checkRun(run, 'zig build-lib host_runtime.zig');
+  removeObjectBeside(output);
   return output;
 }

@@ -16,6 +16,7 @@ describe('smtp-server plugin call', () => {
     const build = runCli(['plugin', 'build', join(FIXTURE_SOURCES, 'guide_spam_filter.zig'), '-o', out, '--zig', '0.14.1']);
     expect(build.status, build.stderr).toBe(0);
     expect(build.stdout.trim()).toBe(out);
+    expect(existsSync(`${out}.o`)).toBe(false);
     const spam = callJson(runCli(['plugin', 'call', out, '--hook', 'message_filtered', '--meta', `message_body=${SIX_KEYWORDS.toLowerCase()}`]));
     expect(spam).toMatchObject({ code: 1, cancel: false });
     expect(spam.metadata.is_spam).toBe('true');
