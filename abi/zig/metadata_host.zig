@@ -130,6 +130,105 @@ pub fn deinitContext(ctx: *plugin.HookContext) void {
     ctx.host_data = null;
 }
 
+fn readU32(bytes: []const u8) u32 {
+    return std.mem.readInt(u32, bytes[0..4], .little);
+}
+
+/// Replaces the context's content with the hook type, cancel cleared, and
+/// entries encoded as repeated [u32 key_len][key][u32 value_len][value],
+/// little endian: the format in which a host copies metadata in.
+pub fn loadEncoded(ctx: *plugin.HookContext, hook_type: c_int, bytes: []const u8) plugin.Status {
+    const store = storeOf(ctx);
+    store.clear();
+    ctx.hook_type = @enumFromInt(hook_type);
+    ctx.cancel = false;
+    var at: usize = 0;
+    while (at < bytes.len) {
+        if (bytes.len - at < 4) return .invalid;
+        const key_len = readU32(bytes[at..]);
+        at += 4;
+        if (bytes.len - at < @as(usize, key_len) + 4) return .invalid;
+        const key = bytes[at .. at + key_len];
+        at += key_len;
+        const value_len = readU32(bytes[at..]);
+        at += 4;
+        if (bytes.len - at < value_len) return .invalid;
+        const status = store.put(key, bytes[at .. at + value_len], false);
+        if (status != .ok) return status;
+        at += value_len;
+    }
+    return .ok;
+}
+
+/// Writes the keys plugins set since the last call, in the load format, and
+/// clears their marks. Returns the bytes written, or minus the bytes needed
+/// when `out` is too small (nothing is cleared then).
+pub fn takeChanges(ctx: *plugin.HookContext, out: []u8) i64 {
+    const store = storeOf(ctx);
+    var needed: usize = 0;
+    for (store.entries[0..store.len]) |entry| {
+        if (entry.changed) needed += 8 + entry.key.len + entry.value.len;
+    }
+    if (needed > out.len) return -@as(i64, @intCast(needed));
+    var at: usize = 0;
+    for (store.entries[0..store.len]) |entry| {
+        if (!entry.changed) continue;
+        std.mem.writeInt(u32, out[at..][0..4], @intCast(entry.key.len), .little);
+        at += 4;
+        @memcpy(out[at .. at + entry.key.len], entry.key);
+        at += entry.key.len;
+        std.mem.writeInt(u32, out[at..][0..4], @intCast(entry.value.len), .little);
+        at += 4;
+        @memcpy(out[at .. at + entry.value.len], entry.value);
+        at += entry.value.len;
+    }
+    store.clearChanges();
+    return @intCast(at);
+}
+
+/// A heap-allocated context for a host (the native runtime, the wasm guest).
+pub fn createContext(allocator: std.mem.Allocator, limits: Limits) ?*plugin.HookContext {
+    const ctx = allocator.create(plugin.HookContext) catch return null;
+    const store = allocator.create(Store) catch {
+        allocator.destroy(ctx);
+        return null;
+    };
+    store.* = .{ .allocator = allocator, .limits = limits };
+    ctx.* = .{ .hook_type = .message_received, .host = &api, .host_data = store };
+    return ctx;
+}
+
+pub fn destroyContext(ctx: *plugin.HookContext) void {
+    const allocator = storeOf(ctx).allocator;
+    deinitContext(ctx);
+    allocator.destroy(ctx);
+}
+
+/// The cancel flag (bit 0) and the number of keys set since the last take
+/// (bits 1 and up), for hosts that call execute_hook themselves.
+pub fn contextStatus(ctx: *const plugin.HookContext) u32 {
+    return @as(u32, @intFromBool(ctx.cancel)) | (@as(u32, @intCast(storeOf(ctx).changed_count)) << 1);
+}
+
+test "a context loaded from the wire format reports what a plugin changed" {
+    const ctx = createContext(std.testing.allocator, .{}).?;
+    defer destroyContext(ctx);
+    const wire = "\x01\x00\x00\x00a\x02\x00\x00\x00v1";
+    try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, wire));
+    try std.testing.expectEqual(plugin.HookType.message_filtered, ctx.hook_type);
+    try std.testing.expectEqualStrings("v1", ctx.getMetadata("a").?);
+    try std.testing.expectEqual(@as(u32, 0), contextStatus(ctx));
+    try ctx.setMetadata("b", "x");
+    ctx.cancel = true;
+    try std.testing.expectEqual(@as(u32, 3), contextStatus(ctx));
+    var small: [4]u8 = undefined;
+    try std.testing.expectEqual(@as(i64, -10), takeChanges(ctx, &small));
+    var out: [16]u8 = undefined;
+    try std.testing.expectEqual(@as(i64, 10), takeChanges(ctx, &out));
+    try std.testing.expectEqualStrings("\x01\x00\x00\x00b\x01\x00\x00\x00x", out[0..10]);
+    try std.testing.expectEqual(plugin.Status.invalid, loadEncoded(ctx, 0, "\x05\x00\x00\x00ab"));
+}
+
 test "metadata set by a plugin is read back and marked as a change" {
     var ctx = initContext(std.testing.allocator, .message_filtered, .{});
     defer deinitContext(&ctx);

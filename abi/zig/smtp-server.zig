@@ -13,6 +13,11 @@ export fn smtp_plugin_abi_version() u32 {
     return plugin.abi_version;
 }
 
+comptime {
+    // A WebAssembly build also exports the guest half of the sandbox.
+    if (builtin.target.cpu.arch.isWasm()) _ = @import("wasm_guest.zig");
+}
+
 test {
     _ = plugin;
     _ = metadata_host;
