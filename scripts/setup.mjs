@@ -25,7 +25,9 @@ try {
   const builds = [buildRuntime()];
   const pluginDir = join(root, 'plugins');
   for (const file of readdirSync(pluginDir).filter((name) => name.endsWith('.zig')).sort()) {
+    // Every example builds both ways: native beside its source, sandboxed into wasm-plugins/.
     builds.push(buildPlugin({ source: join(pluginDir, file) }));
+    builds.push(buildPlugin({ source: join(pluginDir, file), target: 'wasm', output: join(root, 'wasm-plugins', file.replace(/\.zig$/, '.wasm')) }));
   }
   for (const output of await Promise.all(builds)) step(`built ${output}`);
 } catch (error) {

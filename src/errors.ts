@@ -28,7 +28,7 @@ const TEMPFAIL: SmtpReply = { code: 451, enhanced: '4.3.0' };
 export const ERROR_CODES = {
   SMTP_E_PLUGIN_NOT_FOUND: ['The plugin file does not exist or cannot be read.', undefined],
   SMTP_E_PLUGIN_NOT_LIBRARY: ['The file is not a loadable shared library (or the loader refused it).', undefined],
-  SMTP_E_PLUGIN_UNSUPPORTED_FILE: ['The file name has no extension the host knows (.so, .dylib, .dll).', undefined],
+  SMTP_E_PLUGIN_UNSUPPORTED_FILE: ['The file name has no extension the host knows (.so, .dylib, .dll, .wasm).', undefined],
   SMTP_E_PLUGIN_MISSING_EXPORT: ['A required export is absent.', undefined],
   SMTP_E_PLUGIN_ABI_VERSION: ["The plugin's ABI version is not one this host runs.", undefined],
   SMTP_E_PLUGIN_METADATA: ['The metadata is NULL, not UTF-8, over a bound, or malformed.', undefined],
@@ -48,6 +48,16 @@ export const ERROR_CODES = {
   SMTP_E_BUILD_FAILED: ['Zig or the C compiler reported an error building a plugin.', undefined],
   SMTP_E_BUILD_TARGET: ['The build target is unknown or not supported yet.', undefined],
   SMTP_E_CLI_USAGE: ['The command line is malformed.', undefined],
+  SMTP_E_CONFIG: ['The config file cannot be read, is not valid TOML, or has an unknown key or a value of the wrong type.', undefined],
+  SMTP_E_PLUGIN_OPTIONS: ['A plugin limit or failure-policy option is out of range or of the wrong type.', undefined],
+  SMTP_E_WASM_INVALID: ['The file is not a WebAssembly module, is truncated, or does not compile.', undefined],
+  SMTP_E_WASM_UNSUPPORTED: ['The module uses a WebAssembly feature the sandbox does not run (SIMD, threads, shared or 64-bit memory, exceptions).', undefined],
+  SMTP_E_WASM_IMPORT: ['The module imports something outside the allowed set (the WASI preview1 functions and env.memory).', undefined],
+  SMTP_E_WASM_MEMORY: ["The module's initial memory is larger than its memory limit.", undefined],
+  SMTP_E_WASM_TRAP: ['The module trapped (unreachable, out-of-bounds access, stack overflow) in start, init or a hook.', TEMPFAIL],
+  SMTP_E_WASM_DEADLINE: ['A hook ran past its deadline and was interrupted.', TEMPFAIL],
+  SMTP_E_WASM_EXIT: ['The module called proc_exit.', TEMPFAIL],
+  SMTP_E_WASM_BOUNDS: ['The module handed back a pointer or length outside its memory or over a metadata bound.', TEMPFAIL],
 } as const satisfies Record<string, readonly [string, SmtpReply | undefined]>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

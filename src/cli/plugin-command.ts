@@ -5,6 +5,8 @@ import { hostError } from '../errors.js';
 import { HookContext } from '../plugin/hook-context.js';
 import { PluginInstance } from '../plugin/lifecycle.js';
 import { loadPluginFile } from '../plugin/load.js';
+import { resolvePluginOptions } from '../plugin/options.js';
+import { createLogger } from '../log.js';
 import { metadataToJson } from '../plugin/metadata.js';
 import { BUILD_TARGETS, OPTIMIZE_MODES, buildPlugin, testPlugin, type BuildTarget, type OptimizeMode } from '../toolchain/build.js';
 
@@ -13,7 +15,9 @@ export const PLUGIN_USAGE = `usage:
   smtp-server plugin test FILE.zig [--zig VERSION]
   smtp-server plugin info FILE
   smtp-server plugin call FILE --hook NAME [--config JSON | --config-file PATH]
-                          [--meta KEY=VALUE]... [--meta-file KEY=PATH]...`;
+                          [--meta KEY=VALUE]... [--meta-file KEY=PATH]...
+                          [--memory-mb N] [--deadline-ms N]     (limits of a .wasm plugin)
+FILE is a native library (.so/.dylib/.dll) or a sandboxed module (.wasm).`;
 
 function usage(message: string): never {
   throw hostError('SMTP_E_CLI_USAGE', `${message}\n${PLUGIN_USAGE}`);
@@ -57,7 +61,7 @@ function test(args: string[]): number {
 
 function info(args: string[]): number {
   const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
-  const plugin = loadPluginFile(onePositional(positionals, 'info'));
+  const plugin = loadPluginFile(onePositional(positionals, 'info'), { logger: createLogger() });
   try {
     const out = { file: plugin.path, kind: plugin.kind, abi_version: formatAbiVersion(plugin.abiVersion), ...metadataToJson(plugin.metadata, HOOK_NAMES) };
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
@@ -77,8 +81,18 @@ async function call(args: string[]): Promise<number> {
       'config-file': { type: 'string' },
       meta: { type: 'string', multiple: true, default: [] },
       'meta-file': { type: 'string', multiple: true, default: [] },
+      'memory-mb': { type: 'string' },
+      'deadline-ms': { type: 'string' },
     },
   });
+  const limits: Record<string, number> = {};
+  for (const [flag, key] of [['memory-mb', 'memoryMb'], ['deadline-ms', 'hookTimeoutMs']] as const) {
+    const text = values[flag];
+    if (text === undefined) continue;
+    if (!/^\d+$/.test(text)) usage(`--${flag} expects a positive integer, got "${text}"`);
+    limits[key] = Number(text);
+  }
+  const options = resolvePluginOptions({ limits }, 'plugin call');
   const file = onePositional(positionals, 'call');
   const hook = values.hook ?? usage('plugin call needs --hook NAME');
   if (!isHookName(hook)) usage(`unknown hook "${hook}"; hooks: ${HOOK_NAMES.join(', ')}`);
@@ -95,7 +109,7 @@ async function call(args: string[]): Promise<number> {
     const [key, path] = splitPair(pair, '--meta-file');
     context.setMetadata(key, readFileSync(path));
   }
-  const instance = new PluginInstance(loadPluginFile(file));
+  const instance = new PluginInstance(loadPluginFile(file, { options, logger: createLogger() }));
   try {
     instance.init(configJson);
     instance.enable();

@@ -1,15 +1,19 @@
-import { readdirSync } from 'node:fs';
-import { extname, join, resolve } from 'node:path';
+import { existsSync, readdirSync } from 'node:fs';
+import { dirname, extname, join, resolve } from 'node:path';
 import { HOOK_NAMES, handlesHook, hookValue, type HookName } from '../abi/hooks.js';
-import { HostError, hostError, isHostError } from '../errors.js';
+import { HostError, hostError, isHostError, type SmtpReply } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { PluginInstance, type HookAction } from '../plugin/lifecycle.js';
-import { NATIVE_EXTENSIONS, loadPluginFile } from '../plugin/load.js';
+import { NATIVE_EXTENSIONS, WASM_EXTENSION, loadPluginFile } from '../plugin/load.js';
+import type { PluginsConfig } from '../config/plugins-config.js';
+import { DEFAULT_PLUGIN_OPTIONS, type OnErrorPolicy, type PluginOptions } from '../plugin/options.js';
 
 export interface PluginManagerOptions {
-  /** The plugin directory loadAllPlugins() scans. */
+  /** The directory of native plugin libraries loadAllPlugins() scans. */
   readonly directory: string;
+  /** The directory of .wasm plugins it scans; default: wasm-plugins beside `directory`, if present. */
+  readonly wasmDirectory?: string;
   readonly logger?: Logger;
 }
 
@@ -19,6 +23,21 @@ export interface HookOutcome {
   readonly action: HookAction | 'error';
   readonly plugin?: string;
   readonly error?: HostError;
+  /** For an error: the reply its on_error policy asks for (tempfail 451, reject 554). */
+  readonly reply?: SmtpReply;
+}
+
+/** The SMTP reply of each failure policy that refuses. */
+export const POLICY_REPLIES: Readonly<Record<Exclude<OnErrorPolicy, 'continue'>, SmtpReply>> = Object.freeze({
+  tempfail: { code: 451, enhanced: '4.3.0' },
+  reject: { code: 554, enhanced: '5.3.0' },
+});
+
+/** A loaded plugin with its options and its run of failures. */
+interface Entry {
+  readonly instance: PluginInstance;
+  readonly options: PluginOptions;
+  failures: number;
 }
 
 const CONTINUE: HookOutcome = Object.freeze({ action: 'continue' });
@@ -30,25 +49,31 @@ const CONTINUE: HookOutcome = Object.freeze({ action: 'continue' });
  */
 export class PluginManager {
   readonly directory: string;
+  readonly wasmDirectory: string | undefined;
   readonly #logger: Logger;
   /** In load order. */
-  #instances: PluginInstance[] = [];
+  #entries: Entry[] = [];
   /** Per hook value: the enabled plugins that handle it, in load order. */
-  #chains: PluginInstance[][] = HOOK_NAMES.map(() => []);
+  #chains: Entry[][] = HOOK_NAMES.map(() => []);
 
   constructor(options: PluginManagerOptions) {
     this.directory = options.directory;
+    const sibling = join(dirname(resolve(options.directory)), 'wasm-plugins');
+    this.wasmDirectory = options.wasmDirectory ?? (existsSync(sibling) ? sibling : undefined);
     this.#logger = options.logger ?? silentLogger();
   }
 
-  /** Loads, inits and enables one plugin; on failure nothing stays loaded. */
-  loadPlugin(path: string, configJson = '{}'): PluginInstance {
+  /**
+   * Loads, inits and enables one plugin (native or .wasm, by extension);
+   * on failure nothing stays loaded.
+   */
+  loadPlugin(path: string, configJson = '{}', options: PluginOptions = DEFAULT_PLUGIN_OPTIONS): PluginInstance {
     try {
       JSON.parse(configJson);
     } catch (cause) {
       throw hostError('SMTP_E_PLUGIN_CONFIG', `${path}: config is not JSON (${(cause as Error).message})`, cause);
     }
-    const instance = new PluginInstance(loadPluginFile(path));
+    const instance = new PluginInstance(loadPluginFile(path, { options, logger: this.#logger.child({ file: path }) }));
     const log = this.#logger.child({ plugin: instance.name });
     try {
       if (this.get(instance.name)) {
@@ -60,7 +85,7 @@ export class PluginManager {
       instance.shutdown();
       throw error;
     }
-    this.#instances.push(instance);
+    this.#entries.push({ instance, options, failures: 0 });
     this.#rebuildChains();
     log.info({ path, kind: instance.plugin.kind, version: instance.plugin.metadata.version }, 'plugin loaded');
     return instance;
@@ -71,14 +96,22 @@ export class PluginManager {
    * is not loaded yet. A plugin that fails is logged and skipped; the others
    * still load. `configs` maps plugin file names to their JSON config.
    */
-  loadAllPlugins(configs: Readonly<Record<string, string>> = {}): { loaded: PluginInstance[]; failed: { path: string; error: HostError }[] } {
+  loadAllPlugins(
+    configs: Readonly<Record<string, string>> = {},
+    accept: (path: string) => boolean = () => true,
+  ): { loaded: PluginInstance[]; failed: { path: string; error: HostError }[] } {
     const loaded: PluginInstance[] = [];
     const failed: { path: string; error: HostError }[] = [];
-    const present = new Set(this.#instances.map((instance) => resolve(instance.plugin.path)));
-    const files = readdirSync(this.directory).filter((file) => NATIVE_EXTENSIONS.includes(extname(file).toLowerCase())).sort();
-    for (const file of files) {
-      const path = join(this.directory, file);
-      if (present.has(resolve(path))) continue;
+    const present = new Set(this.#entries.map(({ instance }) => resolve(instance.plugin.path)));
+    const list = (dir: string | undefined, accept: (extension: string) => boolean): string[] =>
+      dir === undefined ? [] : readdirSync(dir).filter((file) => accept(extname(file).toLowerCase())).sort().map((file) => join(dir, file));
+    const paths = [
+      ...list(this.directory, (extension) => NATIVE_EXTENSIONS.includes(extension)),
+      ...list(this.wasmDirectory, (extension) => extension === WASM_EXTENSION),
+    ];
+    for (const path of paths) {
+      const file = path.slice(path.lastIndexOf('/') + 1);
+      if (present.has(resolve(path)) || !accept(path)) continue;
       try {
         loaded.push(this.loadPlugin(path, configs[file] ?? '{}'));
       } catch (error) {
@@ -90,29 +123,65 @@ export class PluginManager {
     return { loaded, failed };
   }
 
+  /**
+   * Loads the plugins a config.toml [plugins] section names, in config
+   * order, each from its native or sandboxed build as configured; with
+   * auto_load, then every other plugin file in the directories. A plugin
+   * that fails is logged and skipped, as in loadAllPlugins().
+   */
+  loadFromConfig(config: PluginsConfig): { loaded: PluginInstance[]; failed: { path: string; error: HostError }[] } {
+    const loaded: PluginInstance[] = [];
+    const failed: { path: string; error: HostError }[] = [];
+    if (!config.enabled) return { loaded, failed };
+    for (const entry of config.plugins) {
+      if (!entry.enabled) continue;
+      try {
+        const instance = this.loadPlugin(entry.file, entry.config, entry.options);
+        if (instance.name !== entry.name) {
+          this.#logger.warn({ plugin: instance.name, configured: entry.name, path: entry.file }, 'plugin name differs from its config entry');
+        }
+        loaded.push(instance);
+      } catch (error) {
+        const coded = isHostError(error) ? error : hostError('SMTP_E_PLUGIN_NOT_LIBRARY', `${entry.file}: ${String(error)}`, error);
+        this.#logger.error({ plugin: entry.name, path: entry.file, code: coded.code, err: coded.message }, 'plugin failed to load');
+        failed.push({ path: entry.file, error: coded });
+      }
+    }
+    if (config.autoLoad) {
+      // Files a config entry names (enabled or not) are never auto-loaded.
+      const configured = new Set(config.plugins.map((entry) => resolve(entry.file)));
+      const rest = this.loadAllPlugins({}, (path) => !configured.has(resolve(path)));
+      loaded.push(...rest.loaded);
+      failed.push(...rest.failed);
+    }
+    return { loaded, failed };
+  }
+
   get(name: string): PluginInstance | undefined {
-    return this.#instances.find((instance) => instance.name === name);
+    return this.#entries.find(({ instance }) => instance.name === name)?.instance;
   }
 
   /** Loaded plugins, in load order. */
   list(): readonly PluginInstance[] {
-    return this.#instances;
+    return this.#entries.map(({ instance }) => instance);
   }
 
-  #require(name: string): PluginInstance {
-    const instance = this.get(name);
-    if (!instance) throw hostError('SMTP_E_PLUGIN_UNKNOWN', `no loaded plugin is named "${name}"`);
-    return instance;
+  #require(name: string): Entry {
+    const entry = this.#entries.find(({ instance }) => instance.name === name);
+    if (!entry) throw hostError('SMTP_E_PLUGIN_UNKNOWN', `no loaded plugin is named "${name}"`);
+    return entry;
   }
 
   enablePlugin(name: string): void {
-    this.#require(name).enable();
+    const entry = this.#require(name);
+    entry.instance.enable();
+    entry.failures = 0;
     this.#rebuildChains();
   }
 
   disablePlugin(name: string): void {
     try {
-      this.#require(name).disable();
+      this.#require(name).instance.disable();
     } finally {
       this.#rebuildChains();
     }
@@ -120,27 +189,35 @@ export class PluginManager {
 
   /** Disables, deinits and unloads one plugin. */
   unloadPlugin(name: string): void {
-    const instance = this.#require(name);
-    this.#instances = this.#instances.filter((other) => other !== instance);
+    const entry = this.#require(name);
+    this.#entries = this.#entries.filter((other) => other !== entry);
     this.#rebuildChains();
-    instance.shutdown();
+    entry.instance.shutdown();
   }
 
   /**
    * Runs `hook` through the enabled plugins that handle it, in load order,
-   * until one stops, cancels or fails.
+   * until one stops or cancels. A plugin that fails follows its on_error
+   * policy: continue (the chain goes on), tempfail or reject (the chain ends
+   * with an `error` outcome carrying the reply); after
+   * max_consecutive_failures failures in a row it is disabled.
    */
   async executeHook(hook: HookName, context: HookContext): Promise<HookOutcome> {
     if (context.hook !== hook) throw hostError('SMTP_E_HOOK_UNKNOWN', `executeHook(${hook}) was given a ${context.hook} context`);
     const chain = this.#chains[hookValue(hook)]!;
-    for (const instance of chain) {
+    for (const entry of chain) {
+      const { instance } = entry;
       let action: HookAction;
       try {
         action = instance.executeHook(context).action;
+        entry.failures = 0;
       } catch (error) {
         const coded = isHostError(error) ? error : hostError('SMTP_E_PLUGIN_HOOK_CODE', `plugin "${instance.name}": ${String(error)}`, error);
-        this.#logger.error({ plugin: instance.name, hook, code: coded.code, err: coded.message }, 'plugin hook failed');
-        return { action: 'error', plugin: instance.name, error: coded };
+        const policy = entry.options.onError;
+        this.#logger.error({ plugin: instance.name, hook, code: coded.code, err: coded.message, on_error: policy }, 'plugin hook failed');
+        this.#countFailure(entry);
+        if (policy === 'continue') continue;
+        return { action: 'error', plugin: instance.name, error: coded, reply: POLICY_REPLIES[policy] };
       }
       if (action !== 'continue') {
         this.#logger.debug({ plugin: instance.name, hook, action }, 'hook chain ended by plugin');
@@ -150,10 +227,22 @@ export class PluginManager {
     return CONTINUE;
   }
 
+  #countFailure(entry: Entry): void {
+    entry.failures++;
+    if (entry.failures < entry.options.maxConsecutiveFailures || entry.instance.state !== 'enabled') return;
+    this.#logger.error({ plugin: entry.instance.name, failures: entry.failures }, 'plugin disabled after failing too many times in a row');
+    try {
+      entry.instance.disable();
+    } catch {
+      // disable() leaves the chain even when the plugin's disable fails.
+    }
+    this.#rebuildChains();
+  }
+
   /** Disables, deinits and unloads every plugin, in reverse load order. */
   deinit(): void {
-    const instances = this.#instances.reverse();
-    this.#instances = [];
+    const instances = this.#entries.map(({ instance }) => instance).reverse();
+    this.#entries = [];
     this.#rebuildChains();
     for (const instance of instances) {
       try {
@@ -166,7 +255,7 @@ export class PluginManager {
 
   #rebuildChains(): void {
     this.#chains = HOOK_NAMES.map((hook) =>
-      this.#instances.filter((instance) => instance.state === 'enabled' && handlesHook(instance.plugin.metadata.handledHooks, hook)),
+      this.#entries.filter(({ instance }) => instance.state === 'enabled' && handlesHook(instance.plugin.metadata.handledHooks, hook)),
     );
   }
 }

@@ -3,6 +3,7 @@ import koffi from 'koffi';
 import { hostError } from '../errors.js';
 import { RUNTIME_LIBRARY } from '../paths.js';
 import type { HookContext, MetadataLimits } from '../plugin/hook-context.js';
+import { applyChanges, encodeMetadata, scratchBuffer } from '../plugin/metadata-wire.js';
 
 /** koffi pointers are BigInt in koffi 3. */
 export type NativePointer = bigint;
@@ -52,12 +53,6 @@ export function boundedStrlen(s: NativePointer, max: number): number {
 }
 
 const TWO_POW_32 = 2 ** 32;
-let scratch = Buffer.allocUnsafe(64 * 1024);
-
-function ensureScratch(bytes: number): Buffer {
-  if (scratch.length < bytes) scratch = Buffer.allocUnsafe(Math.max(bytes, scratch.length * 2));
-  return scratch;
-}
 
 /**
  * One native context, reused for every call made with the same limits.
@@ -95,49 +90,23 @@ class NativeContextSlot {
   }
 
   #load(fns: RuntimeFunctions, context: HookContext): void {
-    let bytes = 0;
-    for (const [key, value] of context.entries()) {
-      bytes += 8 + Buffer.byteLength(key, 'utf8') + (typeof value === 'string' ? Buffer.byteLength(value, 'utf8') : value.byteLength);
-    }
-    const buf = ensureScratch(bytes);
-    let at = 0;
-    for (const [key, value] of context.entries()) {
-      const keyLen = buf.write(key, at + 4, 'utf8');
-      buf.writeUInt32LE(keyLen, at);
-      at += 4 + keyLen;
-      if (typeof value === 'string') {
-        const valueLen = buf.write(value, at + 4, 'utf8');
-        buf.writeUInt32LE(valueLen, at);
-        at += 4 + valueLen;
-      } else {
-        buf.writeUInt32LE(value.byteLength, at);
-        buf.set(value, at + 4);
-        at += 4 + value.byteLength;
-      }
-    }
-    const status = fns.contextLoad(this.pointer, context.hookValue, buf, at);
+    const { buf, length } = encodeMetadata(context);
+    const status = fns.contextLoad(this.pointer, context.hookValue, buf, length);
     if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `the native runtime refused the hook context (status ${status})`);
     this.#contextId = context.id;
     this.#contextVersion = context.version;
   }
 
   #collect(fns: RuntimeFunctions, context: HookContext): void {
-    let out = ensureScratch(0);
+    let out = scratchBuffer(0);
     let written = fns.takeChanges(this.pointer, out, out.length);
     if (written < 0) {
-      out = ensureScratch(-written);
+      out = scratchBuffer(-written);
       written = fns.takeChanges(this.pointer, out, out.length);
     }
-    let at = 0;
-    while (at < written) {
-      const keyLen = out.readUInt32LE(at);
-      const key = out.toString('utf8', at + 4, at + 4 + keyLen);
-      at += 4 + keyLen;
-      const valueLen = out.readUInt32LE(at);
-      // A copy (pooled for small values): the scratch buffer is reused by the next call.
-      context.applyPluginChange(key, Buffer.from(out.subarray(at + 4, at + 4 + valueLen)));
-      at += 4 + valueLen;
-    }
+    applyChanges(out.subarray(0, written), context, undefined, 'SMTP_E_METADATA_LIMIT', 'native plugin');
+    // The native copy already holds these changes.
+    this.#contextVersion = context.version;
   }
 }
 

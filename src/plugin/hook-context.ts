@@ -43,8 +43,10 @@ export class HookContext {
   }
 
   /**
-   * Bumped by every set made on this object (not by changes a backend copies
-   * back), so a backend holding a copy knows when to refresh it.
+   * Bumped by every change, so a backend holding a copy of the metadata
+   * knows when to refresh it. A backend that copies a plugin's changes back
+   * records the version after applying them: its own copy already has them,
+   * every other copy is stale.
    */
   get version(): number {
     return this.#version;
@@ -88,13 +90,11 @@ export class HookContext {
     return out;
   }
 
-  /**
-   * Applies a change a backend already holds in its own copy (a plugin's
-   * set). It does not bump `version`: the copy is already up to date.
-   */
+  /** Applies a plugin's set, copied back by a backend. */
   applyPluginChange(key: string, value: Uint8Array): void {
     this.#check(key, value);
     this.#values.set(key, value);
+    this.#version++;
   }
 
   #check(key: string, value: MetadataValue): void {

@@ -10,6 +10,12 @@ export type BuildTarget = (typeof BUILD_TARGETS)[number];
 export const OPTIMIZE_MODES = ['Debug', 'ReleaseSafe', 'ReleaseFast', 'ReleaseSmall'] as const;
 export type OptimizeMode = (typeof OPTIMIZE_MODES)[number];
 
+/**
+ * A wasm plugin's stack. Zig's default (16 MiB) would be most of a sandbox's
+ * memory limit and of its resident size; hooks need far less.
+ */
+export const WASM_STACK_BYTES = 1024 * 1024;
+
 export interface PluginBuildOptions {
   readonly source: string;
   readonly target?: BuildTarget;
@@ -19,10 +25,19 @@ export interface PluginBuildOptions {
   readonly optimize?: OptimizeMode;
 }
 
-/** The zig arguments that build `source` against the ABI module. */
-export function pluginBuildArgs(source: string, output: string, optimize: OptimizeMode): string[] {
+/**
+ * The zig arguments that build `source` against the ABI module. Native: a
+ * shared library. Wasm: a reactor module from build-exe, because build-lib
+ * gives an archive (static) or a position-independent side module that
+ * imports its memory and tables (-dynamic; and Zig 0.15+ refuses to link it
+ * without -fPIC): see docs/sandbox.md.
+ */
+export function pluginBuildArgs(source: string, output: string, optimize: OptimizeMode, target: BuildTarget = 'native'): string[] {
+  const kind = target === 'wasm'
+    ? ['build-exe', '-fno-entry', '-rdynamic', '-target', 'wasm32-wasi', '--stack', String(WASM_STACK_BYTES)]
+    : ['build-lib', '-dynamic'];
   return [
-    'build-lib', '-dynamic', '-O', optimize,
+    ...kind, '-O', optimize,
     '--dep', 'smtp-server', `-Mroot=${resolve(source)}`, `-Msmtp-server=${ZIG_MODULE_ROOT}`,
     `-femit-bin=${resolve(output)}`,
   ];
@@ -61,14 +76,11 @@ function removeObjectBeside(output: string): void {
 export async function buildPlugin(options: PluginBuildOptions): Promise<string> {
   const target = options.target ?? 'native';
   if (!BUILD_TARGETS.includes(target)) throw hostError('SMTP_E_BUILD_TARGET', `unknown target "${String(target)}" (expected ${BUILD_TARGETS.join(' or ')})`);
-  if (target === 'wasm') {
-    throw hostError('SMTP_E_BUILD_TARGET', 'target "wasm" is not supported yet: sandboxed WebAssembly plugins arrive with the sandbox (issue 3)');
-  }
   const output = options.output ?? defaultOutput(options.source, target);
   mkdirSync(dirname(resolve(output)), { recursive: true });
   const zig = findZig(options.zigVersion ?? PINNED_ZIG_VERSION);
-  const run = await runZigAsync(zig, pluginBuildArgs(options.source, output, options.optimize ?? 'ReleaseFast'));
-  checkRun(run, `zig build-lib ${options.source}`);
+  const run = await runZigAsync(zig, pluginBuildArgs(options.source, output, options.optimize ?? 'ReleaseFast', target));
+  checkRun(run, `zig build (${target}) ${options.source}`);
   removeObjectBeside(resolve(output));
   return resolve(output);
 }

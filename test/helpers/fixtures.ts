@@ -13,6 +13,11 @@ export function fixture(name: string): string {
   return join(FIXTURE_DIR, sharedLibraryName(name));
 }
 
+/** A sandboxed (.wasm) fixture. */
+export function wasmFixture(name: string): string {
+  return join(FIXTURE_DIR, `${name}.wasm`);
+}
+
 /** name -> -D flags for test/fixtures/plugins/c_variants.c. */
 export const C_VARIANTS: Record<string, string[]> = {
   c_plain: ['-DNAME="plain"'],
@@ -50,5 +55,11 @@ export async function buildFixtures(): Promise<void> {
     buildPlugin({ source: join(FIXTURE_SOURCES, 'read_set.zig'), output: fixture('read_set') }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter') }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter_newest'), zigVersion: NEWEST_ZIG_VERSION }),
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'guide_spam_filter.zig'), output: wasmFixture('guide_spam_filter'), target: 'wasm' }),
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'read_set.zig'), output: wasmFixture('read_set'), target: 'wasm' }),
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'sandbox_probe.zig'), output: wasmFixture('sandbox_probe'), target: 'wasm' }),
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'sandbox_probe.zig'), output: wasmFixture('sandbox_probe_newest'), target: 'wasm', zigVersion: NEWEST_ZIG_VERSION }),
+    buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: wasmFixture('spam_filter'), target: 'wasm' }),
+    buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: wasmFixture('spam_filter_newest'), target: 'wasm', zigVersion: NEWEST_ZIG_VERSION }),
   ]);
 }

@@ -22,12 +22,12 @@ describe('HookContext', () => {
     expect(context.toJSON()).toEqual({ a: 'new', b: '1' });
   });
 
-  it('bumps its version on host sets only', () => {
+  it('bumps its version on every change, host or plugin', () => {
     const context = new HookContext('message_received');
     context.setMetadata('a', '1');
     const version = context.version;
     context.applyPluginChange('b', Buffer.from('2'));
-    expect(context.version).toBe(version);
+    expect(context.version).toBe(version + 1);
     expect(context.getMetadata('b')).toBe('2');
   });
 });

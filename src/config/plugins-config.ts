@@ -1,0 +1,158 @@
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, join } from 'node:path';
+import { parse, TomlError } from 'smol-toml';
+import { hostError, isHostError } from '../errors.js';
+import { resolvePluginOptions, type PluginOptions, type SandboxLimits } from '../plugin/options.js';
+
+/** One [[plugins.plugin]] entry, validated, with its file chosen. */
+export interface PluginEntryConfig {
+  readonly name: string;
+  readonly enabled: boolean;
+  /** The file to load: the native library or the .wasm module, per `sandbox`. */
+  readonly file: string;
+  readonly sandboxed: boolean;
+  /** The JSON text passed to init. */
+  readonly config: string;
+  readonly options: PluginOptions;
+}
+
+/** The [plugins] section. */
+export interface PluginsConfig {
+  readonly enabled: boolean;
+  readonly directory: string;
+  readonly wasmDirectory: string;
+  readonly autoLoad: boolean;
+  readonly plugins: readonly PluginEntryConfig[];
+}
+
+const SECTION_KEYS = ['enabled', 'directory', 'wasm_directory', 'auto_load', 'plugin'] as const;
+const ENTRY_KEYS = ['name', 'enabled', 'library', 'wasm', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits'] as const;
+const LIMIT_KEYS: Record<string, keyof SandboxLimits> = {
+  memory_mb: 'memoryMb',
+  hook_timeout_ms: 'hookTimeoutMs',
+  metadata_key_bytes_max: 'metadataKeyBytesMax',
+  metadata_value_bytes_max: 'metadataValueBytesMax',
+  metadata_keys_max: 'metadataKeysMax',
+};
+
+type Table = Record<string, unknown>;
+
+/** Finds the line of `key =` inside the `index`-th `[[plugins.plugin]]` (or [plugins]) block, for messages. */
+function lineOf(source: string, key: string, entryIndex: number | null): number | undefined {
+  const lines = source.split('\n');
+  let block = -1;
+  let inBlock = entryIndex === null;
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!.trim();
+    if (line.startsWith('[')) {
+      if (line === '[[plugins.plugin]]') block++;
+      inBlock = entryIndex === null ? line === '[plugins]' : block === entryIndex && (line === '[[plugins.plugin]]' || line === '[plugins.plugin.limits]');
+      continue;
+    }
+    if (inBlock && new RegExp(`^${key}\\s*=`).test(line)) return i + 1;
+  }
+  return undefined;
+}
+
+/** Reads and validates the [plugins] section of a config.toml; every error names the file, line and key. */
+export function loadPluginsConfig(path: string): PluginsConfig {
+  let source: string;
+  try {
+    source = readFileSync(path, 'utf8');
+  } catch (cause) {
+    throw hostError('SMTP_E_CONFIG', `${path}: cannot read the config file (${(cause as Error).message})`, cause);
+  }
+  let document: Table;
+  try {
+    document = parse(source) as Table;
+  } catch (cause) {
+    const where = cause instanceof TomlError ? `:${cause.line}` : '';
+    throw hostError('SMTP_E_CONFIG', `${path}${where}: not valid TOML (${(cause as Error).message.split('\n')[0]})`, cause);
+  }
+  return parsePluginsSection(document.plugins ?? {}, path, source);
+}
+
+export function parsePluginsSection(section: unknown, path: string, source = ''): PluginsConfig {
+  const fail = (key: string, expected: string, entry: number | null = null): never => {
+    const line = lineOf(source, key.split('.').pop()!, entry);
+    throw hostError('SMTP_E_CONFIG', `${path}${line === undefined ? '' : `:${line}`}: ${key}: ${expected}`);
+  };
+  if (typeof section !== 'object' || section === null || Array.isArray(section)) fail('plugins', 'expected a table');
+  const table = section as Table;
+  for (const key of Object.keys(table)) {
+    if (!(SECTION_KEYS as readonly string[]).includes(key)) fail(`plugins.${key}`, `unknown key (known: ${SECTION_KEYS.join(', ')})`);
+  }
+  const base = dirname(path);
+  const at = (dir: string): string => (isAbsolute(dir) ? dir : join(base, dir));
+  const bool = (value: unknown, key: string, fallback: boolean, entry: number | null = null): boolean => {
+    if (value === undefined) return fallback;
+    if (typeof value !== 'boolean') fail(key, `expected true or false, got ${JSON.stringify(value)}`, entry);
+    return value as boolean;
+  };
+  const text = (value: unknown, key: string, entry: number | null = null): string | undefined => {
+    if (value === undefined) return undefined;
+    if (typeof value !== 'string' || value === '') fail(key, `expected a non-empty string, got ${JSON.stringify(value)}`, entry);
+    return value as string;
+  };
+  const directory = at(text(table.directory, 'plugins.directory') ?? './plugins');
+  const wasmDirectory = at(text(table.wasm_directory, 'plugins.wasm_directory') ?? './wasm-plugins');
+  const rawEntries = table.plugin ?? [];
+  if (!Array.isArray(rawEntries)) fail('plugins.plugin', 'expected [[plugins.plugin]] entries');
+  const names = new Set<string>();
+  const plugins = (rawEntries as unknown[]).map((raw, index): PluginEntryConfig => {
+    const key = (name: string): string => `plugins.plugin[${index}].${name}`;
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail(key('*'), 'expected a table', index);
+    const entry = raw as Table;
+    for (const name of Object.keys(entry)) {
+      if (!(ENTRY_KEYS as readonly string[]).includes(name)) fail(key(name), `unknown key (known: ${ENTRY_KEYS.join(', ')})`, index);
+    }
+    const name = text(entry.name, key('name'), index) ?? fail(key('name'), 'is required', index);
+    if (names.has(name)) fail(key('name'), `"${name}" is configured twice`, index);
+    names.add(name);
+    const library = text(entry.library, key('library'), index);
+    const wasm = text(entry.wasm, key('wasm'), index);
+    if (library === undefined && wasm === undefined) fail(key('library'), 'give library (native), wasm (sandboxed) or both', index);
+    if (wasm !== undefined && !wasm.endsWith('.wasm')) fail(key('wasm'), `expected a .wasm file, got "${wasm}"`, index);
+    // A lone wasm means sandboxed; with both, sandbox chooses (default: sandboxed).
+    const sandboxed = library === undefined ? true : wasm === undefined ? false : bool(entry.sandbox, key('sandbox'), true, index);
+    if (library === undefined && entry.sandbox === false) fail(key('sandbox'), 'is false but there is no library to run natively', index);
+    if (wasm === undefined && entry.sandbox === true) fail(key('sandbox'), 'is true but there is no wasm build to sandbox', index);
+    const file = sandboxed ? (isAbsolute(wasm!) ? wasm! : join(wasmDirectory, wasm!)) : isAbsolute(library!) ? library! : join(directory, library!);
+    const config = text(entry.config, key('config'), index) ?? '{}';
+    try {
+      JSON.parse(config);
+    } catch (cause) {
+      fail(key('config'), `expected a JSON text (${(cause as Error).message})`, index);
+    }
+    const limitsTable = entry.limits ?? {};
+    if (typeof limitsTable !== 'object' || Array.isArray(limitsTable)) fail(key('limits'), 'expected a table', index);
+    const limits: Record<string, unknown> = {};
+    for (const [limitKey, value] of Object.entries(limitsTable as Table)) {
+      const mapped = LIMIT_KEYS[limitKey];
+      if (mapped === undefined) fail(key(`limits.${limitKey}`), `unknown limit (known: ${Object.keys(LIMIT_KEYS).join(', ')})`, index);
+      limits[mapped!] = value;
+    }
+    let options: PluginOptions;
+    try {
+      options = resolvePluginOptions(
+        {
+          limits: limits as Partial<SandboxLimits>,
+          ...(entry.on_error === undefined ? {} : { onError: entry.on_error as string }),
+          ...(entry.max_consecutive_failures === undefined ? {} : { maxConsecutiveFailures: entry.max_consecutive_failures as number }),
+        },
+        key('*'),
+      );
+    } catch (error) {
+      if (isHostError(error)) fail(key('limits'), error.message, index);
+      throw error;
+    }
+    return Object.freeze({ name, enabled: bool(entry.enabled, key('enabled'), true, index), file, sandboxed, config, options: options! });
+  });
+  return Object.freeze({
+    enabled: bool(table.enabled, 'plugins.enabled', true),
+    directory,
+    wasmDirectory,
+    autoLoad: bool(table.auto_load, 'plugins.auto_load', false),
+    plugins: Object.freeze(plugins),
+  });
+}

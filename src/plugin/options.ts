@@ -1,0 +1,75 @@
+import { hostError } from '../errors.js';
+
+/** What the host does when a plugin fails a hook call. */
+export const ON_ERROR_POLICIES = ['continue', 'tempfail', 'reject'] as const;
+export type OnErrorPolicy = (typeof ON_ERROR_POLICIES)[number];
+
+/** Limits the host enforces on a sandboxed plugin (names carry their units). */
+export interface SandboxLimits {
+  /** Linear memory maximum, MiB (a 64 KiB page is the granularity). */
+  readonly memoryMb: number;
+  /** Wall-clock time one hook call may run before it is interrupted. */
+  readonly hookTimeoutMs: number;
+  /** Bounds on metadata copied into or out of the sandbox. */
+  readonly metadataKeyBytesMax: number;
+  readonly metadataValueBytesMax: number;
+  readonly metadataKeysMax: number;
+}
+
+export interface PluginOptions {
+  readonly limits: SandboxLimits;
+  readonly onError: OnErrorPolicy;
+  /** Failed calls in a row after which the plugin is disabled. */
+  readonly maxConsecutiveFailures: number;
+}
+
+export const DEFAULT_SANDBOX_LIMITS: SandboxLimits = Object.freeze({
+  memoryMb: 64,
+  hookTimeoutMs: 1000,
+  metadataKeyBytesMax: 256,
+  metadataValueBytesMax: 16 * 1024 * 1024,
+  metadataKeysMax: 256,
+});
+
+export const DEFAULT_PLUGIN_OPTIONS: PluginOptions = Object.freeze({
+  limits: DEFAULT_SANDBOX_LIMITS,
+  onError: 'tempfail',
+  maxConsecutiveFailures: 5,
+});
+
+/** Upper bounds on the limits themselves. */
+const LIMIT_RANGES: Record<keyof SandboxLimits, readonly [number, number]> = {
+  memoryMb: [1, 4096],
+  hookTimeoutMs: [1, 600_000],
+  metadataKeyBytesMax: [1, 65_536],
+  metadataValueBytesMax: [1, 1024 * 1024 * 1024],
+  metadataKeysMax: [1, 100_000],
+};
+
+export type PluginOptionsInput = {
+  readonly limits?: Partial<SandboxLimits>;
+  readonly onError?: string;
+  readonly maxConsecutiveFailures?: number;
+};
+
+/** Fills defaults and checks every value; `where` names the source in errors. */
+export function resolvePluginOptions(input: PluginOptionsInput = {}, where = 'plugin options'): PluginOptions {
+  const limits: Record<string, number> = { ...DEFAULT_SANDBOX_LIMITS };
+  for (const [key, value] of Object.entries(input.limits ?? {})) {
+    const range = LIMIT_RANGES[key as keyof SandboxLimits];
+    if (range === undefined) throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: unknown limit "${key}" (known: ${Object.keys(LIMIT_RANGES).join(', ')})`);
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < range[0] || value > range[1]) {
+      throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: ${key} must be an integer from ${range[0]} to ${range[1]}, got ${JSON.stringify(value)}`);
+    }
+    limits[key] = value;
+  }
+  const onError = input.onError ?? DEFAULT_PLUGIN_OPTIONS.onError;
+  if (!ON_ERROR_POLICIES.includes(onError as OnErrorPolicy)) {
+    throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: on_error must be one of ${ON_ERROR_POLICIES.join(', ')}, got ${JSON.stringify(onError)}`);
+  }
+  const max = input.maxConsecutiveFailures ?? DEFAULT_PLUGIN_OPTIONS.maxConsecutiveFailures;
+  if (!Number.isInteger(max) || max < 1 || max > 1_000_000) {
+    throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: max_consecutive_failures must be an integer >= 1, got ${JSON.stringify(max)}`);
+  }
+  return Object.freeze({ limits: Object.freeze(limits as unknown as SandboxLimits), onError: onError as OnErrorPolicy, maxConsecutiveFailures: max });
+}

@@ -1,0 +1,401 @@
+import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { ABI_VERSION, formatAbiVersion, isAbiCompatible } from '../abi/hooks.js';
+import { HostError, hostError, isHostError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { HookContext } from '../plugin/hook-context.js';
+import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/metadata.js';
+import { applyChanges, encodeMetadata, type WireBounds } from '../plugin/metadata-wire.js';
+import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
+import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
+import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME, WasmInstrumentError, instrument } from './instrument.js';
+import { ProcExit, WASI_MODULE, WASI_PREVIEW1_FUNCTIONS, createWasi, type WasiHost } from './wasi.js';
+
+/** Loop iterations between two clock reads of the deadline check. */
+const BUDGET_ITERATIONS = 10_000;
+const PAGE_BYTES = 65_536;
+const WASM_MAGIC = [0x00, 0x61, 0x73, 0x6d];
+
+/** What a module must export: the plugin's six functions, the marker, and the guest half of the binding. */
+const PLUGIN_EXPORTS = [
+  'smtp_plugin_abi_version', 'smtp_plugin_init', 'smtp_plugin_deinit', 'smtp_plugin_get_metadata',
+  'smtp_plugin_execute_hook', 'smtp_plugin_enable', 'smtp_plugin_disable',
+] as const;
+const GUEST_EXPORTS = [
+  'smtp_wasm_alloc', 'smtp_wasm_free', 'smtp_wasm_host_allocator', 'smtp_wasm_context_create',
+  'smtp_wasm_context_load', 'smtp_wasm_context_status', 'smtp_wasm_take_changes',
+] as const;
+
+interface GuestExports {
+  memory?: WebAssembly.Memory;
+  smtp_plugin_abi_version(): number;
+  smtp_plugin_init(allocator: number, config: number): number;
+  smtp_plugin_deinit(): void;
+  smtp_plugin_get_metadata(): number;
+  smtp_plugin_execute_hook(context: number): number;
+  smtp_plugin_enable(): number;
+  smtp_plugin_disable(): number;
+  smtp_wasm_alloc(len: number): number;
+  smtp_wasm_free(ptr: number, len: number): void;
+  smtp_wasm_host_allocator(): number;
+  smtp_wasm_context_create(keyBytesMax: number, valueBytesMax: number, keysMax: number): number;
+  smtp_wasm_context_load(context: number, hook: number, buf: number, len: number): number;
+  smtp_wasm_context_status(context: number): number;
+  smtp_wasm_take_changes(context: number, out: number, cap: number): number;
+}
+
+/** One live instance of the module and what the host keeps in its memory. */
+interface Live {
+  readonly exports: GuestExports;
+  readonly memory: WebAssembly.Memory;
+  readonly budget: WebAssembly.Global;
+  context: number;
+  scratch: number;
+  scratchBytes: number;
+  loadedId: number;
+  loadedVersion: number;
+}
+
+class DeadlineExceeded extends Error {}
+
+function fail(code: Parameters<typeof hostError>[0], message: string, cause?: unknown): never {
+  throw hostError(code, message, cause);
+}
+
+/** Validates imports: WASI preview1 functions, env.memory and the host's own deadline check only. */
+function checkImports(module: WebAssembly.Module, path: string): void {
+  for (const entry of WebAssembly.Module.imports(module)) {
+    const ok =
+      (entry.module === WASI_MODULE && entry.kind === 'function' && WASI_PREVIEW1_FUNCTIONS.includes(entry.name)) ||
+      (entry.module === 'env' && entry.name === 'memory' && entry.kind === 'memory') ||
+      (entry.module === CHECK_IMPORT_MODULE && entry.name === CHECK_IMPORT_NAME && entry.kind === 'function');
+    if (!ok) fail('SMTP_E_WASM_IMPORT', `${path}: imports ${entry.kind} "${entry.module}.${entry.name}", which the sandbox does not grant`);
+  }
+  const exported = new Set(WebAssembly.Module.exports(module).map((e) => e.name));
+  const missing = [...PLUGIN_EXPORTS, ...GUEST_EXPORTS].filter((name) => !exported.has(name));
+  if (missing.length > 0) {
+    const guest = missing.some((name) => name.startsWith('smtp_wasm_'));
+    fail('SMTP_E_PLUGIN_MISSING_EXPORT', `${path}: missing exports ${missing.join(', ')}${guest ? ' (build it with "smtp-server plugin build --target wasm", which links the guest half of the binding)' : ''}`);
+  }
+}
+
+/** Compiles (once per file content and memory limit) the instrumented module. */
+function compile(path: string, options: PluginOptions): { module: WebAssembly.Module; importsMemory: boolean; initialPages: number } {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(path);
+  } catch (cause) {
+    fail('SMTP_E_PLUGIN_NOT_FOUND', `${path}: no such readable file`, cause);
+  }
+  if (bytes.length < 8 || WASM_MAGIC.some((byte, i) => bytes[i] !== byte)) fail('SMTP_E_WASM_INVALID', `${path}: not a WebAssembly module (no \\0asm header)`);
+  const memoryPagesMax = Math.floor((options.limits.memoryMb * 1024 * 1024) / PAGE_BYTES);
+  let result;
+  try {
+    result = instrument(bytes, { memoryPagesMax, budgetInitial: BUDGET_ITERATIONS });
+  } catch (error) {
+    if (error instanceof WasmInstrumentError) {
+      const code = error.reason === 'memory' ? 'SMTP_E_WASM_MEMORY' : error.reason === 'unsupported' ? 'SMTP_E_WASM_UNSUPPORTED' : 'SMTP_E_WASM_INVALID';
+      fail(code, `${path}: ${error.message}`, error);
+    }
+    throw error;
+  }
+  let module: WebAssembly.Module;
+  try {
+    module = new WebAssembly.Module(result.bytes);
+  } catch (cause) {
+    fail('SMTP_E_WASM_INVALID', `${path}: does not compile (${(cause as Error).message})`, cause);
+  }
+  checkImports(module, path);
+  return { module, importsMemory: result.importsMemory, initialPages: result.importedMemoryPagesMin ?? 1 };
+}
+
+class WasmPlugin implements Plugin {
+  readonly kind = 'wasm' as const;
+  readonly path: string;
+  readonly abiVersion: number;
+  readonly metadata: PluginMetadata;
+  readonly #module: WebAssembly.Module;
+  readonly #options: PluginOptions;
+  readonly #bounds: WireBounds;
+  readonly #logger: Logger;
+  readonly #importsMemory: boolean;
+  readonly #initialPages: number;
+  #wasi!: WasiHost;
+  #live: Live | null = null;
+  #deadline = 0;
+  /** What a fresh instance must be brought back to after a failure. */
+  #config: string | null = null;
+  #enabled = false;
+  #broken: HostError | null = null;
+
+  constructor(path: string, options: PluginOptions, logger: Logger) {
+    this.path = path;
+    this.#options = options;
+    this.#logger = logger;
+    const { limits } = options;
+    this.#bounds = { keyBytesMax: limits.metadataKeyBytesMax, valueBytesMax: limits.metadataValueBytesMax, keysMax: limits.metadataKeysMax };
+    const compiled = compile(path, options);
+    this.#module = compiled.module;
+    this.#importsMemory = compiled.importsMemory;
+    this.#initialPages = compiled.initialPages;
+    const live = this.#instantiate();
+    const abiVersion = this.#guard('smtp_plugin_abi_version', () => live.exports.smtp_plugin_abi_version() >>> 0);
+    if (!isAbiCompatible(abiVersion)) {
+      fail('SMTP_E_PLUGIN_ABI_VERSION', `${path}: built for ABI ${formatAbiVersion(abiVersion)}, this host runs ABI ${formatAbiVersion(ABI_VERSION)}`);
+    }
+    this.abiVersion = abiVersion;
+    this.metadata = this.#readMetadata(live, this.#guard('get_metadata', () => live.exports.smtp_plugin_get_metadata() >>> 0));
+  }
+
+  #instantiate(): Live {
+    const memoryLimitPages = Math.floor((this.#options.limits.memoryMb * 1024 * 1024) / PAGE_BYTES);
+    const imported = this.#importsMemory ? new WebAssembly.Memory({ initial: this.#initialPages, maximum: memoryLimitPages }) : undefined;
+    let memory: WebAssembly.Memory | undefined = imported;
+    let budget: WebAssembly.Global | undefined;
+    this.#wasi = createWasi(() => memory!, this.#logger);
+    // Until the instance exists (a start function running) the budget cannot
+    // be refilled, so the check runs on every iteration: slower, still bounded.
+    const budgetExhausted = (): void => {
+      if (performance.now() > this.#deadline) throw new DeadlineExceeded();
+      if (budget) budget.value = BUDGET_ITERATIONS;
+    };
+    const imports: WebAssembly.Imports = {
+      [WASI_MODULE]: this.#wasi.imports as WebAssembly.ModuleImports,
+      [CHECK_IMPORT_MODULE]: { [CHECK_IMPORT_NAME]: budgetExhausted },
+      ...(imported ? { env: { memory: imported } } : {}),
+    };
+    let instance: WebAssembly.Instance;
+    this.#arm();
+    try {
+      instance = new WebAssembly.Instance(this.#module, imports);
+    } catch (error) {
+      throw this.#classify(error, 'start');
+    }
+    const exports = instance.exports as unknown as GuestExports & Record<string, unknown>;
+    memory = imported ?? exports.memory;
+    if (!(memory instanceof WebAssembly.Memory)) fail('SMTP_E_PLUGIN_MISSING_EXPORT', `${this.path}: exports no memory and imports none`);
+    budget = exports[BUDGET_EXPORT] as WebAssembly.Global;
+    const live: Live = {
+      exports,
+      memory,
+      budget,
+      context: 0,
+      scratch: 0,
+      scratchBytes: 0,
+      loadedId: 0,
+      loadedVersion: -1,
+    };
+    const { limits } = this.#options;
+    live.context = this.#guard('context_create', () => exports.smtp_wasm_context_create(limits.metadataKeyBytesMax, limits.metadataValueBytesMax, limits.metadataKeysMax) >>> 0);
+    if (live.context === 0) fail('SMTP_E_WASM_MEMORY', `${this.path}: no memory for a hook context within ${limits.memoryMb} MiB`);
+    this.#live = live;
+    return live;
+  }
+
+  /** Starts the deadline for the next guest call(s). */
+  #arm(): void {
+    this.#deadline = performance.now() + this.#options.limits.hookTimeoutMs;
+    if (this.#live) this.#live.budget.value = BUDGET_ITERATIONS;
+  }
+
+  #classify(error: unknown, phase: string): HostError {
+    if (isHostError(error)) return error;
+    const where = `plugin "${this.metadata?.name ?? this.path}" ${phase}`;
+    if (error instanceof DeadlineExceeded) {
+      return hostError('SMTP_E_WASM_DEADLINE', `${where}: interrupted after its ${this.#options.limits.hookTimeoutMs} ms deadline`, error);
+    }
+    if (error instanceof ProcExit) return hostError('SMTP_E_WASM_EXIT', `${where}: called proc_exit(${error.exitCode})`, error);
+    return hostError('SMTP_E_WASM_TRAP', `${where}: trapped (${(error as Error).message})`, error);
+  }
+
+  /** Runs guest code under the deadline; a failure is classified, and the instance replaced. */
+  #guard<T>(phase: string, run: () => T): T {
+    this.#arm();
+    try {
+      return run();
+    } catch (error) {
+      const coded = this.#classify(error, phase);
+      this.#wasi.flush();
+      if (coded.code !== 'SMTP_E_METADATA_LIMIT') this.#replace(coded);
+      throw coded;
+    }
+  }
+
+  /** Drops a failed instance; brings a fresh one back to the old one's state. */
+  #replace(cause: HostError): void {
+    this.#live = null;
+    if (this.#config === null) return; // not initialized yet: the failure is the load's
+    this.#logger.warn({ code: cause.code, err: cause.message }, 'sandboxed plugin instance replaced; its in-memory state is lost');
+    try {
+      const live = this.#instantiate();
+      this.#initialize(live, this.#config);
+      if (this.#enabled) this.#guard('enable', () => live.exports.smtp_plugin_enable());
+    } catch (error) {
+      this.#broken = isHostError(error) ? error : hostError('SMTP_E_WASM_TRAP', String(error), error);
+      this.#live = null;
+      this.#logger.error({ code: this.#broken.code, err: this.#broken.message }, 'sandboxed plugin could not be restarted');
+    }
+  }
+
+  #current(): Live {
+    if (this.#live) return this.#live;
+    if (this.#broken) throw this.#broken;
+    return this.#instantiate();
+  }
+
+  #memoryBytes(live: Live, ptr: number, len: number, what: string): Uint8Array {
+    const size = live.memory.buffer.byteLength;
+    if (!Number.isInteger(ptr) || ptr < 0 || len < 0 || ptr + len > size) {
+      throw hostError('SMTP_E_WASM_BOUNDS', `plugin "${this.metadata?.name ?? this.path}": ${what} at ${ptr}+${len} is outside its ${size}-byte memory`);
+    }
+    return new Uint8Array(live.memory.buffer, ptr, len);
+  }
+
+  #cString(live: Live, ptr: number, max: number, what: string): string | null {
+    if (ptr === 0) return null;
+    const memory = new Uint8Array(live.memory.buffer);
+    if (ptr >= memory.length) fail('SMTP_E_PLUGIN_METADATA', `${this.path}: metadata ${what} points outside the module's memory`);
+    const end = memory.subarray(ptr, Math.min(memory.length, ptr + max + 1)).indexOf(0);
+    if (end < 0) fail('SMTP_E_PLUGIN_METADATA', `${this.path}: metadata ${what} is longer than ${max} bytes or not NUL-terminated`);
+    try {
+      return new TextDecoder('utf-8', { fatal: true }).decode(memory.subarray(ptr, ptr + end));
+    } catch {
+      fail('SMTP_E_PLUGIN_METADATA', `${this.path}: metadata ${what} is not valid UTF-8`);
+    }
+  }
+
+  /** smtp_plugin_metadata on wasm32: eight 4-byte pointers, then a u64. */
+  #readMetadata(live: Live, ptr: number): PluginMetadata {
+    if (ptr === 0) fail('SMTP_E_PLUGIN_METADATA', `${this.path}: get_metadata returned NULL`);
+    const struct = this.#memoryBytes(live, ptr, 40, 'metadata');
+    const view = new DataView(struct.buffer, struct.byteOffset, 40);
+    const pointer = (index: number): number => view.getUint32(index * 4, true);
+    const field = (index: number, name: string, max: number = METADATA_LIMITS.fieldBytesMax): string | null => this.#cString(live, pointer(index), max, name);
+    const dependencies: string[] = [];
+    const list = pointer(5);
+    if (list !== 0) {
+      for (let index = 0; ; index++) {
+        if (index > METADATA_LIMITS.dependenciesMax) fail('SMTP_E_PLUGIN_METADATA', `${this.path}: metadata dependencies has more than ${METADATA_LIMITS.dependenciesMax} entries or no NULL terminator`);
+        const entryBytes = this.#memoryBytes(live, list + index * 4, 4, 'dependencies');
+        const entry = new DataView(entryBytes.buffer, entryBytes.byteOffset, 4).getUint32(0, true);
+        if (entry === 0) break;
+        dependencies.push(this.#cString(live, entry, METADATA_LIMITS.fieldBytesMax, `dependencies[${index}]`)!);
+      }
+    }
+    const raw: RawMetadata = {
+      name: field(0, 'name'),
+      version: field(1, 'version'),
+      author: field(2, 'author'),
+      description: field(3, 'description', METADATA_LIMITS.descriptionBytesMax),
+      license: field(4, 'license'),
+      dependencies,
+      minServerVersion: field(6, 'min_server_version'),
+      maxServerVersion: field(7, 'max_server_version'),
+      handledHooks: view.getBigUint64(32, true),
+    };
+    return validateMetadata(raw, this.path);
+  }
+
+  /** Ensures the host's scratch buffer in guest memory holds `bytes`. */
+  #scratch(live: Live, bytes: number): number {
+    if (live.scratchBytes >= bytes && live.scratch !== 0) return live.scratch;
+    const size = Math.max(bytes, live.scratchBytes * 2, 4096);
+    if (live.scratch !== 0) live.exports.smtp_wasm_free(live.scratch, live.scratchBytes);
+    live.scratch = live.exports.smtp_wasm_alloc(size) >>> 0;
+    live.scratchBytes = live.scratch === 0 ? 0 : size;
+    if (live.scratch === 0) {
+      throw hostError('SMTP_E_METADATA_LIMIT', `plugin "${this.metadata.name}": no room for ${size} bytes of metadata within ${this.#options.limits.memoryMb} MiB`);
+    }
+    return live.scratch;
+  }
+
+  #initialize(live: Live, configJson: string): number {
+    const config = Buffer.from(`${configJson}\0`, 'utf8');
+    return this.#guard('init', () => {
+      const ptr = this.#scratch(live, config.length);
+      this.#memoryBytes(live, ptr, config.length, 'config buffer').set(config);
+      return live.exports.smtp_plugin_init(live.exports.smtp_wasm_host_allocator() >>> 0, ptr);
+    });
+  }
+
+  init(configJson: string): number {
+    const code = this.#initialize(this.#current(), configJson);
+    if (code === 0) this.#config = configJson;
+    return code;
+  }
+
+  enable(): number {
+    const live = this.#current();
+    const code = this.#guard('enable', () => live.exports.smtp_plugin_enable());
+    if (code === 0) this.#enabled = true;
+    return code;
+  }
+
+  disable(): number {
+    const live = this.#current();
+    this.#enabled = false;
+    return this.#guard('disable', () => live.exports.smtp_plugin_disable());
+  }
+
+  executeHook(context: HookContext): number {
+    const live = this.#current();
+    return this.#guard(context.hook, () => {
+      const { exports } = live;
+      if (live.loadedId !== context.id || live.loadedVersion !== context.version) {
+        const { buf, length } = encodeMetadata(context, this.#bounds, `plugin "${this.metadata.name}"`);
+        const ptr = this.#scratch(live, length);
+        this.#memoryBytes(live, ptr, length, 'metadata buffer').set(buf.subarray(0, length));
+        const status = exports.smtp_wasm_context_load(live.context, context.hookValue, ptr, length);
+        if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `plugin "${this.metadata.name}": the sandbox could not hold the metadata (status ${status})`);
+        live.loadedId = context.id;
+        live.loadedVersion = context.version;
+      }
+      const code = exports.smtp_plugin_execute_hook(live.context);
+      const status = exports.smtp_wasm_context_status(live.context) >>> 0;
+      if (status >>> 1 !== 0) this.#collect(live, context);
+      if ((status & 1) === 1) {
+        context.cancel = true;
+        live.loadedId = 0; // the guest copy now carries cancel
+      }
+      return code;
+    });
+  }
+
+  #collect(live: Live, context: HookContext): void {
+    const take = (): number => live.exports.smtp_wasm_take_changes(live.context, live.scratch, live.scratchBytes) | 0;
+    this.#scratch(live, 1);
+    let written = take();
+    if (written < 0) {
+      this.#scratch(live, -written);
+      written = take();
+    }
+    if (written < 0 || written > live.scratchBytes) {
+      throw hostError('SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}": take_changes reported ${written} bytes for a ${live.scratchBytes}-byte buffer`);
+    }
+    const bytes = this.#memoryBytes(live, live.scratch, written, 'changed metadata');
+    applyChanges(bytes, context, this.#bounds, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
+    live.loadedVersion = context.version; // the guest copy already holds these changes
+  }
+
+  deinit(): void {
+    const live = this.#live;
+    this.#config = null;
+    if (live) this.#guard('deinit', () => live.exports.smtp_plugin_deinit());
+    this.#wasi.flush();
+  }
+
+  unload(): void {
+    this.#wasi.flush();
+    this.#live = null;
+  }
+}
+
+export interface WasmLoadOptions {
+  readonly options?: PluginOptions;
+  readonly logger?: Logger;
+}
+
+/** Loads a sandboxed plugin from a .wasm file; every failure is a coded error naming the file. */
+export function loadWasmPlugin(path: string, load: WasmLoadOptions = {}): Plugin {
+  return new WasmPlugin(path, load.options ?? DEFAULT_PLUGIN_OPTIONS, load.logger ?? silentLogger());
+}

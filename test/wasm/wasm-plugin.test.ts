@@ -1,0 +1,164 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { describe, expect, it } from 'vitest';
+import { isHostError, type ErrorCode } from '../../src/errors.js';
+import { PluginManager } from '../../src/manager/plugin-manager.js';
+import { HookContext } from '../../src/plugin/hook-context.js';
+import { PluginInstance } from '../../src/plugin/lifecycle.js';
+import { resolvePluginOptions } from '../../src/plugin/options.js';
+import { loadWasmPlugin } from '../../src/wasm/wasm-plugin.js';
+import { wasmFixture } from '../helpers/fixtures.js';
+import { buildModule, metadataData, pluginFunctions, type ModuleSpec } from '../helpers/wasm-module.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'wasm-bad-'));
+function moduleFile(name: string, spec: ModuleSpec | Uint8Array | string): string {
+  const path = join(dir, `${name}.wasm`);
+  writeFileSync(path, typeof spec === 'string' || spec instanceof Uint8Array ? spec : buildModule(spec));
+  return path;
+}
+const { data } = metadataData();
+
+function expectCode(run: () => unknown, code: ErrorCode, mentions?: string): void {
+  try {
+    run();
+  } catch (error) {
+    expect(isHostError(error, code), String(error)).toBe(true);
+    if (mentions) expect((error as Error).message).toContain(mentions);
+    return;
+  }
+  throw new Error(`expected ${code}`);
+}
+
+function probe(limits: { memoryMb?: number; hookTimeoutMs?: number; metadataValueBytesMax?: number } = {}): PluginInstance {
+  const instance = new PluginInstance(loadWasmPlugin(wasmFixture('sandbox_probe'), { options: resolvePluginOptions({ limits }) }));
+  instance.init('{}');
+  instance.enable();
+  return instance;
+}
+
+function run(instance: PluginInstance, mode: string, extra: Record<string, string> = {}): HookContext {
+  const context = new HookContext('message_received');
+  context.setMetadata('mode', mode);
+  for (const [key, value] of Object.entries(extra)) context.setMetadata(key, value);
+  instance.executeHook(context);
+  return context;
+}
+
+describe('sandboxed plugins: bad input gets a coded error and harms nothing else', () => {
+  it('refuses files that are not usable modules', () => {
+    const good = readFileSync(wasmFixture('read_set'));
+    expectCode(() => loadWasmPlugin(moduleFile('text', 'just some text')), 'SMTP_E_WASM_INVALID', 'not a WebAssembly module');
+    expectCode(() => loadWasmPlugin(moduleFile('truncated', good.subarray(0, good.length >> 1))), 'SMTP_E_WASM_INVALID');
+    expectCode(() => loadWasmPlugin(moduleFile('missing', { functions: { smtp_plugin_abi_version: 0x10000 } })), 'SMTP_E_PLUGIN_MISSING_EXPORT', 'smtp_plugin_init');
+    expectCode(() => loadWasmPlugin(moduleFile('abi2', { functions: pluginFunctions({ smtp_plugin_abi_version: 0x20000 }), data })), 'SMTP_E_PLUGIN_ABI_VERSION', 'built for ABI 2.0');
+    expectCode(() => loadWasmPlugin(moduleFile('socket', { functions: pluginFunctions(), data, imports: [['env', 'connect']] })), 'SMTP_E_WASM_IMPORT', '"env.connect"');
+    expectCode(() => loadWasmPlugin(moduleFile('start', { functions: pluginFunctions(), data, trappingStart: true })), 'SMTP_E_WASM_TRAP', 'start');
+    expectCode(() => loadWasmPlugin(moduleFile('nometa', { functions: pluginFunctions({ smtp_plugin_get_metadata: 0 }), data })), 'SMTP_E_PLUGIN_METADATA', 'NULL');
+    expectCode(() => loadWasmPlugin(moduleFile('oobmeta', { functions: pluginFunctions({ smtp_plugin_get_metadata: 70_000 }), data })), 'SMTP_E_WASM_BOUNDS');
+    expectCode(() => loadWasmPlugin(moduleFile('bigmem', good), { options: resolvePluginOptions({ limits: { memoryMb: 1 } }) }), 'SMTP_E_WASM_MEMORY');
+  });
+
+  it('refuses out-of-bounds lengths handed back for metadata', () => {
+    const liar = new PluginInstance(loadWasmPlugin(moduleFile('liar', { functions: pluginFunctions({ smtp_wasm_context_status: 2, smtp_wasm_take_changes: 0x7fff_0000 }), data })));
+    liar.init('{}');
+    liar.enable();
+    expectCode(() => liar.executeHook(new HookContext('message_received')), 'SMTP_E_WASM_BOUNDS', 'take_changes reported');
+  });
+
+  it('turns a trapping init and a trapping hook into coded errors', () => {
+    const instance = new PluginInstance(loadWasmPlugin(wasmFixture('sandbox_probe')));
+    expectCode(() => instance.init('{"init":"trap"}'), 'SMTP_E_WASM_TRAP', 'init');
+    const failing = new PluginInstance(loadWasmPlugin(wasmFixture('sandbox_probe')));
+    expectCode(() => failing.init('{"init":"fail"}'), 'SMTP_E_PLUGIN_INIT', 'init returned 3');
+    const p = probe();
+    expectCode(() => run(p, 'trap'), 'SMTP_E_WASM_TRAP', 'message_received');
+    expectCode(() => run(p, 'code7'), 'SMTP_E_PLUGIN_HOOK_CODE', 'returned 7');
+  });
+
+  it('interrupts an infinite loop within twice its deadline and replaces the instance', () => {
+    for (const file of ['sandbox_probe', 'sandbox_probe_newest']) {
+      const instance = new PluginInstance(loadWasmPlugin(wasmFixture(file), { options: resolvePluginOptions({ limits: { hookTimeoutMs: 50 } }) }));
+      instance.init('{}');
+      instance.enable();
+      expect(run(instance, 'count').getMetadata('calls')).toBe('1');
+      expect(run(instance, 'count').getMetadata('calls')).toBe('2');
+      const start = performance.now();
+      expectCode(() => run(instance, 'loop'), 'SMTP_E_WASM_DEADLINE', 'interrupted after its 50 ms deadline');
+      const elapsed = performance.now() - start;
+      expect(elapsed, file).toBeLessThan(100);
+      // A fresh instance answers the next call: its counter starts again.
+      expect(run(instance, 'count').getMetadata('calls'), file).toBe('1');
+      instance.shutdown();
+    }
+  });
+
+  it('stops a memory bomb at the memory limit and keeps working', () => {
+    const instance = probe({ memoryMb: 16 });
+    expectCode(() => run(instance, 'bomb'), 'SMTP_E_WASM_TRAP');
+    const handled = run(instance, 'bomb-handled');
+    const allocated = Number(handled.getMetadata('allocated_mb'));
+    expect(allocated).toBeGreaterThan(4);
+    expect(allocated).toBeLessThan(16);
+    // The bomb's trap replaced the instance; the handled run was its first call.
+    expect(run(instance, 'count').getMetadata('calls')).toBe('2');
+  });
+
+  it('bounds metadata copied in and out', () => {
+    const instance = probe({ metadataValueBytesMax: 1024 * 1024 });
+    const big = run(instance, 'big');
+    expect(big.getMetadata('set_error')).toBe('MetadataTooLarge');
+    expect(big.hasMetadata('big')).toBe(false);
+    expectCode(() => run(instance, 'count', { body: 'x'.repeat(1024 * 1024 + 1) }), 'SMTP_E_METADATA_LIMIT', 'over the bound copied in');
+    // The refused call never reached the plugin.
+    expect(run(instance, 'count').getMetadata('calls')).toBe('2');
+  });
+
+  it('keeps the manager serving other plugins while one fails, per its on_error policy', async () => {
+    const manager = new PluginManager({ directory: tmpdir() });
+    manager.loadPlugin(wasmFixture('sandbox_probe'), '{}', resolvePluginOptions({ limits: { hookTimeoutMs: 30 }, onError: 'continue', maxConsecutiveFailures: 2 }));
+    manager.loadPlugin(wasmFixture('read_set'));
+    const loop = (): HookContext => {
+      const context = new HookContext('message_received');
+      context.setMetadata('mode', 'loop');
+      context.setMetadata('a', 'still served');
+      return context;
+    };
+    const first = loop();
+    expect(await manager.executeHook('message_received', first)).toEqual({ action: 'continue' });
+    expect(first.getMetadata('b')).toBe('still served');
+    await manager.executeHook('message_received', loop());
+    expect(manager.get('sandbox-probe')!.state).toBe('disabled');
+    const after = loop();
+    const start = performance.now();
+    expect(await manager.executeHook('message_received', after)).toEqual({ action: 'continue' });
+    expect(performance.now() - start).toBeLessThan(20);
+    expect(after.getMetadata('b')).toBe('still served');
+    manager.deinit();
+
+    const strict = new PluginManager({ directory: tmpdir() });
+    strict.loadPlugin(wasmFixture('sandbox_probe'), '{}', resolvePluginOptions({ limits: { hookTimeoutMs: 30 } }));
+    const outcome = await strict.executeHook('message_received', loop());
+    expect(outcome).toMatchObject({ action: 'error', plugin: 'sandbox-probe', reply: { code: 451, enhanced: '4.3.0' } });
+    expect(outcome.error?.code).toBe('SMTP_E_WASM_DEADLINE');
+    strict.deinit();
+  });
+});
+
+describe('sandboxed plugins behave like native ones', () => {
+  it('reads and sets metadata, binary-safe, and reports cancel', () => {
+    const instance = new PluginInstance(loadWasmPlugin(wasmFixture('read_set')));
+    instance.init('{}');
+    instance.enable();
+    const context = new HookContext('message_received');
+    const bytes = Uint8Array.from([0, 1, 2, 0, 255]);
+    context.setMetadata('a', bytes);
+    expect(instance.executeHook(context)).toEqual({ code: 0, action: 'continue' });
+    expect(Uint8Array.from(context.getMetadataBytes('b')!)).toEqual(bytes);
+    instance.shutdown();
+    const p = probe();
+    const cancelled = run(p, 'cancel');
+    expect(cancelled.cancel).toBe(true);
+  });
+});
