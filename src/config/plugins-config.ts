@@ -10,6 +10,8 @@ export interface PluginEntryConfig {
   readonly enabled: boolean;
   /** The file to load: the native library or the .wasm module, per `sandbox`. */
   readonly file: string;
+  /** Every build the entry names (auto_load never loads these on its own). */
+  readonly builds: readonly string[];
   readonly sandboxed: boolean;
   /** The JSON text passed to init. */
   readonly config: string;
@@ -117,7 +119,10 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     const sandboxed = library === undefined ? true : wasm === undefined ? false : bool(entry.sandbox, key('sandbox'), true, index);
     if (library === undefined && entry.sandbox === false) fail(key('sandbox'), 'is false but there is no library to run natively', index);
     if (wasm === undefined && entry.sandbox === true) fail(key('sandbox'), 'is true but there is no wasm build to sandbox', index);
-    const file = sandboxed ? (isAbsolute(wasm!) ? wasm! : join(wasmDirectory, wasm!)) : isAbsolute(library!) ? library! : join(directory, library!);
+    const libraryPath = library === undefined ? undefined : isAbsolute(library) ? library : join(directory, library);
+    const wasmPath = wasm === undefined ? undefined : isAbsolute(wasm) ? wasm : join(wasmDirectory, wasm);
+    const file = sandboxed ? wasmPath! : libraryPath!;
+    const builds = [libraryPath, wasmPath].filter((path): path is string => path !== undefined);
     const config = text(entry.config, key('config'), index) ?? '{}';
     try {
       JSON.parse(config);
@@ -126,27 +131,28 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     }
     const limitsTable = entry.limits ?? {};
     if (typeof limitsTable !== 'object' || Array.isArray(limitsTable)) fail(key('limits'), 'expected a table', index);
+    // Each value is checked on its own so that the error names its key and line.
+    const check = (configKey: string, input: Parameters<typeof resolvePluginOptions>[0]): void => {
+      try {
+        resolvePluginOptions(input, key(configKey));
+      } catch (error) {
+        if (isHostError(error)) fail(key(configKey), error.message.slice(error.message.indexOf(': ') + 2), index);
+        throw error;
+      }
+    };
     const limits: Record<string, unknown> = {};
     for (const [limitKey, value] of Object.entries(limitsTable as Table)) {
       const mapped = LIMIT_KEYS[limitKey];
       if (mapped === undefined) fail(key(`limits.${limitKey}`), `unknown limit (known: ${Object.keys(LIMIT_KEYS).join(', ')})`, index);
+      check(`limits.${limitKey}`, { limits: { [mapped!]: value } as Partial<SandboxLimits> });
       limits[mapped!] = value;
     }
-    let options: PluginOptions;
-    try {
-      options = resolvePluginOptions(
-        {
-          limits: limits as Partial<SandboxLimits>,
-          ...(entry.on_error === undefined ? {} : { onError: entry.on_error as string }),
-          ...(entry.max_consecutive_failures === undefined ? {} : { maxConsecutiveFailures: entry.max_consecutive_failures as number }),
-        },
-        key('*'),
-      );
-    } catch (error) {
-      if (isHostError(error)) fail(key('limits'), error.message, index);
-      throw error;
-    }
-    return Object.freeze({ name, enabled: bool(entry.enabled, key('enabled'), true, index), file, sandboxed, config, options: options! });
+    const onError = entry.on_error === undefined ? {} : { onError: entry.on_error as string };
+    const maxFailures = entry.max_consecutive_failures === undefined ? {} : { maxConsecutiveFailures: entry.max_consecutive_failures as number };
+    check('on_error', onError);
+    check('max_consecutive_failures', maxFailures);
+    const options: PluginOptions = resolvePluginOptions({ limits: limits as Partial<SandboxLimits>, ...onError, ...maxFailures });
+    return Object.freeze({ name, enabled: bool(entry.enabled, key('enabled'), true, index), file, builds: Object.freeze(builds), sandboxed, config, options });
   });
   return Object.freeze({
     enabled: bool(table.enabled, 'plugins.enabled', true),

@@ -149,7 +149,7 @@ export class PluginManager {
     }
     if (config.autoLoad) {
       // Files a config entry names (enabled or not) are never auto-loaded.
-      const configured = new Set(config.plugins.map((entry) => resolve(entry.file)));
+      const configured = new Set(config.plugins.flatMap((entry) => entry.builds.map((path) => resolve(path))));
       const rest = this.loadAllPlugins({}, (path) => !configured.has(resolve(path)));
       loaded.push(...rest.loaded);
       failed.push(...rest.failed);

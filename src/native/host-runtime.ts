@@ -104,7 +104,7 @@ class NativeContextSlot {
       out = scratchBuffer(-written);
       written = fns.takeChanges(this.pointer, out, out.length);
     }
-    applyChanges(out.subarray(0, written), context, undefined, 'SMTP_E_METADATA_LIMIT', 'native plugin');
+    applyChanges(out, written, context, undefined, 'SMTP_E_METADATA_LIMIT', 'native plugin');
     // The native copy already holds these changes.
     this.#contextVersion = context.version;
   }

@@ -63,26 +63,29 @@ export function encodeMetadata(context: HookContext, bounds?: WireBounds, who = 
  * bytes present and, with `bounds`, against the bounds: a plugin's memory is
  * not trusted to be well formed. Violations throw `code`.
  */
-export function applyChanges(bytes: Uint8Array, context: HookContext, bounds: WireBounds | undefined, code: ErrorCode, who: string): void {
-  const view = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+export function applyChanges(bytes: Uint8Array, length: number, context: HookContext, bounds: WireBounds | undefined, code: ErrorCode, who: string): void {
+  const view = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const fail = (problem: string): never => {
     throw hostError(code, `${who}: changed metadata ${problem}`);
   };
+  if (length > view.length) fail(`claims ${length} bytes of ${view.length}`);
   let at = 0;
   let count = 0;
-  while (at < view.length) {
+  while (at < length) {
     if (bounds && ++count > bounds.keysMax) fail(`holds more than ${bounds.keysMax} keys`);
-    if (view.length - at < 4) fail('is truncated');
+    if (length - at < 4) fail('is truncated');
     const keyLen = view.readUInt32LE(at);
     if (bounds && keyLen > bounds.keyBytesMax) fail(`has a ${keyLen}-byte key (at most ${bounds.keyBytesMax})`);
-    if (view.length - at - 4 < keyLen + 4) fail('is truncated');
+    if (length - at - 4 < keyLen + 4) fail('is truncated');
     const key = view.toString('utf8', at + 4, at + 4 + keyLen);
     at += 4 + keyLen;
     const valueLen = view.readUInt32LE(at);
     if (bounds && valueLen > bounds.valueBytesMax) fail(`"${key}" has ${valueLen} bytes (at most ${bounds.valueBytesMax})`);
-    if (view.length - at - 4 < valueLen) fail('is truncated');
+    if (length - at - 4 < valueLen) fail('is truncated');
     // A copy (pooled for small values): the source is reused by the next call.
-    context.applyPluginChange(key, Buffer.from(view.subarray(at + 4, at + 4 + valueLen)));
+    const value = Buffer.allocUnsafe(valueLen);
+    view.copy(value, 0, at + 4, at + 4 + valueLen);
+    context.applyPluginChange(key, value);
     at += 4 + valueLen;
   }
 }

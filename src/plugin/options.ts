@@ -59,17 +59,17 @@ export function resolvePluginOptions(input: PluginOptionsInput = {}, where = 'pl
     const range = LIMIT_RANGES[key as keyof SandboxLimits];
     if (range === undefined) throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: unknown limit "${key}" (known: ${Object.keys(LIMIT_RANGES).join(', ')})`);
     if (typeof value !== 'number' || !Number.isInteger(value) || value < range[0] || value > range[1]) {
-      throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: ${key} must be an integer from ${range[0]} to ${range[1]}, got ${JSON.stringify(value)}`);
+      throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: expected an integer from ${range[0]} to ${range[1]} for ${key}, got ${JSON.stringify(value)}`);
     }
     limits[key] = value;
   }
   const onError = input.onError ?? DEFAULT_PLUGIN_OPTIONS.onError;
   if (!ON_ERROR_POLICIES.includes(onError as OnErrorPolicy)) {
-    throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: on_error must be one of ${ON_ERROR_POLICIES.join(', ')}, got ${JSON.stringify(onError)}`);
+    throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: expected one of ${ON_ERROR_POLICIES.join(', ')} for on_error, got ${JSON.stringify(onError)}`);
   }
   const max = input.maxConsecutiveFailures ?? DEFAULT_PLUGIN_OPTIONS.maxConsecutiveFailures;
   if (!Number.isInteger(max) || max < 1 || max > 1_000_000) {
-    throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: max_consecutive_failures must be an integer >= 1, got ${JSON.stringify(max)}`);
+    throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: expected an integer >= 1 for max_consecutive_failures, got ${JSON.stringify(max)}`);
   }
   return Object.freeze({ limits: Object.freeze(limits as unknown as SandboxLimits), onError: onError as OnErrorPolicy, maxConsecutiveFailures: max });
 }

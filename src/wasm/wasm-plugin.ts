@@ -373,7 +373,7 @@ class WasmPlugin implements Plugin {
       throw hostError('SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}": take_changes reported ${written} bytes for a ${live.scratchBytes}-byte buffer`);
     }
     const bytes = this.#memoryBytes(live, live.scratch, written, 'changed metadata');
-    applyChanges(bytes, context, this.#bounds, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
+    applyChanges(bytes, written, context, this.#bounds, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
     live.loadedVersion = context.version; // the guest copy already holds these changes
   }
 

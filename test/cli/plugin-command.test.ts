@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { FIXTURE_DIR, FIXTURE_SOURCES, fixture } from '../helpers/fixtures.js';
+import { FIXTURE_DIR, FIXTURE_SOURCES, fixture, wasmFixture } from '../helpers/fixtures.js';
 import { callJson, runCli } from '../helpers/cli.js';
 
 const SIX_KEYWORDS = 'Congratulations WINNER! Visit our casino, click here for free money, act now';
@@ -54,7 +54,7 @@ describe('smtp-server plugin call', () => {
       [['plugin', 'call', fixture('spam_filter'), '--hook', 'message_filtered', '--config', 'not json'], 'SMTP_E_PLUGIN_CONFIG'],
       [['plugin', 'call', fixture('spam_filter'), '--hook', 'no_such_hook'], 'SMTP_E_CLI_USAGE'],
       [['plugin', 'call', fixture('spam_filter')], 'SMTP_E_CLI_USAGE'],
-      [['plugin', 'build', join(FIXTURE_SOURCES, 'read_set.zig'), '--target', 'wasm'], 'SMTP_E_BUILD_TARGET'],
+      [['plugin', 'build', join(FIXTURE_SOURCES, 'read_set.zig'), '--target', 'riscv'], 'SMTP_E_CLI_USAGE'],
       [['plugin', 'build', join(FIXTURE_SOURCES, 'read_set.zig'), '--zig', '0.9.0'], 'SMTP_E_ZIG_VERSION'],
     ];
     for (const [args, code] of cases) {
@@ -125,5 +125,41 @@ describe('smtp-server', () => {
     const run = spawnSync('npx', ['--no-install', 'smtp-server', '--version'], { encoding: 'utf8' });
     expect(run.status, run.stderr).toBe(0);
     expect(run.stdout.trim()).toBe('0.28.0');
+  });
+});
+
+describe('smtp-server plugin call on sandboxed plugins', () => {
+  it('builds with --target wasm and gives the native results', () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'wasm-')), 'spam_filter.wasm');
+    const build = runCli(['plugin', 'build', 'plugins/spam_filter.zig', '--target', 'wasm', '-o', out]);
+    expect(build.status, build.stderr).toBe(0);
+    const args = ['--hook', 'message_filtered', '--meta', `message_body=${SIX_KEYWORDS}`];
+    expect(callJson(runCli(['plugin', 'call', out, ...args]))).toEqual(callJson(runCli(['plugin', 'call', fixture('spam_filter'), ...args])));
+    const info = JSON.parse(runCli(['plugin', 'info', out]).stdout);
+    expect(info).toMatchObject({ kind: 'wasm', abi_version: '1.0', name: 'spam-filter', handled_hooks: ['message_filtered'] });
+  });
+
+  it('stops an endless loop within twice --deadline-ms and a memory bomb at --memory-mb', () => {
+    const started = Date.now();
+    const loop = runCli(['plugin', 'call', wasmFixture('sandbox_probe'), '--hook', 'message_received', '--meta', 'mode=loop', '--deadline-ms', '200']);
+    expect(loop.status).toBe(1);
+    expect(loop.stderr).toContain('error SMTP_E_WASM_DEADLINE: plugin "sandbox-probe" message_received: interrupted after its 200 ms deadline');
+    // The process start and plugin load are included; the loop itself is bounded by 2 x 200 ms.
+    expect(Date.now() - started).toBeLessThan(5000);
+    const bomb = runCli(['plugin', 'call', wasmFixture('sandbox_probe'), '--hook', 'message_received', '--meta', 'mode=bomb-handled', '--memory-mb', '8']);
+    const result = callJson(bomb);
+    expect(Number(result.metadata.allocated_mb)).toBeLessThan(8);
+    const trap = runCli(['plugin', 'call', wasmFixture('sandbox_probe'), '--hook', 'message_received', '--meta', 'mode=bomb', '--memory-mb', '8']);
+    expect(trap.status).toBe(1);
+    expect(trap.stderr).toContain('error SMTP_E_WASM_TRAP');
+    expect(runCli(['plugin', 'call', wasmFixture('sandbox_probe'), '--hook', 'message_received', '--memory-mb', 'lots']).stderr).toContain('SMTP_E_CLI_USAGE');
+    expect(runCli(['plugin', 'call', wasmFixture('sandbox_probe'), '--hook', 'message_received', '--memory-mb', '0']).stderr).toContain('SMTP_E_PLUGIN_OPTIONS');
+  });
+
+  it("sends the plugin's std.debug.print to the log, not to stdout", () => {
+    const run = runCli(['plugin', 'call', wasmFixture('sandbox_probe'), '--hook', 'message_received', '--meta', 'mode=print']);
+    expect(callJson(run).code).toBe(0);
+    const line = run.stderr.split('\n').find((l) => l.includes('hello from the sandbox'));
+    expect(JSON.parse(line!)).toMatchObject({ stream: 'stderr', msg: 'hello from the sandbox' });
   });
 });
