@@ -1,9 +1,12 @@
 import { isHostError } from '../errors.js';
 import { SERVER_VERSION } from '../version.js';
 import { PLUGIN_USAGE, pluginCommand } from './plugin-command.js';
+import { SERVE_USAGE, serveCommand } from './serve-command.js';
 
 const USAGE = `smtp-server ${SERVER_VERSION}
-${PLUGIN_USAGE}
+usage:
+${SERVE_USAGE}
+${PLUGIN_USAGE.replace(/^usage:\n/, '')}
   smtp-server --version`;
 
 export async function main(argv: string[]): Promise<number> {
@@ -20,7 +23,8 @@ export async function main(argv: string[]): Promise<number> {
         process.stdout.write(`${USAGE}\n`);
         return 0;
       default:
-        process.stderr.write(`${command === undefined ? 'no command given' : `unknown command "${command}"`}\n${USAGE}\n`);
+        if (command === undefined || command.startsWith('--')) return await serveCommand(argv);
+        process.stderr.write(`unknown command "${command}"\n${USAGE}\n`);
         return 2;
     }
   } catch (error) {

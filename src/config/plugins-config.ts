@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
 import { parse, TomlError } from 'smol-toml';
 import { hostError, isHostError } from '../errors.js';
@@ -52,6 +52,28 @@ function lineOf(source: string, key: string, entryIndex: number | null): number 
       continue;
     }
     if (inBlock && new RegExp(`^${key}\\s*=`).test(line)) return i + 1;
+  }
+  return undefined;
+}
+
+/**
+ * The guide's per-plugin config file, used when an entry has no inline
+ * `config`: <directory>/<name>.json or .toml, the name also tried with "-"
+ * as "_" ("spam-filter" -> spam_filter.json). Returns the JSON text.
+ */
+export function pluginConfigFile(directory: string, name: string): string | undefined {
+  for (const base of new Set([name, name.replace(/-/g, '_')])) {
+    for (const extension of ['json', 'toml'] as const) {
+      const path = join(directory, `${base}.${extension}`);
+      if (!existsSync(path)) continue;
+      const text = readFileSync(path, 'utf8');
+      try {
+        return extension === 'json' ? JSON.stringify(JSON.parse(text)) : JSON.stringify(parse(text));
+      } catch (cause) {
+        const line = cause instanceof TomlError ? `:${cause.line}` : '';
+        throw hostError('SMTP_E_CONFIG', `${path}${line}: not valid ${extension.toUpperCase()} (${(cause as Error).message.split('\n')[0]})`, cause);
+      }
+    }
   }
   return undefined;
 }
@@ -123,7 +145,7 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     const wasmPath = wasm === undefined ? undefined : isAbsolute(wasm) ? wasm : join(wasmDirectory, wasm);
     const file = sandboxed ? wasmPath! : libraryPath!;
     const builds = [libraryPath, wasmPath].filter((path): path is string => path !== undefined);
-    const config = text(entry.config, key('config'), index) ?? '{}';
+    const config = text(entry.config, key('config'), index) ?? pluginConfigFile(directory, name) ?? '{}';
     try {
       JSON.parse(config);
     } catch (cause) {

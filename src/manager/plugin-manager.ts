@@ -1,4 +1,5 @@
 import { existsSync, readdirSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { dirname, extname, join, resolve } from 'node:path';
 import { HOOK_NAMES, handlesHook, hookValue, type HookName } from '../abi/hooks.js';
 import { HostError, hostError, isHostError, type SmtpReply } from '../errors.js';
@@ -15,6 +16,8 @@ export interface PluginManagerOptions {
   /** The directory of .wasm plugins it scans; default: wasm-plugins beside `directory`, if present. */
   readonly wasmDirectory?: string;
   readonly logger?: Logger;
+  /** Log every plugin call (plugin, hook, result, duration): the guide's test mode. Otherwise at debug level. */
+  readonly traceHooks?: boolean;
 }
 
 /** How one hook event ended. */
@@ -61,6 +64,15 @@ export class PluginManager {
     const sibling = join(dirname(resolve(options.directory)), 'wasm-plugins');
     this.wasmDirectory = options.wasmDirectory ?? (existsSync(sibling) ? sibling : undefined);
     this.#logger = options.logger ?? silentLogger();
+    this.#trace = options.traceHooks === true ? 'info' : this.#logger.isLevelEnabled('debug') ? 'debug' : null;
+  }
+
+  /** The level plugin calls are traced at, or null when they are not. */
+  readonly #trace: 'info' | 'debug' | null;
+
+  /** True when some enabled plugin handles `hook`: callers skip building a context otherwise. */
+  handles(hook: HookName): boolean {
+    return this.#chains[hookValue(hook)]!.length > 0;
   }
 
   /**
@@ -208,9 +220,13 @@ export class PluginManager {
     for (const entry of chain) {
       const { instance } = entry;
       let action: HookAction;
+      const started = this.#trace === null ? 0 : performance.now();
       try {
         action = instance.executeHook(context).action;
         entry.failures = 0;
+        if (this.#trace !== null) {
+          this.#logger[this.#trace]({ plugin: instance.name, hook, result: action, duration_us: Math.round((performance.now() - started) * 1000) }, 'hook call');
+        }
       } catch (error) {
         const coded = isHostError(error) ? error : hostError('SMTP_E_PLUGIN_HOOK_CODE', `plugin "${instance.name}": ${String(error)}`, error);
         const policy = entry.options.onError;

@@ -1,0 +1,73 @@
+import { existsSync, watch, type FSWatcher } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { loadConfig, type ConfigOverrides } from '../config/config.js';
+import { hostError, isHostError } from '../errors.js';
+import { createLogger } from '../log.js';
+import { PROJECT_ROOT } from '../paths.js';
+import { MailServer } from '../server/mail-server.js';
+
+export const SERVE_USAGE = `  smtp-server [--config FILE] [--plugin-dir DIR] [--port N] [--test-mode]`;
+
+/** Debounce for config file changes: editors write a file in several steps. */
+const CONFIG_SETTLE_MS = 200;
+
+/**
+ * Runs the mail server until SIGTERM or SIGINT. SIGHUP, or a change to the
+ * config file, reloads the config. With no --config, the repository's
+ * config.toml is used when present (npm start), else the embedded default.
+ */
+export async function serveCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: 'string' },
+      'plugin-dir': { type: 'string' },
+      port: { type: 'string' },
+      'test-mode': { type: 'boolean', default: false },
+    },
+  });
+  if (values.port !== undefined && !/^\d+$/.test(values.port)) throw hostError('SMTP_E_CLI_USAGE', `--port expects a number, got "${values.port}"`);
+  const bundled = join(PROJECT_ROOT, 'config.toml');
+  const path = values.config ?? (existsSync(bundled) ? bundled : null);
+  const overrides: ConfigOverrides = {
+    testMode: values['test-mode'],
+    ...(values.port === undefined ? {} : { port: Number(values.port) }),
+    ...(values['plugin-dir'] === undefined ? {} : { pluginDir: values['plugin-dir'] }),
+  };
+  const config = loadConfig(path, overrides);
+  const logger = createLogger();
+  const server = new MailServer(config, logger);
+  await server.start();
+
+  let reloading = Promise.resolve();
+  const reload = (why: string): void => {
+    reloading = reloading.then(async () => {
+      try {
+        logger.info({ why }, 'reloading config');
+        await server.reload(loadConfig(path, overrides));
+      } catch (error) {
+        // A bad config never replaces a good one: the server keeps running as it was.
+        logger.error({ code: isHostError(error) ? error.code : undefined, err: (error as Error).message }, 'config reload refused; keeping the running config');
+      }
+    });
+  };
+  let watcher: FSWatcher | undefined;
+  if (path !== null) {
+    let timer: NodeJS.Timeout | undefined;
+    watcher = watch(path, () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => reload('config file changed'), CONFIG_SETTLE_MS);
+    });
+  }
+  process.on('SIGHUP', () => reload('SIGHUP'));
+  const signal = await new Promise<string>((done) => {
+    process.once('SIGTERM', () => done('SIGTERM'));
+    process.once('SIGINT', () => done('SIGINT'));
+  });
+  logger.info({ signal }, 'stopping');
+  watcher?.close();
+  await reloading;
+  await server.stop();
+  return 0;
+}
