@@ -189,7 +189,10 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
   for (const method of s.auth_methods) {
     if (!(AUTH_METHODS as readonly string[]).includes(method.toUpperCase())) fail('server', 'auth_methods', `expected methods from ${AUTH_METHODS.join(', ')}, got "${method}"`);
   }
-  if ((s.tls_key === null) !== (s.tls_cert === null)) fail('server', s.tls_key === null ? 'tls_cert' : 'tls_key', 'tls_key and tls_cert go together');
+  if ((s.tls_key === null) !== (s.tls_cert === null)) {
+    const [missing, given] = s.tls_key === null ? ['tls_key', 'tls_cert'] : ['tls_cert', 'tls_key'];
+    fail('server', missing, `required when ${given} is set (STARTTLS needs both)`);
+  }
   for (const key of ['tls_key', 'tls_cert'] as const) {
     const value = s[key];
     if (value !== null && !existsSync(at(value))) fail('server', key, `no such file: ${at(value)}`);

@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { HookName } from '../abi/hooks.js';
 import type { SmtpReply } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -60,10 +61,13 @@ function chosenReply(context: HookContext, fallback: SmtpReply & { text: string 
 export class HookRunner {
   readonly #manager: PluginManager;
   readonly #logger: Logger;
+  /** Log every hook event, handled or not (with log_hook_calls and in test mode). */
+  readonly #trace: boolean;
 
-  constructor(manager: PluginManager, logger: Logger) {
+  constructor(manager: PluginManager, logger: Logger, trace = false) {
     this.#manager = manager;
     this.#logger = logger;
+    this.#trace = trace;
   }
 
   handles(hook: HookName): boolean {
@@ -72,6 +76,15 @@ export class HookRunner {
 
   /** Runs `hook` with `metadata`; `gating` hooks can refuse. */
   async run(hook: HookName, metadata: Readonly<Record<string, MetadataValue | undefined>>, gating = false): Promise<HookResult> {
+    if (!this.#trace) return this.#run(hook, metadata, gating);
+    const started = performance.now();
+    const result = await this.#run(hook, metadata, gating);
+    const outcome = result.refusal ? `refused ${result.refusal.code}` : 'continue';
+    this.#logger.info({ hook, handled: result.context !== null, outcome, duration_us: Math.round((performance.now() - started) * 1000) }, 'hook');
+    return result;
+  }
+
+  async #run(hook: HookName, metadata: Readonly<Record<string, MetadataValue | undefined>>, gating: boolean): Promise<HookResult> {
     if (!this.#manager.handles(hook)) return NOTHING;
     const context = new HookContext(hook);
     for (const [key, value] of Object.entries(metadata)) if (value !== undefined) context.setMetadata(key, value);

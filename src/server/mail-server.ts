@@ -57,7 +57,7 @@ export class MailServer {
       logger,
       traceHooks: config.server.logHookCalls,
     });
-    this.#hooks = new HookRunner(this.#manager, logger);
+    this.#hooks = new HookRunner(this.#manager, logger, config.server.logHookCalls);
     const { storage, delivery } = config;
     this.#spool = storage.spool === 'disk' ? new Spool({ dir: storage.spoolDir, fsync: storage.fsync, groupCommitMs: storage.groupCommitMs, logger }) : null;
     this.#queue = this.#spool === null

@@ -21,8 +21,8 @@ export function serverRoot(options: { server?: Section; storage?: Section; deliv
     config,
     [
       `[server]\nhost = "127.0.0.1"\nport = 0\nhostname = "mx.test"\n${text(options.server)}`,
-      `[storage]\nspool = "disk"\nspool_dir = "var/spool"\nquarantine_dir = "var/quarantine"\n${text(options.storage)}`,
-      `[delivery]\nmode = "maildir"\nmaildir_root = "var/maildir"\n${text(options.delivery)}`,
+      `[storage]\nspool_dir = "var/spool"\nquarantine_dir = "var/quarantine"\n${text(options.storage)}`,
+      `[delivery]\nmaildir_root = "var/maildir"\n${text(options.delivery)}`,
       options.plugins === undefined ? '[plugins]\nenabled = true\ndirectory = "./plugins"\n' : text(options.plugins),
     ].join('\n'),
   );
