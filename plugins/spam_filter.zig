@@ -21,10 +21,27 @@ const Config = struct {
     blacklist_keywords: ?[]const []const u8 = null,
 };
 
+/// Keywords beyond this are refused at init: found keywords are a u64 bitmask.
+const keywords_max = 64;
+
 var allocator: std.mem.Allocator = undefined;
 var config_parsed: ?std.json.Parsed(Config) = null;
 var spam_threshold: f64 = 5.0;
 var keywords: []const []const u8 = &default_keywords;
+/// For each byte, the keywords whose first letter it is (ignoring case), so
+/// one pass over the body tries only the keywords that can start there.
+var first_letter: [256]u64 = firstLetters(&default_keywords);
+
+fn firstLetters(list: []const []const u8) [256]u64 {
+    var table: [256]u64 = @splat(0);
+    for (list, 0..) |keyword, k| {
+        if (keyword.len == 0) continue;
+        const bit = @as(u64, 1) << @intCast(k);
+        table[std.ascii.toLower(keyword[0])] |= bit;
+        table[std.ascii.toUpper(keyword[0])] |= bit;
+    }
+    return table;
+}
 
 const metadata = plugin.PluginMetadata{
     .name = "spam-filter",
@@ -51,9 +68,16 @@ export fn smtp_plugin_init(host_allocator: *const plugin.Allocator, config: [*:0
         parsed.deinit();
         return 1;
     }
+    const list = parsed.value.blacklist_keywords orelse &default_keywords;
+    if (list.len > keywords_max) {
+        std.debug.print("[spam-filter] Invalid config: at most {d} blacklist_keywords\n", .{keywords_max});
+        parsed.deinit();
+        return 1;
+    }
     config_parsed = parsed;
     spam_threshold = parsed.value.spam_threshold;
-    keywords = parsed.value.blacklist_keywords orelse &default_keywords;
+    keywords = list;
+    first_letter = firstLetters(list);
     std.debug.print("[spam-filter] Initialized with threshold: {d}\n", .{spam_threshold});
     return 0;
 }
@@ -62,6 +86,7 @@ export fn smtp_plugin_deinit() callconv(.c) void {
     if (config_parsed) |parsed| parsed.deinit();
     config_parsed = null;
     keywords = &default_keywords;
+    first_letter = firstLetters(&default_keywords);
     spam_threshold = 5.0;
 }
 
@@ -96,23 +121,23 @@ export fn smtp_plugin_get_interface() callconv(.c) ?*const plugin.PluginInterfac
     return &interface;
 }
 
-/// ASCII case-insensitive substring search.
-fn containsIgnoreCase(haystack: []const u8, needle: []const u8) bool {
-    if (needle.len == 0) return true;
-    if (needle.len > haystack.len) return false;
-    var i: usize = 0;
-    while (i + needle.len <= haystack.len) : (i += 1) {
-        if (std.ascii.eqlIgnoreCase(haystack[i .. i + needle.len], needle)) return true;
-    }
-    return false;
-}
-
+/// One point per keyword found in the body (ASCII case-insensitive), in a
+/// single pass: at each byte only the keywords starting with that letter are
+/// compared, and each keyword counts once.
 pub fn score(body: []const u8) f64 {
-    var total: f64 = 0.0;
-    for (keywords) |keyword| {
-        if (containsIgnoreCase(body, keyword)) total += 1.0;
+    var found: u64 = 0;
+    for (body, 0..) |byte, i| {
+        var candidates = first_letter[byte] & ~found;
+        while (candidates != 0) {
+            const k = @ctz(candidates);
+            candidates &= candidates - 1;
+            const keyword = keywords[k];
+            if (i + keyword.len <= body.len and std.ascii.eqlIgnoreCase(body[i .. i + keyword.len], keyword)) {
+                found |= @as(u64, 1) << @intCast(k);
+            }
+        }
     }
-    return total;
+    return @floatFromInt(@popCount(found));
 }
 
 fn filterMessage(context: *plugin.HookContext) c_int {

@@ -34,6 +34,8 @@ export class HookContext {
   readonly id = nextContextId++;
   #values = new Map<string, MetadataValue>();
   #version = 0;
+  /** Keys plugins set (null until one does): what a later stage inherits. */
+  #pluginKeys: Set<string> | null = null;
 
   constructor(hook: HookName, limits: MetadataLimits = DEFAULT_METADATA_LIMITS) {
     if (!isHookName(hook)) throw hostError('SMTP_E_HOOK_UNKNOWN', `unknown hook "${String(hook)}"`);
@@ -95,6 +97,13 @@ export class HookContext {
     this.#check(key, value);
     this.#values.set(key, value);
     this.#version++;
+    (this.#pluginKeys ??= new Set()).add(key);
+  }
+
+  /** The keys plugins set during this event, with their values. */
+  *pluginChanges(): IterableIterator<[string, MetadataValue]> {
+    if (this.#pluginKeys === null) return;
+    for (const key of this.#pluginKeys) yield [key, this.#values.get(key)!];
   }
 
   #check(key: string, value: MetadataValue): void {

@@ -11,11 +11,11 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
  */
 
 /** What the server decides for one command line: undefined lets it through. */
-export type CommandGate = (
-  session: { readonly id: string; readonly remoteAddress: string },
-  command: string,
-  line: string,
-) => Promise<{ code: number; text: string } | undefined>;
+export interface CommandGate {
+  /** False while no plugin handles command_received: commands then skip the gate entirely. */
+  active(): boolean;
+  check(session: { readonly id: string; readonly remoteAddress: string }, command: string, line: string): Promise<{ code: number; text: string } | undefined>;
+}
 
 interface ConnectionInternals {
   _nextHandler: unknown;
@@ -49,11 +49,11 @@ export class HookedSMTPServer extends SMTPServer {
     connection._onCommand = function (this: ConnectionInternals, command: Buffer, callback: () => void): void {
       // AUTH continuation lines carry credentials, and lines before the greeting
       // or during a TLS handshake are the server's own business.
-      if (this._nextHandler || this._upgrading || !this._ready) return original.call(this, command, callback);
+      if (this._nextHandler || this._upgrading || !this._ready || !gate.active()) return original.call(this, command, callback);
       const text = (command || '').toString();
       const name = text.split(' ')[0]!.toUpperCase();
       const line = this._redactCredentials(name, text).line;
-      gate(this.session, name, line).then(
+      gate.check(this.session, name, line).then(
         (refusal) => {
           if (refusal === undefined) return original.call(this, command, callback);
           this.send(refusal.code, refusal.text);

@@ -10,7 +10,7 @@ import { DeliveryQueue } from '../delivery/delivery-queue.js';
 import { isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { PluginManager } from '../manager/plugin-manager.js';
-import type { MetadataValue } from '../plugin/hook-context.js';
+import type { HookContext, MetadataValue } from '../plugin/hook-context.js';
 import { Spool, type SpooledMessage } from '../storage/spool.js';
 import { SERVER_VERSION } from '../version.js';
 import { HookRunner, QUARANTINE_KEY, replyError, type Refusal } from './hook-runner.js';
@@ -28,9 +28,9 @@ function domainOf(address: string): string {
 }
 
 /** Keys a message-stage plugin set, carried to the later stages (the filter verdicts reach message_stored). */
-function carried(context: { entries(): IterableIterator<[string, MetadataValue]> } | null, into: Metadata): void {
+function carried(context: HookContext | null, into: Metadata): void {
   if (context === null) return;
-  for (const [key, value] of context.entries()) if (key !== 'message_body') into[key] = value;
+  for (const [key, value] of context.pluginChanges()) if (key !== 'message_body') into[key] = value;
 }
 
 /**
@@ -46,6 +46,8 @@ export class MailServer {
   readonly #spool: Spool | null;
   readonly #queue: DeliveryQueue | null;
   #smtp: HookedSMTPServer | null = null;
+  /** Every hook event is logged, handled or not (log_hook_calls). */
+  readonly #traced: boolean;
   #port = 0;
 
   constructor(config: AppConfig, logger: Logger) {
@@ -57,7 +59,8 @@ export class MailServer {
       logger,
       traceHooks: config.server.logHookCalls,
     });
-    this.#hooks = new HookRunner(this.#manager, logger, config.server.logHookCalls);
+    this.#traced = config.server.logHookCalls;
+    this.#hooks = new HookRunner(this.#manager, logger, this.#traced);
     const { storage, delivery } = config;
     this.#spool = storage.spool === 'disk' ? new Spool({ dir: storage.spoolDir, fsync: storage.fsync, groupCommitMs: storage.groupCommitMs, logger }) : null;
     this.#queue = this.#spool === null
@@ -107,7 +110,10 @@ export class MailServer {
       const recovered = await this.#queue!.recover();
       if (recovered > 0) this.#logger.info({ messages: recovered }, 'delivering what the spool held at start');
     }
-    const smtp = new HookedSMTPServer(this.#smtpOptions(), (session, command, line) => this.#commandReceived(session, command, line));
+    const smtp = new HookedSMTPServer(this.#smtpOptions(), {
+      active: () => this.#wants('command_received'),
+      check: (session, command, line) => this.#commandReceived(session, command, line),
+    });
     smtp.on('error', (err: Error) => this.#logger.warn({ err: err.message }, 'smtp session error'));
     this.#smtp = smtp;
     smtp.listen(this.#config.server.port, this.#config.server.host);
@@ -169,6 +175,11 @@ export class MailServer {
     return changed;
   }
 
+  /** Whether firing `hook` does anything: a plugin handles it, or every hook is logged. */
+  #wants(hook: HookName): boolean {
+    return this.#traced || this.#hooks.handles(hook);
+  }
+
   #smtpOptions(): ConstructorParameters<typeof HookedSMTPServer>[0] {
     const { server } = this.#config;
     const tls = server.tlsKey !== null && server.tlsCert !== null;
@@ -186,11 +197,12 @@ export class MailServer {
       authMethods: [...server.authMethods],
       authOptional: !server.authRequired,
       allowInsecureAuth: server.authInsecure,
-      onConnect: (session, callback) => this.#settle(this.#connectionOpened(session), callback),
+      // A hook no plugin handles answers at once: no promise, no context.
+      onConnect: (session, callback) => (this.#wants('connection_opened') ? this.#settle(this.#connectionOpened(session), callback) : callback()),
       onSecure: (socket, session, callback) => this.#settle(this.#connectionUpgraded(socket, session), callback),
       onAuth: (auth, session, callback) => this.#settle(this.#authenticate(auth, session), callback),
-      onMailFrom: (address, session, callback) => this.#settle(this.#validated(session, 'MAIL', address), callback),
-      onRcptTo: (address, session, callback) => this.#settle(this.#validated(session, 'RCPT', address), callback),
+      onMailFrom: (address, session, callback) => (this.#wants('command_validated') ? this.#settle(this.#validated(session, 'MAIL', address), callback) : callback()),
+      onRcptTo: (address, session, callback) => (this.#wants('command_validated') ? this.#settle(this.#validated(session, 'RCPT', address), callback) : callback()),
       onData: (stream, session, callback) => this.#settle(this.#message(stream, session), callback),
       onClose: (session) => {
         this.#hooks.run('connection_closed', this.#sessionMetadata(session)).catch((err: unknown) => this.#logger.error({ err: String(err) }, 'connection_closed hook failed'));
@@ -240,7 +252,6 @@ export class MailServer {
   }
 
   async #commandReceived(session: { id: string; remoteAddress: string }, command: string, line: string): Promise<{ code: number; text: string } | undefined> {
-    if (!this.#hooks.handles('command_received')) return undefined;
     const { refusal } = await this.#hooks.run('command_received', { session_id: session.id, remote_ip: session.remoteAddress, command, line }, true);
     if (refusal) this.#logger.info({ hook: 'command_received', plugin: refusal.plugin, command, code: refusal.code }, 'refused');
     return refusal ?? undefined;
@@ -264,7 +275,6 @@ export class MailServer {
   }
 
   async #validated(session: SMTPServerSession, command: 'MAIL' | 'RCPT', address: SMTPServerAddress): Promise<void> {
-    if (!this.#hooks.handles('command_validated')) return;
     const sender = command === 'MAIL' ? address.address : session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     const metadata: Metadata = { ...this.#sessionMetadata(session), command, sender, sender_domain: domainOf(sender) };
     if (command === 'RCPT') Object.assign(metadata, { recipient: address.address, recipient_domain: domainOf(address.address) });
@@ -296,26 +306,30 @@ export class MailServer {
     const recipients = session.envelope.rcptTo.map((r) => r.address);
     const headers = checkHeaders(raw);
     const messageId = headers.messageId ?? `<${Date.now().toString(36)}.${session.id}@${this.#config.server.hostname}>`;
-    const metadata: Metadata = {
-      ...this.#sessionMetadata(session),
-      sender,
-      sender_domain: domainOf(sender),
-      recipients: recipients.join(','),
-      recipient: recipients[0],
-      recipient_count: String(recipients.length),
-      message_id: messageId,
-      subject: headers.subject ?? undefined,
-      header_from: headers.from ?? undefined,
-      size: String(raw.length),
-    };
+    // Built only when some hook will see it: the common no-plugin path skips it.
+    let built: Metadata | null = null;
+    const metadata = (): Metadata =>
+      (built ??= {
+        ...this.#sessionMetadata(session),
+        sender,
+        sender_domain: domainOf(sender),
+        recipients: recipients.join(','),
+        recipient: recipients[0],
+        recipient_count: String(recipients.length),
+        message_id: messageId,
+        subject: headers.subject ?? undefined,
+        header_from: headers.from ?? undefined,
+        size: String(raw.length),
+      });
     let quarantined = false;
     for (const hook of ['message_received', 'message_validated', 'message_filtered'] as const) {
       if (hook === 'message_validated' && headers.problem !== null) {
         this.#logger.info({ session: session.id, problem: headers.problem }, 'message refused by header checks');
         throw replyError({ code: 550, text: `5.6.0 Malformed message headers: ${headers.problem}` });
       }
-      const { context, refusal } = await this.#hooks.run(hook, { ...metadata, message_body: raw }, true);
-      carried(context, metadata);
+      if (!this.#wants(hook)) continue;
+      const { context, refusal } = await this.#hooks.run(hook, { ...metadata(), message_body: raw }, true);
+      carried(context, metadata());
       quarantined ||= context?.getMetadata(QUARANTINE_KEY) === 'true';
       // A cancel that asks for quarantine means "not to the mailbox", not "refuse".
       if (refusal && !(quarantined && refusal.reason !== 'error')) this.#refuse(hook, refusal, session);
@@ -326,11 +340,11 @@ export class MailServer {
     const stored = await this.#spool.store(envelope, raw, { message_id: messageId });
     if (quarantined) {
       const path = await this.#spool.quarantine(stored, this.#config.storage.quarantineDir, { message_id: messageId, session_id: session.id });
-      await this.#hooks.run('message_stored', { ...metadata, spool_id: stored.id, message_path: path, quarantined: 'true' });
+      if (this.#wants('message_stored')) await this.#hooks.run('message_stored', { ...metadata(), spool_id: stored.id, message_path: path, quarantined: 'true' });
       this.#logger.info({ spool_id: stored.id, message_id: messageId }, 'message quarantined');
       return `2.0.0 Ok: queued as ${stored.id}`;
     }
-    await this.#hooks.run('message_stored', { ...metadata, spool_id: stored.id, message_path: stored.path, quarantined: 'false' });
+    if (this.#wants('message_stored')) await this.#hooks.run('message_stored', { ...metadata(), spool_id: stored.id, message_path: stored.path, quarantined: 'false' });
     this.#queue!.enqueue(stored);
     return `2.0.0 Ok: queued as ${stored.id}`;
   }
