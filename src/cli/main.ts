@@ -1,12 +1,14 @@
 import { isHostError } from '../errors.js';
 import { SERVER_VERSION } from '../version.js';
 import { PLUGIN_USAGE, pluginCommand } from './plugin-command.js';
+import { PLUGINS_USAGE, pluginsCommand } from './plugins-command.js';
 import { SERVE_USAGE, serveCommand } from './serve-command.js';
 
 const USAGE = `smtp-server ${SERVER_VERSION}
 usage:
 ${SERVE_USAGE}
 ${PLUGIN_USAGE.replace(/^usage:\n/, '')}
+${PLUGINS_USAGE}
   smtp-server --version`;
 
 export async function main(argv: string[]): Promise<number> {
@@ -15,6 +17,8 @@ export async function main(argv: string[]): Promise<number> {
     switch (command) {
       case 'plugin':
         return await pluginCommand(rest);
+      case 'plugins':
+        return pluginsCommand(rest);
       case '--version':
         process.stdout.write(`${SERVER_VERSION}\n`);
         return 0;

@@ -202,7 +202,9 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
   const testMode = overrides.testMode === true;
   const pluginsRaw = (document.plugins ?? {}) as Table;
   const pluginsSection = overrides.pluginDir === undefined ? pluginsRaw : { ...pluginsRaw, directory: resolve(overrides.pluginDir) };
-  const plugins = parsePluginsSection(pluginsSection, file ?? join(base, 'config.toml'), source);
+  const parsed = parsePluginsSection(pluginsSection, file ?? join(base, 'config.toml'), source);
+  // Test mode is the guide's development mode: plugins reload when rebuilt.
+  const plugins = testMode ? Object.freeze({ ...parsed, hotReload: true }) : parsed;
 
   // Test mode keeps messages in a fresh temporary folder and delivers nothing onward.
   const scratch = testMode ? mkdtempSync(join(tmpdir(), 'smtp-test-mode-')) : null;

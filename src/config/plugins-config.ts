@@ -24,10 +24,12 @@ export interface PluginsConfig {
   readonly directory: string;
   readonly wasmDirectory: string;
   readonly autoLoad: boolean;
+  /** Reload a plugin when its file changes (the guide's development mode). */
+  readonly hotReload: boolean;
   readonly plugins: readonly PluginEntryConfig[];
 }
 
-const SECTION_KEYS = ['enabled', 'directory', 'wasm_directory', 'auto_load', 'plugin'] as const;
+const SECTION_KEYS = ['enabled', 'directory', 'wasm_directory', 'auto_load', 'hot_reload', 'plugin'] as const;
 const ENTRY_KEYS = ['name', 'enabled', 'library', 'wasm', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits'] as const;
 const LIMIT_KEYS: Record<string, keyof SandboxLimits> = {
   memory_mb: 'memoryMb',
@@ -181,6 +183,7 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     directory,
     wasmDirectory,
     autoLoad: bool(table.auto_load, 'plugins.auto_load', false),
+    hotReload: bool(table.hot_reload, 'plugins.hot_reload', false),
     plugins: Object.freeze(plugins),
   });
 }

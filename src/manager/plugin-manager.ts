@@ -1,6 +1,7 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { dirname, extname, join, resolve } from 'node:path';
+import { basename, dirname, extname, join, resolve } from 'node:path';
 import { HOOK_NAMES, handlesHook, hookValue, type HookName } from '../abi/hooks.js';
 import { HostError, hostError, isHostError, type SmtpReply } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -9,6 +10,8 @@ import { PluginInstance, type HookAction } from '../plugin/lifecycle.js';
 import { NATIVE_EXTENSIONS, WASM_EXTENSION, loadPluginFile } from '../plugin/load.js';
 import type { PluginsConfig } from '../config/plugins-config.js';
 import { DEFAULT_PLUGIN_OPTIONS, type OnErrorPolicy, type PluginOptions } from '../plugin/options.js';
+import { SERVER_VERSION } from '../version.js';
+import { DependencyError, checkDependencies, dependentsOf, resolveLoadOrder, type DependencyNode, type OrderedPlugin } from './dependencies.js';
 
 export interface PluginManagerOptions {
   /** The directory of native plugin libraries loadAllPlugins() scans. */
@@ -18,6 +21,23 @@ export interface PluginManagerOptions {
   readonly logger?: Logger;
   /** Log every plugin call (plugin, hook, result, duration): the guide's test mode. Otherwise at debug level. */
   readonly traceHooks?: boolean;
+  /**
+   * Load native libraries from a private copy (hot reload): dlopen caches by
+   * path, and a build that rewrites a mapped library would crash the server.
+   */
+  readonly copyNative?: boolean;
+}
+
+/** A plugin file to load, with what init and the policies need. */
+export interface PluginSpec {
+  readonly path: string;
+  readonly config?: string;
+  readonly options?: PluginOptions;
+}
+
+export interface LoadReport {
+  readonly loaded: PluginInstance[];
+  readonly failed: { path: string; error: HostError }[];
 }
 
 /** How one hook event ended. */
@@ -40,7 +60,19 @@ export const POLICY_REPLIES: Readonly<Record<Exclude<OnErrorPolicy, 'continue'>,
 interface Entry {
   readonly instance: PluginInstance;
   readonly options: PluginOptions;
+  /** The file it was loaded from (before any private copy) and its init config. */
+  readonly source: string;
+  readonly config: string;
   failures: number;
+}
+
+function nodeOf(instance: PluginInstance): DependencyNode {
+  const { metadata } = instance.plugin;
+  return { name: metadata.name, version: metadata.version, dependencies: metadata.dependencies, minServerVersion: metadata.minServerVersion, maxServerVersion: metadata.maxServerVersion };
+}
+
+function coded(error: unknown, path: string): HostError {
+  return isHostError(error) ? error : hostError('SMTP_E_PLUGIN_NOT_LIBRARY', `${path}: ${String(error)}`, error);
 }
 
 const CONTINUE: HookOutcome = Object.freeze({ action: 'continue' });
@@ -65,7 +97,11 @@ export class PluginManager {
     this.wasmDirectory = options.wasmDirectory ?? (existsSync(sibling) ? sibling : undefined);
     this.#logger = options.logger ?? silentLogger();
     this.#trace = options.traceHooks === true ? 'info' : this.#logger.isLevelEnabled('debug') ? 'debug' : null;
+    this.#copyNative = options.copyNative === true;
   }
+
+  readonly #copyNative: boolean;
+  #copies: string | null = null;
 
   /** The level plugin calls are traced at, or null when they are not. */
   readonly #trace: 'info' | 'debug' | null;
@@ -75,107 +111,187 @@ export class PluginManager {
     return this.#chains[hookValue(hook)]!.length > 0;
   }
 
-  /**
-   * Loads, inits and enables one plugin (native or .wasm, by extension);
-   * on failure nothing stays loaded.
-   */
-  loadPlugin(path: string, configJson = '{}', options: PluginOptions = DEFAULT_PLUGIN_OPTIONS): PluginInstance {
-    try {
-      JSON.parse(configJson);
-    } catch (cause) {
-      throw hostError('SMTP_E_PLUGIN_CONFIG', `${path}: config is not JSON (${(cause as Error).message})`, cause);
+  /** Opens a plugin file (metadata read, nothing initialised). */
+  #open(path: string, options: PluginOptions): PluginInstance {
+    const logger = this.#logger.child({ file: path });
+    if (!this.#copyNative || !NATIVE_EXTENSIONS.includes(extname(path).toLowerCase())) {
+      return new PluginInstance(loadPluginFile(path, { options, logger }));
     }
-    const instance = new PluginInstance(loadPluginFile(path, { options, logger: this.#logger.child({ file: path }) }));
-    const log = this.#logger.child({ plugin: instance.name });
+    this.#copies ??= mkdtempSync(join(tmpdir(), 'smtp-plugins-'));
+    const copy = join(this.#copies, `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}-${basename(path)}`);
+    copyFileSync(path, copy);
     try {
-      if (this.get(instance.name)) {
-        throw hostError('SMTP_E_PLUGIN_DUPLICATE', `${path}: a plugin named "${instance.name}" is already loaded from ${this.get(instance.name)!.plugin.path}`);
-      }
-      instance.init(configJson);
-      instance.enable();
-    } catch (error) {
-      instance.shutdown();
-      throw error;
+      return new PluginInstance(loadPluginFile(copy, { options, logger }));
+    } finally {
+      // Once mapped, the copy's name is not needed: unlinking leaves nothing behind.
+      rmSync(copy, { force: true });
     }
-    this.#entries.push({ instance, options, failures: 0 });
-    this.#rebuildChains();
-    log.info({ path, kind: instance.plugin.kind, version: instance.plugin.metadata.version }, 'plugin loaded');
-    return instance;
+  }
+
+  /** name -> version of the enabled plugins. */
+  #running(except?: string): Map<string, string> {
+    return new Map(
+      this.#entries.filter(({ instance }) => instance.state === 'enabled' && instance.name !== except).map(({ instance }) => [instance.name, instance.plugin.metadata.version]),
+    );
   }
 
   /**
-   * Loads every plugin library in the directory (sorted by file name) that
-   * is not loaded yet. A plugin that fails is logged and skipped; the others
-   * still load. `configs` maps plugin file names to their JSON config.
+   * Loads, inits and enables one plugin (native or .wasm, by extension),
+   * after checking its dependencies against the enabled plugins and its
+   * server version bounds; on failure nothing stays loaded.
    */
-  loadAllPlugins(
-    configs: Readonly<Record<string, string>> = {},
-    accept: (path: string) => boolean = () => true,
-  ): { loaded: PluginInstance[]; failed: { path: string; error: HostError }[] } {
+  loadPlugin(path: string, configJson = '{}', options: PluginOptions = DEFAULT_PLUGIN_OPTIONS): PluginInstance {
+    const report = this.loadPlugins([{ path, config: configJson, options }]);
+    if (report.failed.length > 0) throw report.failed[0]!.error;
+    return report.loaded[0]!;
+  }
+
+  /**
+   * Loads several plugins: opens every file, resolves their order (each after
+   * the plugins it depends on, ties in the given order; already enabled
+   * plugins satisfy dependencies too), then inits and enables them in that
+   * order. A plugin that fails, or whose dependency is missing, disabled,
+   * out of range, failed, or on a cycle, is refused with a coded error naming
+   * it, and so are the plugins that depend on it; the others load.
+   */
+  loadPlugins(specs: readonly PluginSpec[]): LoadReport {
     const loaded: PluginInstance[] = [];
     const failed: { path: string; error: HostError }[] = [];
-    const present = new Set(this.#entries.map(({ instance }) => resolve(instance.plugin.path)));
-    const list = (dir: string | undefined, accept: (extension: string) => boolean): string[] =>
-      dir === undefined ? [] : readdirSync(dir).filter((file) => accept(extname(file).toLowerCase())).sort().map((file) => join(dir, file));
+    const refuse = (instance: PluginInstance | null, path: string, error: HostError): void => {
+      this.#logger.error({ plugin: instance?.name, path, code: error.code, err: error.message }, 'plugin refused');
+      failed.push({ path, error });
+      try {
+        instance?.shutdown();
+      } catch {
+        // A plugin failing to shut down is already out of the chain.
+      }
+    };
+    let pending: { instance: PluginInstance; spec: PluginSpec; config: string; options: PluginOptions }[] = [];
+    for (const spec of specs) {
+      const config = spec.config ?? '{}';
+      const options = spec.options ?? DEFAULT_PLUGIN_OPTIONS;
+      try {
+        JSON.parse(config);
+      } catch (cause) {
+        refuse(null, spec.path, hostError('SMTP_E_PLUGIN_CONFIG', `${spec.path}: config is not JSON (${(cause as Error).message})`, cause));
+        continue;
+      }
+      let instance: PluginInstance;
+      try {
+        instance = this.#open(spec.path, options);
+      } catch (error) {
+        refuse(null, spec.path, coded(error, spec.path));
+        continue;
+      }
+      const existing = this.get(instance.name) ?? pending.find((p) => p.instance.name === instance.name)?.instance;
+      if (existing) {
+        refuse(instance, spec.path, hostError('SMTP_E_PLUGIN_DUPLICATE', `${spec.path}: a plugin named "${instance.name}" is already loaded from ${existing.plugin.path}`));
+        continue;
+      }
+      pending.push({ instance, spec, config, options });
+    }
+    // Resolve; each refusal drops the plugins it names and those that depend on them.
+    let order: OrderedPlugin[] = [];
+    for (;;) {
+      const nodes = pending.map(({ instance }) => nodeOf(instance));
+      try {
+        order = resolveLoadOrder(nodes, SERVER_VERSION, { available: this.#running() });
+        break;
+      } catch (error) {
+        if (!(error instanceof DependencyError) || error.plugins.length === 0) throw error;
+        const dropped = new Set(error.plugins.flatMap((name) => [name, ...dependentsOf(name, nodes)]));
+        for (const item of pending.filter((p) => dropped.has(p.instance.name))) {
+          const because = error.plugins.includes(item.instance.name) ? error : hostError('SMTP_E_PLUGIN_DEPENDENCY', `plugin "${item.instance.name}" depends on a refused plugin: ${error.message}`);
+          refuse(item.instance, item.spec.path, because);
+        }
+        pending = pending.filter((p) => !dropped.has(p.instance.name));
+      }
+    }
+    for (const { name } of order) {
+      const item = pending.find((p) => p.instance.name === name)!;
+      const log = this.#logger.child({ plugin: name });
+      try {
+        // A dependency that failed to start just now is not running: refuse in turn.
+        checkDependencies(nodeOf(item.instance), this.#running(), SERVER_VERSION);
+        item.instance.init(item.config);
+        item.instance.enable();
+      } catch (error) {
+        refuse(item.instance, item.spec.path, coded(error, item.spec.path));
+        continue;
+      }
+      this.#entries.push({ instance: item.instance, options: item.options, source: item.spec.path, config: item.config, failures: 0 });
+      this.#rebuildChains();
+      loaded.push(item.instance);
+      log.info({ path: item.spec.path, kind: item.instance.plugin.kind, version: item.instance.plugin.metadata.version }, 'plugin loaded');
+    }
+    return { loaded, failed };
+  }
+
+  /**
+   * Loads every plugin file in the directories (native libraries, then
+   * .wasm modules, each sorted by name) that is not loaded yet, in
+   * dependency order. `configs` maps file names to their JSON config.
+   */
+  loadAllPlugins(configs: Readonly<Record<string, string>> = {}, accept: (path: string) => boolean = () => true): LoadReport {
+    const present = new Set(this.#entries.map(({ source }) => resolve(source)));
+    const list = (dir: string | undefined, wanted: (extension: string) => boolean): string[] =>
+      dir === undefined ? [] : readdirSync(dir).filter((file) => wanted(extname(file).toLowerCase())).sort().map((file) => join(dir, file));
     const paths = [
       ...list(this.directory, (extension) => NATIVE_EXTENSIONS.includes(extension)),
       ...list(this.wasmDirectory, (extension) => extension === WASM_EXTENSION),
-    ];
-    for (const path of paths) {
-      const file = path.slice(path.lastIndexOf('/') + 1);
-      if (present.has(resolve(path)) || !accept(path)) continue;
-      try {
-        loaded.push(this.loadPlugin(path, configs[file] ?? '{}'));
-      } catch (error) {
-        const coded = isHostError(error) ? error : hostError('SMTP_E_PLUGIN_NOT_LIBRARY', `${path}: ${String(error)}`, error);
-        this.#logger.error({ path, code: coded.code, err: coded.message }, 'plugin failed to load');
-        failed.push({ path, error: coded });
-      }
-    }
-    return { loaded, failed };
+    ].filter((path) => !present.has(resolve(path)) && accept(path));
+    return this.loadPlugins(paths.map((path) => ({ path, config: configs[basename(path)] ?? '{}' })));
   }
 
   /**
-   * Loads the plugins a config.toml [plugins] section names, in config
-   * order, each from its native or sandboxed build as configured; with
-   * auto_load, then every other plugin file in the directories. A plugin
-   * that fails is logged and skipped, as in loadAllPlugins().
+   * Loads the plugins a config.toml [plugins] section names, each from its
+   * native or sandboxed build as configured, in dependency order (ties in
+   * config order); with auto_load, then every other plugin file found.
    */
-  loadFromConfig(config: PluginsConfig): { loaded: PluginInstance[]; failed: { path: string; error: HostError }[] } {
-    const loaded: PluginInstance[] = [];
-    const failed: { path: string; error: HostError }[] = [];
-    if (!config.enabled) return { loaded, failed };
-    for (const entry of config.plugins) {
-      if (!entry.enabled) continue;
-      try {
-        const instance = this.loadPlugin(entry.file, entry.config, entry.options);
-        if (instance.name !== entry.name) {
-          this.#logger.warn({ plugin: instance.name, configured: entry.name, path: entry.file }, 'plugin name differs from its config entry');
-        }
-        loaded.push(instance);
-      } catch (error) {
-        const coded = isHostError(error) ? error : hostError('SMTP_E_PLUGIN_NOT_LIBRARY', `${entry.file}: ${String(error)}`, error);
-        this.#logger.error({ plugin: entry.name, path: entry.file, code: coded.code, err: coded.message }, 'plugin failed to load');
-        failed.push({ path: entry.file, error: coded });
+  loadFromConfig(config: PluginsConfig): LoadReport {
+    if (!config.enabled) return { loaded: [], failed: [] };
+    const report = this.loadPlugins(config.plugins.filter((entry) => entry.enabled).map((entry) => ({ path: entry.file, config: entry.config, options: entry.options })));
+    for (const instance of report.loaded) {
+      const entry = config.plugins.find((e) => resolve(e.file) === resolve(this.#entryOf(instance)!.source));
+      if (entry && entry.name !== instance.name) {
+        this.#logger.warn({ plugin: instance.name, configured: entry.name }, 'plugin name differs from its config entry');
       }
     }
-    if (config.autoLoad) {
-      // Files a config entry names (enabled or not) are never auto-loaded.
-      const configured = new Set(config.plugins.flatMap((entry) => entry.builds.map((path) => resolve(path))));
-      const rest = this.loadAllPlugins({}, (path) => !configured.has(resolve(path)));
-      loaded.push(...rest.loaded);
-      failed.push(...rest.failed);
+    if (!config.autoLoad) return report;
+    // Files a config entry names (enabled or not) are never auto-loaded.
+    const configured = new Set(config.plugins.flatMap((entry) => entry.builds.map((path) => resolve(path))));
+    const rest = this.loadAllPlugins({}, (path) => !configured.has(resolve(path)));
+    return { loaded: [...report.loaded, ...rest.loaded], failed: [...report.failed, ...rest.failed] };
+  }
+
+  /** The order loadPlugins would use for these plugin files, with reasons: `smtp-server plugins order`. */
+  resolveOrder(specs: readonly PluginSpec[]): { order: OrderedPlugin[]; versions: Map<string, string> } {
+    const opened = specs.map((spec) => this.#open(spec.path, spec.options ?? DEFAULT_PLUGIN_OPTIONS));
+    try {
+      const nodes = opened.map(nodeOf);
+      return { order: resolveLoadOrder(nodes, SERVER_VERSION, { available: this.#running() }), versions: new Map(nodes.map((n) => [n.name, n.version])) };
+    } finally {
+      for (const instance of opened) instance.shutdown();
     }
-    return { loaded, failed };
+  }
+
+  #entryOf(instance: PluginInstance): Entry | undefined {
+    return this.#entries.find((entry) => entry.instance === instance);
   }
 
   get(name: string): PluginInstance | undefined {
     return this.#entries.find(({ instance }) => instance.name === name)?.instance;
   }
 
-  /** Loaded plugins, in load order. */
+  /** Loaded plugins, in load (init) order. */
   list(): readonly PluginInstance[] {
     return this.#entries.map(({ instance }) => instance);
+  }
+
+  /** The name of the loaded plugin whose file is `path`, if any (for hot reload). */
+  pluginAt(path: string): string | undefined {
+    const wanted = resolve(path);
+    return this.#entries.find(({ source }) => resolve(source) === wanted)?.instance.name;
   }
 
   #require(name: string): Entry {
@@ -184,27 +300,87 @@ export class PluginManager {
     return entry;
   }
 
+  /** Enabled plugins that depend on `name`, directly or not, in the order to take them down. */
+  #enabledDependents(name: string): string[] {
+    const enabled = this.#entries.filter(({ instance }) => instance.state === 'enabled');
+    return dependentsOf(name, enabled.map(({ instance }) => nodeOf(instance)));
+  }
+
+  /** The plugins to take down with `name`, dependents first; refuses without cascade when there are any. */
+  #takeDown(name: string, verb: 'disable' | 'unload', cascade: boolean): string[] {
+    this.#require(name);
+    const dependents = this.#enabledDependents(name);
+    if (dependents.length > 0 && !cascade) {
+      throw hostError('SMTP_E_PLUGIN_DEPENDENCY', `cannot ${verb} "${name}": enabled plugins depend on it (${dependents.join(', ')}); ask to cascade`);
+    }
+    return [...dependents, name];
+  }
+
+  /** Enables a disabled plugin, once its own dependencies are enabled. */
   enablePlugin(name: string): void {
     const entry = this.#require(name);
+    checkDependencies(nodeOf(entry.instance), this.#running(name), SERVER_VERSION);
     entry.instance.enable();
     entry.failures = 0;
     this.#rebuildChains();
   }
 
-  disablePlugin(name: string): void {
+  /**
+   * Disables a plugin. If enabled plugins depend on it, refuses unless
+   * `cascade`, which disables them first. Returns the names disabled.
+   */
+  disablePlugin(name: string, options: { cascade?: boolean } = {}): string[] {
+    const names = this.#takeDown(name, 'disable', options.cascade === true);
     try {
-      this.#require(name).instance.disable();
+      for (const each of names) this.#require(each).instance.disable();
     } finally {
       this.#rebuildChains();
     }
+    return names;
   }
 
-  /** Disables, deinits and unloads one plugin. */
-  unloadPlugin(name: string): void {
-    const entry = this.#require(name);
-    this.#entries = this.#entries.filter((other) => other !== entry);
+  /**
+   * Disables, deinits and unloads a plugin. If enabled plugins depend on it,
+   * refuses unless `cascade`, which unloads them first. Returns the names unloaded.
+   */
+  unloadPlugin(name: string, options: { cascade?: boolean } = {}): string[] {
+    const names = this.#takeDown(name, 'unload', options.cascade === true);
+    for (const each of names) {
+      const entry = this.#require(each);
+      this.#entries = this.#entries.filter((other) => other !== entry);
+      this.#rebuildChains();
+      entry.instance.shutdown();
+    }
+    return names;
+  }
+
+  /**
+   * Hot reload: loads the plugin's file again beside the running build,
+   * inits and enables it with the same config, and swaps it in for the next
+   * hook call; then takes the old build down. Hook calls are synchronous, so
+   * none is in flight on the old build at the swap. If the new build fails to
+   * load or init, or no longer satisfies a plugin that depends on it, it is
+   * discarded and the old build keeps serving (the error is thrown).
+   */
+  replacePlugin(name: string): PluginInstance {
+    const old = this.#require(name);
+    const next = this.#open(old.source, old.options);
+    try {
+      if (next.name !== name) throw hostError('SMTP_E_PLUGIN_DEPENDENCY', `${old.source}: the new build is named "${next.name}", not "${name}"`);
+      const running = this.#running(name);
+      checkDependencies(nodeOf(next), running, SERVER_VERSION);
+      running.set(name, next.plugin.metadata.version);
+      for (const dependent of this.#enabledDependents(name)) checkDependencies(nodeOf(this.#require(dependent).instance), running, SERVER_VERSION);
+      next.init(old.config);
+      if (old.instance.state === 'enabled') next.enable();
+    } catch (error) {
+      next.shutdown();
+      throw error;
+    }
+    this.#entries = this.#entries.map((entry) => (entry === old ? { ...old, instance: next, failures: 0 } : entry));
     this.#rebuildChains();
-    entry.instance.shutdown();
+    old.instance.shutdown();
+    return next;
   }
 
   /**
@@ -267,6 +443,8 @@ export class PluginManager {
         this.#logger.error({ plugin: instance.name, err: String(error) }, 'plugin failed to shut down');
       }
     }
+    if (this.#copies !== null) rmSync(this.#copies, { recursive: true, force: true });
+    this.#copies = null;
   }
 
   #rebuildChains(): void {

@@ -9,6 +9,7 @@ import type { PluginEntryConfig } from '../config/plugins-config.js';
 import { DeliveryQueue } from '../delivery/delivery-queue.js';
 import { isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { HotReloader } from '../manager/hot-reload.js';
 import { PluginManager } from '../manager/plugin-manager.js';
 import type { HookContext, MetadataValue } from '../plugin/hook-context.js';
 import { Spool, type SpooledMessage } from '../storage/spool.js';
@@ -46,6 +47,7 @@ export class MailServer {
   readonly #spool: Spool | null;
   readonly #queue: DeliveryQueue | null;
   #smtp: HookedSMTPServer | null = null;
+  readonly #reloader: HotReloader | null;
   /** Every hook event is logged, handled or not (log_hook_calls). */
   readonly #traced: boolean;
   #port = 0;
@@ -58,7 +60,9 @@ export class MailServer {
       wasmDirectory: config.plugins.wasmDirectory,
       logger,
       traceHooks: config.server.logHookCalls,
+      copyNative: config.plugins.hotReload,
     });
+    this.#reloader = config.plugins.hotReload ? new HotReloader(this.#manager, logger) : null;
     this.#traced = config.server.logHookCalls;
     this.#hooks = new HookRunner(this.#manager, logger, this.#traced);
     const { storage, delivery } = config;
@@ -103,6 +107,7 @@ export class MailServer {
   async start(): Promise<number> {
     const { loaded, failed } = this.#manager.loadFromConfig(this.#config.plugins);
     this.#logger.info({ loaded: loaded.map((p) => `${p.name}@${p.plugin.metadata.version} (${p.plugin.kind})`), failed: failed.length }, 'plugins loaded');
+    this.#reloader?.start();
     await this.#hooks.run('config_loaded', { config_path: this.#config.file ?? '(embedded default)' });
     await this.#hooks.run('server_starting', this.#serverMetadata());
     if (this.#spool) {
@@ -132,6 +137,7 @@ export class MailServer {
     this.#smtp = null;
     if (smtp) await new Promise<void>((done) => smtp.close(() => done()));
     await this.#queue?.stop();
+    await this.#reloader?.stop();
     await this.#hooks.run('server_stopped', this.#serverMetadata());
     this.#manager.deinit();
     this.#logger.info('stopped');
@@ -145,25 +151,15 @@ export class MailServer {
   async reload(next: AppConfig): Promise<string[]> {
     const before = new Map(this.#config.plugins.plugins.map((entry) => [entry.name, entry]));
     const after = new Map(next.plugins.plugins.map((entry) => [entry.name, entry]));
-    const same = (a: PluginEntryConfig, b: PluginEntryConfig): boolean => JSON.stringify(a) === JSON.stringify(b);
-    const changed: string[] = [];
-    for (const [name, entry] of before) {
-      const replacement = after.get(name);
-      if (replacement && same(entry, replacement)) continue;
-      changed.push(name);
-      if (this.#manager.get(name)) this.#manager.unloadPlugin(name);
+    const same = (a: PluginEntryConfig | undefined, b: PluginEntryConfig | undefined): boolean => a !== undefined && b !== undefined && JSON.stringify(a) === JSON.stringify(b);
+    const changed = [...new Set([...before.keys(), ...after.keys()])].filter((name) => !same(before.get(name), after.get(name)));
+    // Plugins that depend on a changed one go down with it and come back with it.
+    const down = new Set<string>();
+    for (const name of changed) {
+      if (this.#manager.get(name) && !down.has(name)) for (const each of this.#manager.unloadPlugin(name, { cascade: true })) down.add(each);
     }
-    for (const [name, entry] of after) {
-      const previous = before.get(name);
-      if (previous && same(previous, entry)) continue;
-      if (!changed.includes(name)) changed.push(name);
-      if (!entry.enabled || !next.plugins.enabled) continue;
-      try {
-        this.#manager.loadPlugin(entry.file, entry.config, entry.options);
-      } catch (error) {
-        this.#logger.error({ plugin: name, err: (error as Error).message, code: (error as { code?: string }).code }, 'plugin failed to load on reload');
-      }
-    }
+    const up = [...after.values()].filter((entry) => entry.enabled && next.plugins.enabled && !this.#manager.get(entry.name) && (changed.includes(entry.name) || down.has(entry.name)));
+    this.#manager.loadPlugins(up.map((entry) => ({ path: entry.file, config: entry.config, options: entry.options })));
     for (const section of ['server', 'storage', 'delivery'] as const) {
       if (JSON.stringify(this.#config[section]) !== JSON.stringify(next[section])) {
         this.#logger.warn({ section }, `[${section}] changed: it takes effect at the next restart`);

@@ -35,6 +35,13 @@ export const C_VARIANTS: Record<string, string[]> = {
   c_individual: ['-DVARIANT_INDIVIDUAL_EXPORTS', '-DNAME="individual"'],
   c_missing_disable: ['-DVARIANT_INDIVIDUAL_EXPORTS', '-DVARIANT_MISSING_DISABLE'],
   c_bad_name: ['-DNAME="bad name!"'],
+  c_needs_plain: ['-DNAME="needs-plain"', '-DDEPS="plain@^1.0"'],
+  c_needs_needs: ['-DNAME="needs-needs"', '-DDEPS="needs-plain"'],
+  c_needs_plain2: ['-DNAME="needs-plain2"', '-DDEPS="plain@^2.0"'],
+  c_cycle_a: ['-DNAME="cycle-a"', '-DDEPS="cycle-b"'],
+  c_cycle_b: ['-DNAME="cycle-b"', '-DDEPS="cycle-a"'],
+  c_future: ['-DNAME="future"', '-DMIN_SERVER="9.0.0"'],
+  c_plain_fails: ['-DNAME="plain"', '-DVARIANT_INIT_FAILS'],
 };
 
 export function compileC(source: string, name: string, defines: string[] = []): string {
