@@ -29,6 +29,11 @@ try {
     builds.push(buildPlugin({ source: join(pluginDir, file) }));
     builds.push(buildPlugin({ source: join(pluginDir, file), target: 'wasm', output: join(root, 'wasm-plugins', file.replace(/\.zig$/, '.wasm')) }));
   }
+  // JavaScript examples become components of the WIT world (docs/components.md).
+  const jsDir = join(pluginDir, 'js');
+  for (const file of readdirSync(jsDir).filter((name) => name.endsWith('.js')).sort()) {
+    builds.push(buildPlugin({ source: join(jsDir, file), target: 'component', output: join(root, 'wasm-plugins', file.replace(/\.js$/, '.component.wasm')) }));
+  }
   for (const output of await Promise.all(builds)) step(`built ${output}`);
 } catch (error) {
   process.stderr.write(`[setup] ${error.code ?? 'error'}: ${error.message}\n`);

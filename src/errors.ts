@@ -64,6 +64,9 @@ export const ERROR_CODES = {
   SMTP_E_WASM_TRAP: ['The module trapped (unreachable, out-of-bounds access, stack overflow) in start, init or a hook.', TEMPFAIL],
   SMTP_E_WASM_DEADLINE: ['A hook ran past its deadline and was interrupted.', TEMPFAIL],
   SMTP_E_WASM_EXIT: ['The module called proc_exit.', TEMPFAIL],
+  SMTP_E_COMPONENT_INVALID: ['The file is not a WebAssembly component, or jco cannot transpile it.', undefined],
+  SMTP_E_COMPONENT_WORLD: ['The component does not implement the smtp:plugin/smtp-plugin world (abi/smtp-plugin.wit).', undefined],
+  SMTP_E_COMPONENT_IMPORT: ['The component imports an interface the host does not grant (only smtp:plugin/types and smtp:plugin/host).', undefined],
   SMTP_E_WASM_BOUNDS: ['The module handed back a pointer or length outside its memory or over a metadata bound.', TEMPFAIL],
 } as const satisfies Record<string, readonly [string, SmtpReply | undefined]>;
 

@@ -15,6 +15,7 @@ function findProjectRoot(start: string): string {
 export const PROJECT_ROOT = findProjectRoot(dirname(fileURLToPath(import.meta.url)));
 export const ABI_DIR = join(PROJECT_ROOT, 'abi');
 export const ABI_HEADER = join(ABI_DIR, 'smtp_plugin.h');
+export const ABI_WIT = join(ABI_DIR, 'smtp-plugin.wit');
 export const ZIG_MODULE_ROOT = join(ABI_DIR, 'zig', 'smtp-server.zig');
 export const ZIG_HOST_MODULE_ROOT = join(ABI_DIR, 'zig', 'metadata_host.zig');
 export const TOOLCHAIN_DIR = join(PROJECT_ROOT, '.toolchain');

@@ -12,12 +12,13 @@ import { BUILD_TARGETS, OPTIMIZE_MODES, buildPlugin, testPlugin, type BuildTarge
 
 export const PLUGIN_USAGE = `usage:
   smtp-server plugin build FILE.zig [--target native|wasm] [-o OUT] [--zig VERSION] [--optimize MODE]
+  smtp-server plugin build FILE.js --target component [-o OUT]
   smtp-server plugin test FILE.zig [--zig VERSION]
   smtp-server plugin info FILE
   smtp-server plugin call FILE --hook NAME [--config JSON | --config-file PATH]
                           [--meta KEY=VALUE]... [--meta-file KEY=PATH]...
                           [--memory-mb N] [--deadline-ms N]     (limits of a .wasm plugin)
-FILE is a native library (.so/.dylib/.dll) or a sandboxed module (.wasm).`;
+FILE is a native library (.so/.dylib/.dll), a sandboxed module or a component (.wasm).`;
 
 function usage(message: string): never {
   throw hostError('SMTP_E_CLI_USAGE', `${message}\n${PLUGIN_USAGE}`);

@@ -30,7 +30,7 @@ export interface PluginsConfig {
 }
 
 const SECTION_KEYS = ['enabled', 'directory', 'wasm_directory', 'auto_load', 'hot_reload', 'plugin'] as const;
-const ENTRY_KEYS = ['name', 'enabled', 'library', 'wasm', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits'] as const;
+const ENTRY_KEYS = ['name', 'enabled', 'library', 'wasm', 'component', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits'] as const;
 const LIMIT_KEYS: Record<string, keyof SandboxLimits> = {
   memory_mb: 'memoryMb',
   hook_timeout_ms: 'hookTimeoutMs',
@@ -137,14 +137,22 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     names.add(name);
     const library = text(entry.library, key('library'), index);
     const wasm = text(entry.wasm, key('wasm'), index);
-    if (library === undefined && wasm === undefined) fail(key('library'), 'give library (native), wasm (sandboxed) or both', index);
+    const component = text(entry.component, key('component'), index);
+    if (component !== undefined) {
+      // A component is its own build: the sandbox always runs it.
+      if (library !== undefined || wasm !== undefined || entry.sandbox !== undefined) fail(key('component'), 'stands alone: no library, wasm or sandbox beside it', index);
+      if (!component.endsWith('.wasm')) fail(key('component'), `expected a .wasm file, got "${component}"`, index);
+    } else if (library === undefined && wasm === undefined) {
+      fail(key('library'), 'give library (native), wasm (sandboxed), both, or component', index);
+    }
     if (wasm !== undefined && !wasm.endsWith('.wasm')) fail(key('wasm'), `expected a .wasm file, got "${wasm}"`, index);
     // A lone wasm means sandboxed; with both, sandbox chooses (default: sandboxed).
     const sandboxed = library === undefined ? true : wasm === undefined ? false : bool(entry.sandbox, key('sandbox'), true, index);
     if (library === undefined && entry.sandbox === false) fail(key('sandbox'), 'is false but there is no library to run natively', index);
     if (wasm === undefined && entry.sandbox === true) fail(key('sandbox'), 'is true but there is no wasm build to sandbox', index);
     const libraryPath = library === undefined ? undefined : isAbsolute(library) ? library : join(directory, library);
-    const wasmPath = wasm === undefined ? undefined : isAbsolute(wasm) ? wasm : join(wasmDirectory, wasm);
+    const sandboxedBuild = component ?? wasm;
+    const wasmPath = sandboxedBuild === undefined ? undefined : isAbsolute(sandboxedBuild) ? sandboxedBuild : join(wasmDirectory, sandboxedBuild);
     const file = sandboxed ? wasmPath! : libraryPath!;
     const builds = [libraryPath, wasmPath].filter((path): path is string => path !== undefined);
     const config = text(entry.config, key('config'), index) ?? pluginConfigFile(directory, name) ?? '{}';

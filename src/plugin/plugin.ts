@@ -15,7 +15,7 @@ export interface PluginMetadata {
   readonly handledHooks: bigint;
 }
 
-export type PluginKind = 'native' | 'wasm';
+export type PluginKind = 'native' | 'wasm' | 'component';
 
 /**
  * One loaded plugin, whatever runs it. Backends only translate calls; the

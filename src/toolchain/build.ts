@@ -1,11 +1,12 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { COMPONENT_CACHE_DIR, contentHash, transpileInto } from '../component/transpile.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import { hostError } from '../errors.js';
-import { RUNTIME_LIBRARY, RUNTIME_SOURCE, ZIG_HOST_MODULE_ROOT, ZIG_MODULE_ROOT, sharedLibraryName } from '../paths.js';
+import { ABI_WIT, RUNTIME_LIBRARY, RUNTIME_SOURCE, ZIG_HOST_MODULE_ROOT, ZIG_MODULE_ROOT, sharedLibraryName } from '../paths.js';
 import { PINNED_ZIG_VERSION, findZig, zigEnv } from './zig.js';
 
-export const BUILD_TARGETS = ['native', 'wasm'] as const;
+export const BUILD_TARGETS = ['native', 'wasm', 'component'] as const;
 export type BuildTarget = (typeof BUILD_TARGETS)[number];
 export const OPTIMIZE_MODES = ['Debug', 'ReleaseSafe', 'ReleaseFast', 'ReleaseSmall'] as const;
 export type OptimizeMode = (typeof OPTIMIZE_MODES)[number];
@@ -16,9 +17,20 @@ export type OptimizeMode = (typeof OPTIMIZE_MODES)[number];
  */
 export const WASM_STACK_BYTES = 1024 * 1024;
 
+/** WASI features a JavaScript component does without: the sandbox grants none of them. */
+export const COMPONENT_DISABLED_FEATURES: readonly string[] = ['random', 'stdio', 'clocks', 'http', 'fetch-event'];
+
+/** For tests that build components of other worlds or with other features. */
+export interface ComponentBuildOptions {
+  readonly witPath?: string;
+  readonly worldName?: string;
+  readonly disableFeatures?: readonly string[];
+}
+
 export interface PluginBuildOptions {
   readonly source: string;
   readonly target?: BuildTarget;
+  readonly component?: ComponentBuildOptions;
   /** Defaults to lib<name>.so (or .dylib/.dll) beside the source. */
   readonly output?: string;
   readonly zigVersion?: string;
@@ -44,8 +56,32 @@ export function pluginBuildArgs(source: string, output: string, optimize: Optimi
 }
 
 export function defaultOutput(source: string, target: BuildTarget): string {
-  const name = basename(source).replace(/\.zig$/, '');
-  return join(dirname(source), target === 'wasm' ? `${name}.wasm` : sharedLibraryName(name));
+  const name = basename(source).replace(/\.(zig|js)$/, '');
+  return join(dirname(source), target === 'native' ? sharedLibraryName(name) : `${name}.wasm`);
+}
+
+/**
+ * Builds a JavaScript plugin into a component of the smtp-plugin world with
+ * componentize-js (offline: the JS engine ships in the npm package), then
+ * fills the transpile cache so the first load is quick.
+ */
+async function buildComponent(source: string, output: string, options: ComponentBuildOptions = {}): Promise<string> {
+  const { componentize } = await import('@bytecodealliance/componentize-js');
+  let component: Uint8Array;
+  try {
+    ({ component } = await componentize({
+      sourcePath: resolve(source),
+      witPath: options.witPath ?? ABI_WIT,
+      worldName: options.worldName ?? 'smtp-plugin',
+      disableFeatures: [...(options.disableFeatures ?? COMPONENT_DISABLED_FEATURES)],
+      // disableFeatures is typed as a closed union; the list above is checked by the tests.
+    } as never));
+  } catch (cause) {
+    throw hostError('SMTP_E_BUILD_FAILED', `componentize ${source} failed:\n${(cause as Error).message}`, cause);
+  }
+  writeFileSync(output, component);
+  await transpileInto(component, join(COMPONENT_CACHE_DIR, contentHash(component)));
+  return resolve(output);
 }
 
 interface Run {
@@ -78,6 +114,7 @@ export async function buildPlugin(options: PluginBuildOptions): Promise<string> 
   if (!BUILD_TARGETS.includes(target)) throw hostError('SMTP_E_BUILD_TARGET', `unknown target "${String(target)}" (expected ${BUILD_TARGETS.join(' or ')})`);
   const output = options.output ?? defaultOutput(options.source, target);
   mkdirSync(dirname(resolve(output)), { recursive: true });
+  if (target === 'component') return buildComponent(options.source, output, options.component);
   const zig = findZig(options.zigVersion ?? PINNED_ZIG_VERSION);
   const run = await runZigAsync(zig, pluginBuildArgs(options.source, output, options.optimize ?? 'ReleaseFast', target));
   checkRun(run, `zig build (${target}) ${options.source}`);

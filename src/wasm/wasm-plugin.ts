@@ -9,10 +9,9 @@ import { applyChanges, encodeMetadata, type WireBounds } from '../plugin/metadat
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
 import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
 import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME, WasmInstrumentError, instrument } from './instrument.js';
-import { ProcExit, WASI_MODULE, WASI_PREVIEW1_FUNCTIONS, createWasi, type WasiHost } from './wasi.js';
+import { BUDGET_ITERATIONS, DeadlineExceeded, classifySandboxError } from './sandbox-errors.js';
+import { WASI_MODULE, WASI_PREVIEW1_FUNCTIONS, createWasi, type WasiHost } from './wasi.js';
 
-/** Loop iterations between two clock reads of the deadline check. */
-const BUDGET_ITERATIONS = 10_000;
 const PAGE_BYTES = 65_536;
 const WASM_MAGIC = [0x00, 0x61, 0x73, 0x6d];
 
@@ -55,8 +54,6 @@ interface Live {
   loadedId: number;
   loadedVersion: number;
 }
-
-class DeadlineExceeded extends Error {}
 
 function fail(code: Parameters<typeof hostError>[0], message: string, cause?: unknown): never {
   throw hostError(code, message, cause);
@@ -199,13 +196,7 @@ class WasmPlugin implements Plugin {
   }
 
   #classify(error: unknown, phase: string): HostError {
-    if (isHostError(error)) return error;
-    const where = `plugin "${this.metadata?.name ?? this.path}" ${phase}`;
-    if (error instanceof DeadlineExceeded) {
-      return hostError('SMTP_E_WASM_DEADLINE', `${where}: interrupted after its ${this.#options.limits.hookTimeoutMs} ms deadline`, error);
-    }
-    if (error instanceof ProcExit) return hostError('SMTP_E_WASM_EXIT', `${where}: called proc_exit(${error.exitCode})`, error);
-    return hostError('SMTP_E_WASM_TRAP', `${where}: trapped (${(error as Error).message})`, error);
+    return classifySandboxError(error, `plugin "${this.metadata?.name ?? this.path}" ${phase}`, this.#options.limits.hookTimeoutMs);
   }
 
   /** Runs guest code under the deadline; a failure is classified, and the instance replaced. */

@@ -82,7 +82,7 @@ describe('config.toml [plugins]', () => {
       [configText('').replace('"reject"', '"shrug"'), /config\.toml:16: plugins\.plugin\[0\]\.on_error: expected one of continue, tempfail, reject for on_error, got "shrug"/],
       [configText('').replace('{ "spam_threshold": 2.0 }', '{ nope'), /plugins\.plugin\[0\]\.config: expected a JSON text/],
       [configText('').replace('wasm = "spam_filter.wasm"', 'wasm = "spam_filter.so"'), /plugins\.plugin\[0\]\.wasm: expected a \.wasm file/],
-      [configText('').replace('library = "libspam_filter.so"\nwasm = "spam_filter.wasm"', ''), /give library \(native\), wasm \(sandboxed\) or both/],
+      [configText('').replace('library = "libspam_filter.so"\nwasm = "spam_filter.wasm"', ''), /give library \(native\), wasm \(sandboxed\), both, or component/],
       ['[plugins]\nenabled = yes\n', /config\.toml:2: not valid TOML/],
       ['[plugins]\nauto_lod = true\n', /config\.toml:2: plugins\.auto_lod: unknown key/],
     ];

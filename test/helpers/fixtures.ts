@@ -13,7 +13,9 @@ export function fixture(name: string): string {
   return join(FIXTURE_DIR, sharedLibraryName(name));
 }
 
-/** A sandboxed (.wasm) fixture. */
+export const COMPONENT_SOURCES = join(PROJECT_ROOT, 'test', 'fixtures', 'components');
+
+/** A sandboxed (.wasm) fixture: a core module, or a component (name ending in _component). */
 export function wasmFixture(name: string): string {
   return join(FIXTURE_DIR, `${name}.wasm`);
 }
@@ -59,6 +61,12 @@ export async function buildFixtures(): Promise<void> {
   for (const [name, defines] of Object.entries(C_VARIANTS)) compileC(join(FIXTURE_SOURCES, 'c_variants.c'), name, defines);
   writeFileSync(fixture('not_a_library'), 'this is text, not an ELF file\n');
   await Promise.all([
+    // Components (componentize-js, ~8 s each): the JS spam filter and the bad-input fixtures.
+    buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'js', 'spam_filter.js'), output: wasmFixture('spam_filter_component'), target: 'component' }),
+    buildPlugin({ source: join(COMPONENT_SOURCES, 'read_set.js'), output: wasmFixture('read_set_component'), target: 'component' }),
+    buildPlugin({ source: join(COMPONENT_SOURCES, 'traps.js'), output: wasmFixture('traps_component'), target: 'component' }),
+    buildPlugin({ source: join(COMPONENT_SOURCES, 'uses_stdio.js'), output: wasmFixture('uses_stdio_component'), target: 'component', component: { disableFeatures: ['random', 'clocks', 'http', 'fetch-event'] } }),
+    buildPlugin({ source: join(COMPONENT_SOURCES, 'other_world.js'), output: wasmFixture('other_world_component'), target: 'component', component: { witPath: join(COMPONENT_SOURCES, 'other_world.wit'), worldName: 'other' } }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'guide_spam_filter.zig'), output: fixture('guide_spam_filter'), zigVersion: PINNED_ZIG_VERSION }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'read_set.zig'), output: fixture('read_set') }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter') }),

@@ -17,7 +17,7 @@ interface Case {
 const EXAMPLES: { plugin: string; builds: string[]; cases: Case[] }[] = [
   {
     plugin: 'spam_filter',
-    builds: [fixture('spam_filter'), fixture('spam_filter_newest'), wasmFixture('spam_filter'), wasmFixture('spam_filter_newest')],
+    builds: [fixture('spam_filter'), fixture('spam_filter_newest'), wasmFixture('spam_filter'), wasmFixture('spam_filter_newest'), wasmFixture('spam_filter_component')],
     cases: [
       { name: 'six keywords', hook: 'message_filtered', metadata: { message_body: 'Congratulations WINNER! casino: click here, free money, act now' } },
       { name: 'clean', hook: 'message_filtered', metadata: { message_body: 'lunch at noon?' } },
@@ -51,7 +51,7 @@ function runCase(file: string, c: Case): Result {
   }
 }
 
-describe('parity: the same source gives the same results native and sandboxed', () => {
+describe('parity: the same source gives the same results native and sandboxed (and the JavaScript component the same as the Zig)', () => {
   for (const example of EXAMPLES) {
     it(`${example.plugin}: ${example.builds.length} builds agree on ${example.cases.length} cases`, () => {
       for (const c of example.cases) {
