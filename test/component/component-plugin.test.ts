@@ -4,7 +4,6 @@ import nodemailer from 'nodemailer';
 import { describe, expect, it } from 'vitest';
 import { loadComponentPlugin } from '../../src/component/component-plugin.js';
 import { loadConfig } from '../../src/config/config.js';
-import { isHostError, type ErrorCode } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { PluginInstance } from '../../src/plugin/lifecycle.js';
@@ -13,17 +12,8 @@ import { MailServer } from '../../src/server/mail-server.js';
 import { wasmFixture } from '../helpers/fixtures.js';
 import { callJson, runCli } from '../helpers/cli.js';
 import { serverRoot } from '../helpers/server.js';
+import { expectCode } from '../helpers/expect-code.js';
 
-function expectCode(run: () => unknown, code: ErrorCode, mentions: string): void {
-  try {
-    run();
-  } catch (error) {
-    expect(isHostError(error, code), String(error)).toBe(true);
-    expect((error as Error).message).toContain(mentions);
-    return;
-  }
-  throw new Error(`expected ${code}`);
-}
 
 const SPAM = 'Congratulations WINNER! casino: click here for free money, act now';
 

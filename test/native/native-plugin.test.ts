@@ -1,19 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { isHostError, type ErrorCode } from '../../src/errors.js';
 import { loadNativePlugin } from '../../src/native/native-plugin.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { fixture } from '../helpers/fixtures.js';
+import { expectCode } from '../helpers/expect-code.js';
 
-function expectCode(run: () => unknown, code: ErrorCode, mentions: string): void {
-  try {
-    run();
-  } catch (error) {
-    expect(isHostError(error, code), String(error)).toBe(true);
-    expect((error as Error).message).toContain(mentions);
-    return;
-  }
-  throw new Error(`expected ${code}`);
-}
 
 describe('the native backend', () => {
   it('refuses each broken library with a coded error naming the file and the problem', () => {

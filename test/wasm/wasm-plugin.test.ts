@@ -3,7 +3,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { describe, expect, it } from 'vitest';
-import { isHostError, type ErrorCode } from '../../src/errors.js';
 import { PluginManager } from '../../src/manager/plugin-manager.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { PluginInstance } from '../../src/plugin/lifecycle.js';
@@ -11,6 +10,7 @@ import { resolvePluginOptions } from '../../src/plugin/options.js';
 import { loadWasmPlugin } from '../../src/wasm/wasm-plugin.js';
 import { wasmFixture } from '../helpers/fixtures.js';
 import { buildModule, metadataData, pluginFunctions, type ModuleSpec } from '../helpers/wasm-module.js';
+import { expectCode } from '../helpers/expect-code.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'wasm-bad-'));
 function moduleFile(name: string, spec: ModuleSpec | Uint8Array | string): string {
@@ -20,16 +20,6 @@ function moduleFile(name: string, spec: ModuleSpec | Uint8Array | string): strin
 }
 const { data } = metadataData();
 
-function expectCode(run: () => unknown, code: ErrorCode, mentions?: string): void {
-  try {
-    run();
-  } catch (error) {
-    expect(isHostError(error, code), String(error)).toBe(true);
-    if (mentions) expect((error as Error).message).toContain(mentions);
-    return;
-  }
-  throw new Error(`expected ${code}`);
-}
 
 function probe(limits: { memoryMb?: number; hookTimeoutMs?: number; metadataValueBytesMax?: number } = {}): PluginInstance {
   const instance = new PluginInstance(loadWasmPlugin(wasmFixture('sandbox_probe'), { options: resolvePluginOptions({ limits }) }));
