@@ -18,6 +18,8 @@ export const GRANTED_INTERFACES: readonly string[] = ['smtp:plugin/types', 'smtp
 /** The world's exports, as jco names them. */
 const WORLD_EXPORTS = ['init', 'deinit', 'getMetadata', 'executeHook', 'enable', 'disable'] as const;
 const PAGE_BYTES = 65_536;
+/** Share of memory_mb past which a component instance is replaced between calls. */
+const RECYCLE_AT_FRACTION = 0.75;
 /** A component binary: the \0asm magic, then version 0x0d and layer 1 (a core module has version 1, layer 0). */
 const COMPONENT_HEADER = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
 
@@ -72,6 +74,8 @@ class ComponentPlugin implements Plugin {
   readonly #dir: string;
   #exports: WorldExports | null = null;
   #budgets: WebAssembly.Global[] = [];
+  /** The linear memories of the live instance's core modules. */
+  #memories: WebAssembly.Memory[] = [];
   #deadline = 0;
   #config: string | null = null;
   #enabled = false;
@@ -177,6 +181,7 @@ class ComponentPlugin implements Plugin {
     if (this.#exports) return this.#exports;
     if (this.#broken) throw this.#broken;
     const budgets: WebAssembly.Global[] = [];
+    const memories: WebAssembly.Memory[] = [];
     const check = (): void => {
       if (performance.now() > this.#deadline) throw new DeadlineExceeded();
       for (const budget of budgets) budget.value = BUDGET_ITERATIONS;
@@ -192,6 +197,7 @@ class ComponentPlugin implements Plugin {
           const instance = new WebAssembly.Instance(module, { ...imports, [CHECK_IMPORT_MODULE]: { [CHECK_IMPORT_NAME]: check } });
           const budget = instance.exports[BUDGET_EXPORT];
           if (budget instanceof WebAssembly.Global) budgets.push(budget);
+          for (const value of Object.values(instance.exports)) if (value instanceof WebAssembly.Memory) memories.push(value);
           return instance;
         },
       );
@@ -199,6 +205,7 @@ class ComponentPlugin implements Plugin {
       throw isHostError(error) ? error : classifySandboxError(error, `plugin ${this.path} start`, this.#options.limits.hookTimeoutMs);
     }
     this.#budgets = budgets;
+    this.#memories = memories;
     this.#resource = new ResourceClass();
     return this.#exports;
   }
@@ -220,10 +227,10 @@ class ComponentPlugin implements Plugin {
     }
   }
 
-  #replace(cause: HostError): void {
+  #replace(cause: HostError | null): void {
     this.#exports = null;
     if (this.#config === null) return;
-    this.#logger.warn({ code: cause.code, err: cause.message }, 'component instance replaced; its in-memory state is lost');
+    if (cause !== null) this.#logger.warn({ code: cause.code, err: cause.message }, 'component instance replaced; its in-memory state is lost');
     try {
       const fresh = this.#live();
       this.#arm();
@@ -261,7 +268,22 @@ class ComponentPlugin implements Plugin {
       return this.#guard(context.hook, () => exports.executeHook(resource));
     } finally {
       this.#context = null;
+      this.#recycleIfFull();
     }
+  }
+
+  /**
+   * A JavaScript component's engine does not collect garbage when its
+   * linear memory runs short: it grows until memory.grow fails, then traps.
+   * Past the high-water mark the instance is replaced between two calls, so
+   * no call fails for it (the plugin's in-memory state is lost, and logged).
+   */
+  #recycleIfFull(): void {
+    const limit = this.#options.limits.memoryMb * 1024 * 1024 * RECYCLE_AT_FRACTION;
+    const used = this.#memories.reduce((total, memory) => total + memory.buffer.byteLength, 0);
+    if (used <= limit || this.#config === null) return;
+    this.#logger.info({ used_mb: Math.round(used / 1048576) }, 'component instance recycled at its memory high-water mark; its in-memory state is lost');
+    this.#replace(null);
   }
 
   deinit(): void {

@@ -7,6 +7,7 @@ import { loadConfig } from '../../src/config/config.js';
 import { silentLogger } from '../../src/log.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { PluginInstance } from '../../src/plugin/lifecycle.js';
+import { resolvePluginOptions } from '../../src/plugin/options.js';
 import { loadPluginFile } from '../../src/plugin/load.js';
 import { MailServer } from '../../src/server/mail-server.js';
 import { wasmFixture } from '../helpers/fixtures.js';
@@ -28,6 +29,20 @@ describe('component-model plugins', () => {
     context.setMetadata('a', Uint8Array.from([0, 1, 255]));
     expect(instance.executeHook(context)).toEqual({ code: 0, action: 'continue' });
     expect(Uint8Array.from(context.getMetadataBytes('b')!)).toEqual(Uint8Array.from([0, 1, 255]));
+    instance.shutdown();
+  });
+
+  it('recycles an instance whose memory nears its limit between calls, so that no call fails', () => {
+    // The JavaScript engine inside a component grows its memory on every call
+    // and does not collect when it runs short: without recycling, a 16 MiB
+    // limit traps within a few hundred calls.
+    const instance = new PluginInstance(loadComponentPlugin(wasmFixture('read_set_component'), { options: resolvePluginOptions({ limits: { memoryMb: 16 } }) }));
+    instance.init('{}');
+    instance.enable();
+    const context = new HookContext('message_received');
+    context.setMetadata('a', 'x'.repeat(1000));
+    for (let i = 0; i < 3000; i++) expect(instance.executeHook(context).code).toBe(0);
+    expect(context.getMetadata('b')).toBe('x'.repeat(1000));
     instance.shutdown();
   });
 
