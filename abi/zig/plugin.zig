@@ -80,8 +80,10 @@ pub const Allocator = extern struct {
         return .{ .ptr = @constCast(self), .vtable = &std_vtable };
     }
 
-    /// A host allocator backed by a Zig allocator, for unit tests that call
-    /// `smtp_plugin_init` without a host: `Allocator.wrap(&testing.allocator)`.
+    /// A host allocator backed by a Zig allocator: for unit tests that call
+    /// `smtp_plugin_init` without a host (`Allocator.wrap(&testing.allocator)`),
+    /// and for the hosts themselves (libc malloc natively, the module's own
+    /// memory in WebAssembly).
     pub fn wrap(backing: *const std.mem.Allocator) Allocator {
         return .{ .ctx = @constCast(backing), .alloc = wrappedAlloc, .free = wrappedFree };
     }
@@ -120,6 +122,8 @@ pub const Allocator = extern struct {
 
     fn wrappedAlloc(ctx: ?*anyopaque, len: usize, alignment: usize) callconv(.c) ?*anyopaque {
         const backing: *const std.mem.Allocator = @ptrCast(@alignCast(ctx.?));
+        // The C caller may pass anything: refuse what is not a power of two.
+        if (alignment == 0 or !std.math.isPowerOfTwo(alignment)) return null;
         const a = std.mem.Alignment.fromByteUnits(alignment);
         return @ptrCast(backing.rawAlloc(len, a, @returnAddress()) orelse return null);
     }

@@ -21,19 +21,7 @@ export fn smtp_wasm_free(ptr: [*]u8, len: usize) void {
     allocator.rawFree(ptr[0..@max(len, 1)], buffer_alignment, 0);
 }
 
-fn guestAlloc(ctx: ?*anyopaque, len: usize, alignment: usize) callconv(.c) ?*anyopaque {
-    _ = ctx;
-    if (alignment == 0 or !std.math.isPowerOfTwo(alignment)) return null;
-    return @ptrCast(allocator.rawAlloc(len, std.mem.Alignment.fromByteUnits(alignment), 0) orelse return null);
-}
-
-fn guestFree(ctx: ?*anyopaque, ptr: ?*anyopaque, len: usize, alignment: usize) callconv(.c) void {
-    _ = ctx;
-    const p: [*]u8 = @ptrCast(ptr orelse return);
-    allocator.rawFree(p[0..len], std.mem.Alignment.fromByteUnits(alignment), 0);
-}
-
-const guest_allocator: plugin.Allocator = .{ .ctx = null, .alloc = guestAlloc, .free = guestFree };
+const guest_allocator = plugin.Allocator.wrap(&allocator);
 
 /// The allocator the host passes to init: the module's own linear memory,
 /// capped by the host's memory limit.

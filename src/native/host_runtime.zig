@@ -10,20 +10,7 @@ const plugin = host.plugin;
 
 const c_allocator = std.heap.c_allocator;
 
-fn mallocAlloc(ctx: ?*anyopaque, len: usize, alignment: usize) callconv(.c) ?*anyopaque {
-    _ = ctx;
-    if (alignment == 0 or !std.math.isPowerOfTwo(alignment)) return null;
-    const raw = c_allocator.rawAlloc(len, std.mem.Alignment.fromByteUnits(alignment), 0) orelse return null;
-    return @ptrCast(raw);
-}
-
-fn mallocFree(ctx: ?*anyopaque, ptr: ?*anyopaque, len: usize, alignment: usize) callconv(.c) void {
-    _ = ctx;
-    const p: [*]u8 = @ptrCast(ptr orelse return);
-    c_allocator.rawFree(p[0..len], std.mem.Alignment.fromByteUnits(alignment), 0);
-}
-
-const host_allocator: plugin.Allocator = .{ .ctx = null, .alloc = mallocAlloc, .free = mallocFree };
+const host_allocator = plugin.Allocator.wrap(&c_allocator);
 
 /// The allocator passed to every native plugin's init (libc malloc).
 export fn smtp_host_allocator() *const plugin.Allocator {

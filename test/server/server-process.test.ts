@@ -56,6 +56,7 @@ describe('the smtp-server command', () => {
       };
       await until(() => missing().length === 0, 'every acknowledged message in the Maildir');
       expect(missing()).toEqual([]);
+      console.info(`SIGKILL test: ${acknowledged.length} messages acknowledged before the kill, all ${acknowledged.length} found after the restart`);
     } finally {
       await second.stop();
     }
