@@ -33,6 +33,10 @@ export async function transpileInto(bytes: Uint8Array, dir: string): Promise<Tra
     imports: string[];
     exports: [string, string][];
   };
+  if (existsSync(join(dir, 'meta.json'))) {
+    // Another process finished the same transpile first: keep its complete folder.
+    return { dir, ...(JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as { imports: string[]; exports: string[] }) };
+  }
   const staging = `${dir}.${process.pid}.tmp`;
   rmSync(staging, { recursive: true, force: true });
   mkdirSync(staging, { recursive: true });
@@ -42,8 +46,12 @@ export async function transpileInto(bytes: Uint8Array, dir: string): Promise<Tra
   }
   const meta = { imports, exports: exports.map(([name]) => name) };
   writeFileSync(join(staging, 'meta.json'), JSON.stringify(meta));
-  rmSync(dir, { recursive: true, force: true });
-  renameSync(staging, dir);
+  try {
+    renameSync(staging, dir);
+  } catch {
+    // Lost a race to an identical transpile: its folder is as good as ours.
+    rmSync(staging, { recursive: true, force: true });
+  }
   return { dir, ...meta };
 }
 
@@ -59,7 +67,12 @@ export function transpiled(path: string, bytes: Uint8Array): Transpiled & { cach
   if (!existsSync(metaPath)) {
     cached = false;
     const script = join(PROJECT_ROOT, 'dist', 'src', 'component', 'transpile-main.js');
-    const run = spawnSync(process.execPath, [script, path, dir], { encoding: 'utf8', timeout: 300_000 });
+    // The child transpiles exactly the bytes hashed here, not whatever `path` holds by then.
+    mkdirSync(COMPONENT_CACHE_DIR, { recursive: true });
+    const input = join(COMPONENT_CACHE_DIR, `${contentHash(bytes)}.${process.pid}.wasm`);
+    writeFileSync(input, bytes);
+    const run = spawnSync(process.execPath, [script, input, dir], { encoding: 'utf8', timeout: 300_000 });
+    rmSync(input, { force: true });
     if (run.status !== 0 || !existsSync(metaPath)) {
       throw hostError('SMTP_E_COMPONENT_INVALID', `${path}: jco could not transpile the component (${(run.stderr || run.error?.message || `exit ${run.status}`).trim().split('\n').slice(-3).join(' ')})`);
     }

@@ -4,7 +4,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { mkdtempSync } from 'node:fs';
 import { parse, TomlError } from 'smol-toml';
 import { hostError } from '../errors.js';
-import { parsePluginsSection, type PluginsConfig } from './plugins-config.js';
+import { escapeRegExp, parsePluginsSection, type PluginsConfig } from './plugins-config.js';
 
 export const AUTH_METHODS = ['PLAIN', 'LOGIN'] as const;
 export type AuthMethod = (typeof AUTH_METHODS)[number];
@@ -87,7 +87,8 @@ export const DEFAULTS = Object.freeze({
 /** Bounds on numeric settings: [min, max]. */
 const RANGES: Record<string, readonly [number, number]> = {
   'server.port': [0, 65_535],
-  'server.max_message_bytes': [1024, 1024 * 1024 * 1024],
+  // Bounded by what a hook context may hold (DEFAULT_METADATA_LIMITS.valueBytesMax): message_body is one value.
+  'server.max_message_bytes': [1024, 64 * 1024 * 1024],
   'server.max_clients': [1, 100_000],
   'storage.group_commit_ms': [0, 1000],
   'delivery.relay_port': [1, 65_535],
@@ -117,7 +118,7 @@ function lineOfKey(source: string, section: string, key: string): number | undef
     const line = lines[i]!.trim();
     const header = /^\[([^\]]+)\]$/.exec(line);
     if (header) current = header[1]!;
-    else if (current === section && new RegExp(`^${key}\\s*=`).test(line)) return i + 1;
+    else if (current === section && new RegExp(`^${escapeRegExp(key)}\\s*=`).test(line)) return i + 1;
   }
   return undefined;
 }

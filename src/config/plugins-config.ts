@@ -41,6 +41,10 @@ const LIMIT_KEYS: Record<string, keyof SandboxLimits> = {
 
 type Table = Record<string, unknown>;
 
+export function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
 /** Finds the line of `key =` inside the `index`-th `[[plugins.plugin]]` (or [plugins]) block, for messages. */
 function lineOf(source: string, key: string, entryIndex: number | null): number | undefined {
   const lines = source.split('\n');
@@ -53,7 +57,7 @@ function lineOf(source: string, key: string, entryIndex: number | null): number 
       inBlock = entryIndex === null ? line === '[plugins]' : block === entryIndex && (line === '[[plugins.plugin]]' || line === '[plugins.plugin.limits]');
       continue;
     }
-    if (inBlock && new RegExp(`^${key}\\s*=`).test(line)) return i + 1;
+    if (inBlock && new RegExp(`^${escapeRegExp(key)}\\s*=`).test(line)) return i + 1;
   }
   return undefined;
 }

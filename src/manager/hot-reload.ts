@@ -1,5 +1,6 @@
 import { closeSync, openSync, readFileSync, readSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, extname, join, resolve } from 'node:path';
+import { isComponent } from '../component/component-plugin.js';
 import { isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { PluginManager } from './plugin-manager.js';
@@ -35,7 +36,9 @@ export function looksComplete(path: string): boolean {
   const extension = extname(path).toLowerCase();
   if (extension === '.wasm') {
     if (!magic.equals(WASM_MAGIC)) return false;
-    return WebAssembly.validate(readFileSync(path));
+    const bytes = readFileSync(path);
+    // WebAssembly.validate knows core modules only; loading checks a component.
+    return isComponent(bytes) || WebAssembly.validate(bytes);
   }
   return process.platform !== 'linux' || magic.equals(ELF_MAGIC);
 }
@@ -104,7 +107,9 @@ export class HotReloader {
     } catch {
       return; // removed, or being replaced: the next event retries
     }
-    if (state !== previous && checks < SETTLE_CHECKS_MAX) {
+    if (state !== previous) {
+      // Still changing after every check: wait for the next change event instead.
+      if (checks >= SETTLE_CHECKS_MAX) return;
       this.#timers.set(path, setTimeout(() => this.#settle(path, name, checks + 1, state), Math.max(50, this.#settleMs / 4)));
       return;
     }

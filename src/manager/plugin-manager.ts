@@ -48,6 +48,8 @@ export interface HookOutcome {
   readonly error?: HostError;
   /** For an error: the reply its on_error policy asks for (tempfail 451, reject 554). */
   readonly reply?: SmtpReply;
+  /** Plugins that failed and were skipped (on_error = "continue"): a security decision must not pass them by. */
+  readonly skipped?: readonly string[];
 }
 
 /** The SMTP reply of each failure policy that refuses. */
@@ -250,13 +252,22 @@ export class PluginManager {
    */
   loadFromConfig(config: PluginsConfig): LoadReport {
     if (!config.enabled) return { loaded: [], failed: [] };
-    const report = this.loadPlugins(config.plugins.filter((entry) => entry.enabled).map((entry) => ({ path: entry.file, config: entry.config, options: entry.options })));
-    for (const instance of report.loaded) {
-      const entry = config.plugins.find((e) => resolve(e.file) === resolve(this.#entryOf(instance)!.source));
+    const loadedReport = this.loadPlugins(config.plugins.filter((entry) => entry.enabled).map((entry) => ({ path: entry.file, config: entry.config, options: entry.options })));
+    // An entry names its plugin: a reload finds the plugin by that name, so they must agree.
+    const report: LoadReport = { loaded: [], failed: [...loadedReport.failed] };
+    for (const instance of loadedReport.loaded) {
+      const source = this.#entryOf(instance)!.source;
+      const entry = config.plugins.find((e) => resolve(e.file) === resolve(source));
       if (entry && entry.name !== instance.name) {
-        this.#logger.warn({ plugin: instance.name, configured: entry.name }, 'plugin name differs from its config entry');
+        const error = hostError('SMTP_E_CONFIG', `${source}: the config entry is named "${entry.name}" but the plugin is "${instance.name}"`);
+        this.#logger.error({ plugin: instance.name, configured: entry.name, code: error.code }, 'plugin refused');
+        this.unloadPlugin(instance.name, { cascade: true });
+        report.failed.push({ path: source, error });
+        continue;
       }
+      report.loaded.push(instance);
     }
+    report.loaded.splice(0, report.loaded.length, ...report.loaded.filter((instance) => this.#entryOf(instance) !== undefined));
     if (!config.autoLoad) return report;
     // Files a config entry names (enabled or not) are never auto-loaded.
     const configured = new Set(config.plugins.flatMap((entry) => entry.builds.map((path) => resolve(path))));
@@ -349,7 +360,7 @@ export class PluginManager {
       const entry = this.#require(each);
       this.#entries = this.#entries.filter((other) => other !== entry);
       this.#rebuildChains();
-      entry.instance.shutdown();
+      this.#shutdown(entry.instance);
     }
     return names;
   }
@@ -379,7 +390,7 @@ export class PluginManager {
     }
     this.#entries = this.#entries.map((entry) => (entry === old ? { ...old, instance: next, failures: 0 } : entry));
     this.#rebuildChains();
-    old.instance.shutdown();
+    this.#shutdown(old.instance);
     return next;
   }
 
@@ -393,6 +404,7 @@ export class PluginManager {
   async executeHook(hook: HookName, context: HookContext): Promise<HookOutcome> {
     if (context.hook !== hook) throw hostError('SMTP_E_HOOK_UNKNOWN', `executeHook(${hook}) was given a ${context.hook} context`);
     const chain = this.#chains[hookValue(hook)]!;
+    let skipped: string[] | undefined;
     for (const entry of chain) {
       const { instance } = entry;
       let action: HookAction;
@@ -407,28 +419,43 @@ export class PluginManager {
         const coded = isHostError(error) ? error : hostError('SMTP_E_PLUGIN_HOOK_CODE', `plugin "${instance.name}": ${String(error)}`, error);
         const policy = entry.options.onError;
         this.#logger.error({ plugin: instance.name, hook, code: coded.code, err: coded.message, on_error: policy }, 'plugin hook failed');
-        this.#countFailure(entry);
-        if (policy === 'continue') continue;
+        // A limit the host enforced before the plugin ran is not the plugin's failure.
+        if (coded.code !== 'SMTP_E_METADATA_LIMIT') this.#countFailure(entry);
+        if (policy === 'continue') {
+          (skipped ??= []).push(instance.name);
+          continue;
+        }
         return { action: 'error', plugin: instance.name, error: coded, reply: POLICY_REPLIES[policy] };
       }
       if (action !== 'continue') {
         this.#logger.debug({ plugin: instance.name, hook, action }, 'hook chain ended by plugin');
-        return { action, plugin: instance.name };
+        return skipped ? { action, plugin: instance.name, skipped } : { action, plugin: instance.name };
       }
     }
-    return CONTINUE;
+    return skipped ? { action: 'continue', skipped } : CONTINUE;
   }
 
   #countFailure(entry: Entry): void {
     entry.failures++;
     if (entry.failures < entry.options.maxConsecutiveFailures || entry.instance.state !== 'enabled') return;
-    this.#logger.error({ plugin: entry.instance.name, failures: entry.failures }, 'plugin disabled after failing too many times in a row');
+    let names: string[] = [entry.instance.name];
     try {
-      entry.instance.disable();
+      // Its dependents go down with it: an enabled plugin's dependencies are enabled.
+      names = this.disablePlugin(entry.instance.name, { cascade: true });
     } catch {
       // disable() leaves the chain even when the plugin's disable fails.
     }
     this.#rebuildChains();
+    this.#logger.error({ plugin: entry.instance.name, failures: entry.failures, disabled: names }, 'plugin disabled after failing too many times in a row');
+  }
+
+  /** Takes a plugin out of service; its failure to shut down is logged, never thrown (it is out of the chain already). */
+  #shutdown(instance: PluginInstance): void {
+    try {
+      instance.shutdown();
+    } catch (error) {
+      this.#logger.error({ plugin: instance.name, code: isHostError(error) ? error.code : undefined, err: String(error) }, 'plugin failed to shut down');
+    }
   }
 
   /** Disables, deinits and unloads every plugin, in reverse load order. */
@@ -436,13 +463,7 @@ export class PluginManager {
     const instances = this.#entries.map(({ instance }) => instance).reverse();
     this.#entries = [];
     this.#rebuildChains();
-    for (const instance of instances) {
-      try {
-        instance.shutdown();
-      } catch (error) {
-        this.#logger.error({ plugin: instance.name, err: String(error) }, 'plugin failed to shut down');
-      }
-    }
+    for (const instance of instances) this.#shutdown(instance);
     if (this.#copies !== null) rmSync(this.#copies, { recursive: true, force: true });
     this.#copies = null;
   }

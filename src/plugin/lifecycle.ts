@@ -82,9 +82,13 @@ export class PluginInstance {
 
   disable(): void {
     this.#enter('disable');
-    const code = this.plugin.disable();
-    // A plugin that fails to disable is still taken out of the chain.
-    this.#leave('disable');
+    let code: number;
+    try {
+      code = this.plugin.disable();
+    } finally {
+      // A plugin that fails to disable, even by trapping, is still taken out of the chain.
+      this.#leave('disable');
+    }
     if (code !== 0) throw hostError('SMTP_E_PLUGIN_DISABLE', `plugin "${this.name}": disable returned ${code}`);
   }
 

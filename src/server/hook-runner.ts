@@ -89,6 +89,10 @@ export class HookRunner {
     const context = new HookContext(hook);
     for (const [key, value] of Object.entries(metadata)) if (value !== undefined) context.setMetadata(key, value);
     const outcome = await this.#manager.executeHook(hook, context);
+    if (hook === 'auth_started' && outcome.skipped !== undefined && outcome.action !== 'cancel' && outcome.action !== 'stop') {
+      // An authentication plugin that failed cannot have approved the password, whatever its on_error.
+      return { context, refusal: { code: 454, text: '4.7.0 Temporary authentication failure', plugin: outcome.skipped[0], reason: 'error' } };
+    }
     if (outcome.action === 'continue') return { context, refusal: null };
     if (outcome.action === 'error') {
       // The failure policy decided: continue never reaches here; tempfail and reject carry a reply.

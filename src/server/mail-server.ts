@@ -335,7 +335,14 @@ export class MailServer {
     const envelope = { from: sender, to: recipients };
     const stored = await this.#spool.store(envelope, raw, { message_id: messageId });
     if (quarantined) {
-      const path = await this.#spool.quarantine(stored, this.#config.storage.quarantineDir, { message_id: messageId, session_id: session.id });
+      let path: string;
+      try {
+        path = await this.#spool.quarantine(stored, this.#config.storage.quarantineDir, { message_id: messageId, session_id: session.id });
+      } catch (error) {
+        // Left in the spool, a quarantined message would be delivered at the next start.
+        await this.#spool.remove(stored.id);
+        throw error;
+      }
       if (this.#wants('message_stored')) await this.#hooks.run('message_stored', { ...metadata(), spool_id: stored.id, message_path: path, quarantined: 'true' });
       this.#logger.info({ spool_id: stored.id, message_id: messageId }, 'message quarantined');
       return `2.0.0 Ok: queued as ${stored.id}`;

@@ -35,10 +35,12 @@ export function checkHeaders(raw: Buffer): HeaderCheck {
     subject: fields.subject?.trim() ?? null,
     from: fields.from?.trim() ?? null,
   });
+  // A message that does not start with a header field has none (its text is all body).
+  const firstLineEnd = raw.indexOf('\n');
+  const firstLine = raw.toString('latin1', 0, Math.min(firstLineEnd < 0 ? raw.length : firstLineEnd, HEADER_LINE_BYTES_MAX + 1));
+  if (!FIELD.test(firstLine)) return result(null);
   if (end > HEADER_SECTION_BYTES_MAX) return result(`header section over ${HEADER_SECTION_BYTES_MAX} bytes`);
   const lines = raw.toString('latin1', 0, end).split(/\r?\n/);
-  // A message that does not start with a header field has none (its text is all body).
-  if (lines.length === 0 || !FIELD.test(lines[0]!)) return result(null);
   let current: string | null = null;
   for (const [index, line] of lines.entries()) {
     if (line.length > HEADER_LINE_BYTES_MAX) return result(`header line ${index + 1} is over ${HEADER_LINE_BYTES_MAX} characters`);

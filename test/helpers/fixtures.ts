@@ -44,6 +44,7 @@ export const C_VARIANTS: Record<string, string[]> = {
   c_cycle_b: ['-DNAME="cycle-b"', '-DDEPS="cycle-a"'],
   c_future: ['-DNAME="future"', '-DMIN_SERVER="9.0.0"'],
   c_plain_fails: ['-DNAME="plain"', '-DVARIANT_INIT_FAILS'],
+  c_needs_bad: ['-DNAME="needs-bad"', '-DDEPS="bad-code"'],
 };
 
 export function compileC(source: string, name: string, defines: string[] = []): string {

@@ -50,6 +50,14 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
     expectCode(() => loadWasmPlugin(moduleFile('bigmem', good), { options: resolvePluginOptions({ limits: { memoryMb: 1 } }) }), 'SMTP_E_WASM_MEMORY');
   });
 
+  it('takes a plugin whose disable traps out of the chain all the same', () => {
+    const instance = new PluginInstance(loadWasmPlugin(moduleFile('baddisable', { functions: pluginFunctions({ smtp_plugin_disable: 'trap' }), data })));
+    instance.init('{}');
+    instance.enable();
+    expectCode(() => instance.disable(), 'SMTP_E_WASM_TRAP', 'disable');
+    expect(instance.state).toBe('disabled');
+  });
+
   it('refuses out-of-bounds lengths handed back for metadata', () => {
     const liar = new PluginInstance(loadWasmPlugin(moduleFile('liar', { functions: pluginFunctions({ smtp_wasm_context_status: 2, smtp_wasm_take_changes: 0x7fff_0000 }), data })));
     liar.init('{}');
@@ -116,7 +124,7 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
       return context;
     };
     const first = loop();
-    expect(await manager.executeHook('message_received', first)).toEqual({ action: 'continue' });
+    expect(await manager.executeHook('message_received', first)).toEqual({ action: 'continue', skipped: ['sandbox-probe'] });
     expect(first.getMetadata('b')).toBe('still served');
     await manager.executeHook('message_received', loop());
     expect(manager.get('sandbox-probe')!.state).toBe('disabled');
