@@ -77,15 +77,16 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
 
   it('interrupts an infinite loop within twice its deadline and replaces the instance', () => {
     for (const file of ['sandbox_probe', 'sandbox_probe_newest']) {
-      const instance = new PluginInstance(loadWasmPlugin(wasmFixture(file), { options: resolvePluginOptions({ limits: { hookTimeoutMs: 50 } }) }));
+      const instance = new PluginInstance(loadWasmPlugin(wasmFixture(file), { options: resolvePluginOptions({ limits: { hookTimeoutMs: 200 } }) }));
       instance.init('{}');
       instance.enable();
       expect(run(instance, 'count').getMetadata('calls')).toBe('1');
       expect(run(instance, 'count').getMetadata('calls')).toBe('2');
       const start = performance.now();
-      expectCode(() => run(instance, 'loop'), 'SMTP_E_WASM_DEADLINE', 'interrupted after its 50 ms deadline');
+      expectCode(() => run(instance, 'loop'), 'SMTP_E_WASM_DEADLINE', 'interrupted after its 200 ms deadline');
+      // The issue's bound: interrupted within twice the deadline.
       const elapsed = performance.now() - start;
-      expect(elapsed, file).toBeLessThan(100);
+      expect(elapsed, file).toBeLessThan(400);
       // A fresh instance answers the next call: its counter starts again.
       expect(run(instance, 'count').getMetadata('calls'), file).toBe('1');
       instance.shutdown();
@@ -129,9 +130,9 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
     await manager.executeHook('message_received', loop());
     expect(manager.get('sandbox-probe')!.state).toBe('disabled');
     const after = loop();
-    const start = performance.now();
     expect(await manager.executeHook('message_received', after)).toEqual({ action: 'continue' });
-    expect(performance.now() - start).toBeLessThan(20);
+    // The disabled plugin was not called (it sets "calls" on every call it gets).
+    expect(after.hasMetadata('calls')).toBe(false);
     expect(after.getMetadata('b')).toBe('still served');
     manager.deinit();
 
