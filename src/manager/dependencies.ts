@@ -150,7 +150,7 @@ function stableOrder(nodes: readonly DependencyNode[]): { order: number[]; compl
   const done = new Array<boolean>(nodes.length).fill(false);
   const order: number[] = [];
   while (order.length < nodes.length) {
-    const next = nodes.findIndex((node, i) => !done[i] && deps[i]!.every((d) => placed.has(d)));
+    const next = nodes.findIndex((_node, i) => !done[i] && deps[i]!.every((d) => placed.has(d)));
     if (next < 0) return { order, complete: false };
     done[next] = true;
     placed.add(nodes[next]!.name);
