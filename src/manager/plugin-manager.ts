@@ -31,6 +31,8 @@ export interface PluginManagerOptions {
 /** A plugin file to load, with what init and the policies need. */
 export interface PluginSpec {
   readonly path: string;
+  /** The name a config entry gives it: the plugin's metadata name must match (reloads find plugins by it). */
+  readonly name?: string;
   readonly config?: string;
   readonly options?: PluginOptions;
 }
@@ -185,6 +187,10 @@ export class PluginManager {
         refuse(null, spec.path, coded(error, spec.path));
         continue;
       }
+      if (spec.name !== undefined && spec.name !== instance.name) {
+        refuse(instance, spec.path, hostError('SMTP_E_CONFIG', `${spec.path}: the config entry is named "${spec.name}" but the plugin is "${instance.name}"`));
+        continue;
+      }
       const existing = this.get(instance.name) ?? pending.find((p) => p.instance.name === instance.name)?.instance;
       if (existing) {
         refuse(instance, spec.path, hostError('SMTP_E_PLUGIN_DUPLICATE', `${spec.path}: a plugin named "${instance.name}" is already loaded from ${existing.plugin.path}`));
@@ -252,22 +258,7 @@ export class PluginManager {
    */
   loadFromConfig(config: PluginsConfig): LoadReport {
     if (!config.enabled) return { loaded: [], failed: [] };
-    const loadedReport = this.loadPlugins(config.plugins.filter((entry) => entry.enabled).map((entry) => ({ path: entry.file, config: entry.config, options: entry.options })));
-    // An entry names its plugin: a reload finds the plugin by that name, so they must agree.
-    const report: LoadReport = { loaded: [], failed: [...loadedReport.failed] };
-    for (const instance of loadedReport.loaded) {
-      const source = this.#entryOf(instance)!.source;
-      const entry = config.plugins.find((e) => resolve(e.file) === resolve(source));
-      if (entry && entry.name !== instance.name) {
-        const error = hostError('SMTP_E_CONFIG', `${source}: the config entry is named "${entry.name}" but the plugin is "${instance.name}"`);
-        this.#logger.error({ plugin: instance.name, configured: entry.name, code: error.code }, 'plugin refused');
-        this.unloadPlugin(instance.name, { cascade: true });
-        report.failed.push({ path: source, error });
-        continue;
-      }
-      report.loaded.push(instance);
-    }
-    report.loaded.splice(0, report.loaded.length, ...report.loaded.filter((instance) => this.#entryOf(instance) !== undefined));
+    const report = this.loadPlugins(config.plugins.filter((entry) => entry.enabled).map((entry) => ({ path: entry.file, name: entry.name, config: entry.config, options: entry.options })));
     if (!config.autoLoad) return report;
     // Files a config entry names (enabled or not) are never auto-loaded.
     const configured = new Set(config.plugins.flatMap((entry) => entry.builds.map((path) => resolve(path))));
@@ -286,9 +277,6 @@ export class PluginManager {
     }
   }
 
-  #entryOf(instance: PluginInstance): Entry | undefined {
-    return this.#entries.find((entry) => entry.instance === instance);
-  }
 
   get(name: string): PluginInstance | undefined {
     return this.#entries.find(({ instance }) => instance.name === name)?.instance;

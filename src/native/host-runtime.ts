@@ -8,11 +8,6 @@ import { applyChanges, encodeMetadata, scratchBuffer } from '../plugin/metadata-
 /** koffi pointers are BigInt in koffi 3. */
 export type NativePointer = bigint;
 
-/** What one native execute_hook call produced. */
-export interface NativeCallOutcome {
-  readonly code: number;
-  readonly cancel: boolean;
-}
 
 interface RuntimeFunctions {
   allocator: () => NativePointer;
@@ -72,7 +67,8 @@ class NativeContextSlot {
     this.pointer = pointer;
   }
 
-  call(executeHook: NativePointer, context: HookContext): NativeCallOutcome {
+  /** Runs the hook; returns the code (the cancel flag and changes land in `context`). */
+  call(executeHook: NativePointer, context: HookContext): number {
     const fns = loadRuntime();
     if (this.#contextId !== context.id || this.#contextVersion !== context.version) this.#load(fns, context);
     const packed = fns.callHook(executeHook, this.pointer);
@@ -86,7 +82,7 @@ class NativeContextSlot {
       // The native copy now carries cancel; reload before any further call.
       this.#contextId = 0;
     }
-    return { code, cancel };
+    return code;
   }
 
   #load(fns: RuntimeFunctions, context: HookContext): void {
@@ -113,7 +109,7 @@ class NativeContextSlot {
 const slots = new Map<MetadataLimits, NativeContextSlot>();
 
 /** Runs a native execute_hook function pointer on `context`. */
-export function callNativeHook(executeHook: NativePointer, context: HookContext): NativeCallOutcome {
+export function callNativeHook(executeHook: NativePointer, context: HookContext): number {
   let slot = slots.get(context.limits);
   if (!slot) {
     slot = new NativeContextSlot(context.limits);

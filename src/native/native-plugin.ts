@@ -146,7 +146,7 @@ class NativePlugin implements Plugin {
   }
 
   executeHook(context: HookContext): number {
-    return callNativeHook(this.#executeHook, context).code;
+    return callNativeHook(this.#executeHook, context);
   }
 
   deinit(): void {

@@ -159,7 +159,7 @@ export class MailServer {
       if (this.#manager.get(name) && !down.has(name)) for (const each of this.#manager.unloadPlugin(name, { cascade: true })) down.add(each);
     }
     const up = [...after.values()].filter((entry) => entry.enabled && next.plugins.enabled && !this.#manager.get(entry.name) && (changed.includes(entry.name) || down.has(entry.name)));
-    this.#manager.loadPlugins(up.map((entry) => ({ path: entry.file, config: entry.config, options: entry.options })));
+    this.#manager.loadPlugins(up.map((entry) => ({ path: entry.file, name: entry.name, config: entry.config, options: entry.options })));
     for (const section of ['server', 'storage', 'delivery'] as const) {
       if (JSON.stringify(this.#config[section]) !== JSON.stringify(next[section])) {
         this.#logger.warn({ section }, `[${section}] changed: it takes effect at the next restart`);
