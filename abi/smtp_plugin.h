@@ -34,7 +34,7 @@ extern "C" {
  * loads a plugin whose major equals its own and whose minor is not newer than
  * its own. */
 #define SMTP_PLUGIN_ABI_VERSION_MAJOR 1u
-#define SMTP_PLUGIN_ABI_VERSION_MINOR 0u
+#define SMTP_PLUGIN_ABI_VERSION_MINOR 1u
 #define SMTP_PLUGIN_ABI_VERSION ((SMTP_PLUGIN_ABI_VERSION_MAJOR << 16) | SMTP_PLUGIN_ABI_VERSION_MINOR)
 
 /* The 19 hooks, in the order and with the names of the seed guide. */
@@ -82,6 +82,24 @@ typedef enum smtp_status {
     SMTP_STATUS_INVALID = 3      /* a NULL pointer with a non-zero length, or an empty key */
 } smtp_status;
 
+/* What the network functions of smtp_host_api return on failure (ABI 1.1).
+ * Every failure is a negative value; a handle or a byte count is >= 0. */
+typedef enum smtp_net_status {
+    SMTP_NET_E_DENIED = -1,   /* the address is not in the plugin's allow_connect grants */
+    SMTP_NET_E_ADDRESS = -2,  /* not "tcp:IPV4:PORT", "tcp:localhost:PORT" or "unix:/PATH" */
+    SMTP_NET_E_CONNECT = -3,  /* refused, unreachable, or no such socket file */
+    SMTP_NET_E_TIMEOUT = -4,  /* nothing happened within timeout_ms (or the hook's deadline) */
+    SMTP_NET_E_CLOSED = -5,   /* the handle is not open (never was, or closed after an error) */
+    SMTP_NET_E_IO = -6,       /* the connection failed mid-way (reset, broken pipe) */
+    SMTP_NET_E_LIMIT = -7     /* too many handles open, or a length over its bound */
+} smtp_net_status;
+
+/* Plugin flags, in smtp_plugin_metadata.flags (ABI 1.1). */
+/* The plugin's hooks may block (network I/O, long computation): the host runs
+ * them off the event loop, one call at a time (native: a thread of koffi's
+ * pool; sandboxed: the plugin's own worker thread). */
+#define SMTP_PLUGIN_FLAG_BLOCKING (UINT64_C(1) << 0)
+
 /* The host allocator handed to init. The guide's `std.mem.Allocator` is not a
  * C type, so the host passes this table; the Zig binding wraps it back into a
  * std.mem.Allocator (plugin.Allocator.allocator()).
@@ -116,6 +134,31 @@ typedef struct smtp_host_api {
     int (*set_metadata)(struct smtp_hook_context *ctx,
                         const uint8_t *key, size_t key_len,
                         const uint8_t *value, size_t value_len);
+
+    /* --- ABI 1.1: present when struct_size covers them. ---------------- */
+
+    /* Wall-clock time, milliseconds since the Unix epoch. (Zig 0.15 and later
+     * moved std.time's clock behind std.Io; this is the portable clock.) */
+    int64_t (*now_unix_ms)(const struct smtp_hook_context *ctx);
+    /* Opens a stream connection to `address`: "tcp:127.0.0.1:6379",
+     * "tcp:localhost:389" or "unix:/run/clamav/clamd.sock". The host refuses
+     * (SMTP_NET_E_DENIED, and logs it) any address not listed verbatim in
+     * the plugin's `allow_connect`. Returns a handle >= 0, or an
+     * smtp_net_status. Handles belong to the plugin, stay open across hook
+     * calls until net_close, and are closed by the host at unload. */
+    int32_t (*net_connect)(struct smtp_hook_context *ctx,
+                           const uint8_t *address, size_t address_len,
+                           uint32_t timeout_ms);
+    /* Sends all `len` bytes. Returns 0, or an smtp_net_status. */
+    int32_t (*net_send)(struct smtp_hook_context *ctx, int32_t handle,
+                        const uint8_t *data, size_t len, uint32_t timeout_ms);
+    /* Waits up to timeout_ms for data and copies up to `cap` bytes (at most
+     * 1 MiB per call) into `buf`. Returns the byte count (> 0), 0 when the
+     * peer closed the connection, or an smtp_net_status. */
+    int32_t (*net_recv)(struct smtp_hook_context *ctx, int32_t handle,
+                        uint8_t *buf, size_t cap, uint32_t timeout_ms);
+    /* Closes a handle. Returns 0, or SMTP_NET_E_CLOSED for an unknown one. */
+    int32_t (*net_close)(struct smtp_hook_context *ctx, int32_t handle);
 } smtp_host_api;
 
 /* The context of one hook call.
@@ -149,6 +192,9 @@ typedef struct smtp_plugin_metadata {
     /* Which hooks the plugin handles, as SMTP_HOOK_BIT(hook) bits; 0 means
      * every hook. The host skips the plugin for hooks not listed. */
     uint64_t handled_hooks;
+    /* ABI 1.1 (read only from plugins exporting 1.1 or later):
+     * SMTP_PLUGIN_FLAG_* bits. */
+    uint64_t flags;
 } smtp_plugin_metadata;
 
 /* The six plugin functions, in the seed guide's order.

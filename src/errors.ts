@@ -59,7 +59,7 @@ export const ERROR_CODES = {
   SMTP_E_PLUGIN_OPTIONS: ['A plugin limit or failure-policy option is out of range or of the wrong type.', undefined],
   SMTP_E_WASM_INVALID: ['The file is not a WebAssembly module, is truncated, or does not compile.', undefined],
   SMTP_E_WASM_UNSUPPORTED: ['The module uses a WebAssembly feature the sandbox does not run (SIMD, threads, shared or 64-bit memory, exceptions).', undefined],
-  SMTP_E_WASM_IMPORT: ['The module imports something outside the allowed set (the WASI preview1 functions and env.memory).', undefined],
+  SMTP_E_WASM_IMPORT: ['The module imports something outside the allowed set (the WASI preview1 functions, env.memory and the smtp_host clock and network functions).', undefined],
   SMTP_E_WASM_MEMORY: ["The module's initial memory is larger than its memory limit.", undefined],
   SMTP_E_WASM_TRAP: ['The module trapped (unreachable, out-of-bounds access, stack overflow) in start, init or a hook.', TEMPFAIL],
   SMTP_E_WASM_DEADLINE: ['A hook ran past its deadline and was interrupted.', TEMPFAIL],
@@ -67,10 +67,16 @@ export const ERROR_CODES = {
   SMTP_E_COMPONENT_INVALID: ['The file is not a WebAssembly component, or jco cannot transpile it.', undefined],
   SMTP_E_COMPONENT_WORLD: ['The component does not implement the smtp:plugin/smtp-plugin world (abi/smtp-plugin.wit).', undefined],
   SMTP_E_COMPONENT_IMPORT: ['The component imports an interface the host does not grant (only smtp:plugin/types and smtp:plugin/host).', undefined],
+  SMTP_E_NET_DENIED: ['A plugin asked to connect to an address its allow_connect grants do not list; the host refused the connection (the plugin sees SMTP_NET_E_DENIED) and logged it.', undefined],
   SMTP_E_WASM_BOUNDS: ['The module handed back a pointer or length outside its memory or over a metadata bound.', TEMPFAIL],
 } as const satisfies Record<string, readonly [string, SmtpReply | undefined]>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** True when `code` is one of ERROR_CODES (a code that crossed a thread or process boundary as text). */
+export function isErrorCode(code: string): code is ErrorCode {
+  return Object.hasOwn(ERROR_CODES, code);
+}
 
 export function hostError(code: ErrorCode, message: string, cause?: unknown): HostError {
   const reply = ERROR_CODES[code][1];

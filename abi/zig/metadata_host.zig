@@ -25,6 +25,16 @@ pub const Store = struct {
     entries: []Entry = &.{},
     len: usize = 0,
     changed_count: usize = 0,
+    /// The clock of unit-test contexts (HookContext.nowMs): tests set it.
+    test_now_ms: i64 = 0,
+    /// Set when the plugin asked for a connection it was not granted; the
+    /// host reads and clears it (contextStatus bit 1) to log the refusal.
+    net_denied: bool = false,
+    /// The last address refused for want of a grant (for the host's log).
+    denied_address: [256]u8 = undefined,
+    denied_len: usize = 0,
+    /// The plugin's allow_connect grants, one address per line (native host).
+    grants: []u8 = &.{},
 
     pub fn find(self: *const Store, key: []const u8) ?*Entry {
         for (self.entries[0..self.len]) |*entry| {
@@ -87,8 +97,26 @@ pub const Store = struct {
         self.changed_count = 0;
     }
 
+    /// Records a refused connection for the host to log.
+    pub fn recordDenied(self: *Store, address: []const u8) void {
+        self.net_denied = true;
+        self.denied_len = @min(address.len, self.denied_address.len);
+        @memcpy(self.denied_address[0..self.denied_len], address[0..self.denied_len]);
+    }
+
+    /// True when `address` is one of the grant lines, verbatim.
+    pub fn granted(self: *const Store, address: []const u8) bool {
+        var lines = std.mem.splitScalar(u8, self.grants, '\n');
+        while (lines.next()) |line| {
+            if (line.len > 0 and std.mem.eql(u8, line, address)) return true;
+        }
+        return false;
+    }
+
     pub fn deinit(self: *Store) void {
         self.clear();
+        self.allocator.free(self.grants);
+        self.grants = &.{};
         self.allocator.free(self.entries);
         self.entries = &.{};
     }
@@ -109,7 +137,46 @@ fn setMetadata(ctx: *plugin.HookContext, key: [*]const u8, key_len: usize, value
     return @intFromEnum(storeOf(ctx).put(key[0..key_len], value[0..value_len], true));
 }
 
-pub const api: plugin.HostApi = .{ .get_metadata = getMetadata, .set_metadata = setMetadata };
+/// A host's table: the metadata functions above plus `Io`'s clock and network
+/// functions (`nowUnixMs`, `netConnect`, `netSend`, `netRecv`, `netClose`).
+pub fn hostApi(comptime Io: type) plugin.HostApi {
+    return .{
+        .get_metadata = getMetadata,
+        .set_metadata = setMetadata,
+        .now_unix_ms = Io.nowUnixMs,
+        .net_connect = Io.netConnect,
+        .net_send = Io.netSend,
+        .net_recv = Io.netRecv,
+        .net_close = Io.netClose,
+    };
+}
+
+/// Unit-test contexts: the clock is the store's `test_now_ms`; no address is
+/// granted, so every connect is refused (and recorded as a denial).
+const TestIo = struct {
+    pub fn nowUnixMs(ctx: *const plugin.HookContext) callconv(.c) i64 {
+        return storeOf(ctx).test_now_ms;
+    }
+    pub fn netConnect(ctx: *plugin.HookContext, address: [*]const u8, address_len: usize, timeout_ms: u32) callconv(.c) i32 {
+        _ = timeout_ms;
+        storeOf(ctx).recordDenied(address[0..address_len]);
+        return @intFromEnum(plugin.NetStatus.denied);
+    }
+    pub fn netSend(ctx: *plugin.HookContext, handle: i32, data: [*]const u8, len: usize, timeout_ms: u32) callconv(.c) i32 {
+        _ = .{ ctx, handle, data, len, timeout_ms };
+        return @intFromEnum(plugin.NetStatus.closed);
+    }
+    pub fn netRecv(ctx: *plugin.HookContext, handle: i32, buf: [*]u8, cap: usize, timeout_ms: u32) callconv(.c) i32 {
+        _ = .{ ctx, handle, buf, cap, timeout_ms };
+        return @intFromEnum(plugin.NetStatus.closed);
+    }
+    pub fn netClose(ctx: *plugin.HookContext, handle: i32) callconv(.c) i32 {
+        _ = .{ ctx, handle };
+        return @intFromEnum(plugin.NetStatus.closed);
+    }
+};
+
+pub const api: plugin.HostApi = hostApi(TestIo);
 
 /// A context whose metadata lives in a Store taken from `allocator`.
 /// Panics when `allocator` cannot provide the few bytes of the store, which
@@ -123,6 +190,10 @@ pub fn initContext(allocator: std.mem.Allocator, hook_type: plugin.HookType, lim
 /// Frees a context made by initContext; leaves any other context alone.
 pub fn deinitContext(ctx: *plugin.HookContext) void {
     if (ctx.host != &api) return;
+    freeStore(ctx);
+}
+
+fn freeStore(ctx: *plugin.HookContext) void {
     const store = storeOf(ctx);
     const allocator = store.allocator;
     store.deinit();
@@ -186,32 +257,38 @@ pub fn takeChanges(ctx: *plugin.HookContext, out: []u8) i64 {
     return @intCast(at);
 }
 
-/// A heap-allocated context for a host (the native runtime, the wasm guest).
-pub fn createContext(allocator: std.mem.Allocator, limits: Limits) ?*plugin.HookContext {
+/// A heap-allocated context for a host (the native runtime, the wasm guest),
+/// whose functions are `host_api`.
+pub fn createContext(allocator: std.mem.Allocator, limits: Limits, host_api: *const plugin.HostApi) ?*plugin.HookContext {
     const ctx = allocator.create(plugin.HookContext) catch return null;
     const store = allocator.create(Store) catch {
         allocator.destroy(ctx);
         return null;
     };
     store.* = .{ .allocator = allocator, .limits = limits };
-    ctx.* = .{ .hook_type = .message_received, .host = &api, .host_data = store };
+    ctx.* = .{ .hook_type = .message_received, .host = host_api, .host_data = store };
     return ctx;
 }
 
 pub fn destroyContext(ctx: *plugin.HookContext) void {
     const allocator = storeOf(ctx).allocator;
-    deinitContext(ctx);
+    freeStore(ctx);
     allocator.destroy(ctx);
 }
 
-/// The cancel flag (bit 0) and the number of keys set since the last take
-/// (bits 1 and up), for hosts that call execute_hook themselves.
+/// The cancel flag (bit 0), whether a connection was refused for want of a
+/// grant since the last call (bit 1, cleared here), and the number of keys
+/// set since the last take (bits 2 and up), for hosts that call execute_hook
+/// themselves.
 pub fn contextStatus(ctx: *const plugin.HookContext) u32 {
-    return @as(u32, @intFromBool(ctx.cancel)) | (@as(u32, @intCast(storeOf(ctx).changed_count)) << 1);
+    const store = storeOf(ctx);
+    const denied = store.net_denied;
+    store.net_denied = false;
+    return @as(u32, @intFromBool(ctx.cancel)) | (@as(u32, @intFromBool(denied)) << 1) | (@as(u32, @intCast(store.changed_count)) << 2);
 }
 
 test "a context loaded from the wire format reports what a plugin changed" {
-    const ctx = createContext(std.testing.allocator, .{}).?;
+    const ctx = createContext(std.testing.allocator, .{}, &api).?;
     defer destroyContext(ctx);
     const wire = "\x01\x00\x00\x00a\x02\x00\x00\x00v1";
     try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, wire));
@@ -220,7 +297,7 @@ test "a context loaded from the wire format reports what a plugin changed" {
     try std.testing.expectEqual(@as(u32, 0), contextStatus(ctx));
     try ctx.setMetadata("b", "x");
     ctx.cancel = true;
-    try std.testing.expectEqual(@as(u32, 3), contextStatus(ctx));
+    try std.testing.expectEqual(@as(u32, 5), contextStatus(ctx));
     var small: [4]u8 = undefined;
     try std.testing.expectEqual(@as(i64, -10), takeChanges(ctx, &small));
     var out: [16]u8 = undefined;
@@ -237,6 +314,16 @@ test "metadata set by a plugin is read back and marked as a change" {
     try std.testing.expectEqualStrings("v2\x00binary", ctx.getMetadata("k").?);
     try std.testing.expect(ctx.getMetadata("absent") == null);
     try std.testing.expectEqual(@as(usize, 1), storeOf(&ctx).changed_count);
+}
+
+test "unit-test contexts have a settable clock and refuse every connection" {
+    var ctx = initContext(std.testing.allocator, .message_filtered, .{});
+    defer deinitContext(&ctx);
+    storeOf(&ctx).test_now_ms = 1_700_000_000_000;
+    try std.testing.expectEqual(@as(i64, 1_700_000_000_000), ctx.nowMs());
+    try std.testing.expectError(error.NetDenied, ctx.connect("tcp:127.0.0.1:6379", 100));
+    try std.testing.expectEqual(@as(u32, 2), contextStatus(&ctx));
+    try std.testing.expectEqual(@as(u32, 0), contextStatus(&ctx));
 }
 
 test "limits refuse oversized keys, values and key counts" {

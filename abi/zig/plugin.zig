@@ -6,7 +6,7 @@ const builtin = @import("builtin");
 const metadata_host = @import("metadata_host.zig");
 
 pub const abi_version_major: u32 = 1;
-pub const abi_version_minor: u32 = 0;
+pub const abi_version_minor: u32 = 1;
 /// SMTP_PLUGIN_ABI_VERSION: major in the high 16 bits, minor in the low 16.
 pub const abi_version: u32 = (abi_version_major << 16) | abi_version_minor;
 
@@ -52,6 +52,52 @@ pub const Status = enum(c_int) {
     invalid = 3,
     _,
 };
+
+/// smtp_net_status: what the network host functions return on failure.
+pub const NetStatus = enum(i32) {
+    denied = -1,
+    address = -2,
+    connect = -3,
+    timeout = -4,
+    closed = -5,
+    io = -6,
+    limit = -7,
+    _,
+};
+
+pub const NetError = error{
+    /// The address is not in the plugin's `allow_connect` grants.
+    NetDenied,
+    /// Not "tcp:IPV4:PORT", "tcp:localhost:PORT" or "unix:/PATH".
+    NetBadAddress,
+    /// Refused, unreachable, or no such socket file.
+    NetConnectFailed,
+    NetTimeout,
+    /// The handle is not open.
+    NetClosed,
+    /// The connection failed mid-way.
+    NetIo,
+    /// Too many handles open, or a length over its bound.
+    NetLimit,
+    /// The host predates ABI 1.1 and has no network functions.
+    NetUnsupported,
+};
+
+fn netError(code: i32) NetError {
+    return switch (@as(NetStatus, @enumFromInt(code))) {
+        .denied => error.NetDenied,
+        .address => error.NetBadAddress,
+        .connect => error.NetConnectFailed,
+        .timeout => error.NetTimeout,
+        .closed => error.NetClosed,
+        .limit => error.NetLimit,
+        else => error.NetIo,
+    };
+}
+
+/// PluginMetadata.flags: the plugin's hooks may block (network I/O): the host
+/// runs them off its event loop, one call at a time.
+pub const flag_blocking: u64 = 1 << 0;
 
 /// The bit of `hook` in PluginMetadata.handled_hooks.
 pub fn hookBit(hook: HookType) u64 {
@@ -141,6 +187,55 @@ pub const HostApi = extern struct {
     reserved: u32 = 0,
     get_metadata: *const fn (ctx: *const HookContext, key: [*]const u8, key_len: usize, value: *?[*]const u8, value_len: *usize) callconv(.c) c_int,
     set_metadata: *const fn (ctx: *HookContext, key: [*]const u8, key_len: usize, value: [*]const u8, value_len: usize) callconv(.c) c_int,
+    // ABI 1.1: present when struct_size covers them (HookContext checks).
+    now_unix_ms: *const fn (ctx: *const HookContext) callconv(.c) i64,
+    net_connect: *const fn (ctx: *HookContext, address: [*]const u8, address_len: usize, timeout_ms: u32) callconv(.c) i32,
+    net_send: *const fn (ctx: *HookContext, handle: i32, data: [*]const u8, len: usize, timeout_ms: u32) callconv(.c) i32,
+    net_recv: *const fn (ctx: *HookContext, handle: i32, buf: [*]u8, cap: usize, timeout_ms: u32) callconv(.c) i32,
+    net_close: *const fn (ctx: *HookContext, handle: i32) callconv(.c) i32,
+
+    /// True when the host's table has the ABI 1.1 functions.
+    pub fn hasNet(self: *const HostApi) bool {
+        return self.struct_size >= @offsetOf(HostApi, "net_close") + @sizeOf(usize);
+    }
+};
+
+/// A connection opened with HookContext.connect. It belongs to the plugin and
+/// outlives the hook call: keep it in a global and reuse it in later calls
+/// (each call passes its own context). The host closes what is left at unload.
+pub const Socket = struct {
+    handle: i32,
+
+    /// Sends all of `data`.
+    pub fn send(self: Socket, ctx: *HookContext, data: []const u8, timeout_ms: u32) NetError!void {
+        if (!ctx.host.hasNet()) return error.NetUnsupported;
+        const code = ctx.host.net_send(ctx, self.handle, data.ptr, data.len, timeout_ms);
+        if (code < 0) return netError(code);
+    }
+
+    /// Waits up to `timeout_ms` for data; returns the bytes read into `buf`
+    /// (at least one), or an empty slice when the peer closed the connection.
+    pub fn recv(self: Socket, ctx: *HookContext, buf: []u8, timeout_ms: u32) NetError![]u8 {
+        if (!ctx.host.hasNet()) return error.NetUnsupported;
+        const code = ctx.host.net_recv(ctx, self.handle, buf.ptr, buf.len, timeout_ms);
+        if (code < 0) return netError(code);
+        return buf[0..@intCast(code)];
+    }
+
+    /// Fills `buf` completely (error.NetClosed when the peer closes first).
+    pub fn recvAll(self: Socket, ctx: *HookContext, buf: []u8, timeout_ms: u32) NetError!void {
+        var at: usize = 0;
+        while (at < buf.len) {
+            const got = try self.recv(ctx, buf[at..], timeout_ms);
+            if (got.len == 0) return error.NetClosed;
+            at += got.len;
+        }
+    }
+
+    pub fn close(self: Socket, ctx: *HookContext) void {
+        if (!ctx.host.hasNet()) return;
+        _ = ctx.host.net_close(ctx, self.handle);
+    }
 };
 
 pub const SetMetadataError = error{ OutOfMemory, MetadataTooLarge, InvalidMetadata };
@@ -175,6 +270,23 @@ pub const HookContext = extern struct {
         };
     }
 
+    /// Milliseconds since the Unix epoch, from the host (0 from a pre-1.1
+    /// host). Unit-test contexts return metadata_host's settable test clock.
+    pub fn nowMs(self: *const HookContext) i64 {
+        if (!self.host.hasNet()) return 0;
+        return self.host.now_unix_ms(self);
+    }
+
+    /// Opens a stream connection: "tcp:127.0.0.1:6379", "tcp:localhost:389"
+    /// or "unix:/run/clamav/clamd.sock". Only addresses listed in the
+    /// plugin's `allow_connect` config are granted.
+    pub fn connect(self: *HookContext, address: []const u8, timeout_ms: u32) NetError!Socket {
+        if (!self.host.hasNet()) return error.NetUnsupported;
+        const code = self.host.net_connect(self, address.ptr, address.len, timeout_ms);
+        if (code < 0) return netError(code);
+        return .{ .handle = code };
+    }
+
     /// A context with no host, for unit tests (the guide's "Unit Tests"):
     /// metadata lives in memory taken from `allocator`; call `deinit`.
     pub fn init(allocator: std.mem.Allocator, hook_type: HookType) HookContext {
@@ -200,6 +312,8 @@ pub const PluginMetadata = extern struct {
     max_server_version: ?[*:0]const u8 = null,
     /// hookMask(&.{...}) of the hooks handled; 0 means every hook.
     handled_hooks: u64 = 0,
+    /// flag_* bits (ABI 1.1), e.g. flag_blocking.
+    flags: u64 = 0,
 };
 
 /// smtp_plugin_interface: the six functions in the guide's order.
@@ -217,9 +331,9 @@ comptime {
     const p = @sizeOf(usize);
     std.debug.assert(@sizeOf(HookType) == 4);
     std.debug.assert(@sizeOf(Allocator) == 8 + 3 * p);
-    std.debug.assert(@sizeOf(HostApi) == 8 + 2 * p);
+    std.debug.assert(@sizeOf(HostApi) == 8 + 7 * p);
     std.debug.assert(@sizeOf(HookContext) == 16 + 2 * p);
-    std.debug.assert(@sizeOf(PluginMetadata) == 8 * p + 8);
+    std.debug.assert(@sizeOf(PluginMetadata) == 8 * p + 16);
     std.debug.assert(@sizeOf(PluginInterface) == 6 * p);
 }
 

@@ -29,15 +29,52 @@ export fn smtp_wasm_host_allocator() *const plugin.Allocator {
     return &guest_allocator;
 }
 
+/// The clock and the network come from the host as imports of module
+/// "smtp_host"; the host checks every address against the plugin's grants
+/// and bounds every wait by the hook's deadline.
+const imports = struct {
+    extern "smtp_host" fn now_unix_ms() i64;
+    extern "smtp_host" fn net_connect(address: [*]const u8, address_len: usize, timeout_ms: u32) i32;
+    extern "smtp_host" fn net_send(handle: i32, data: [*]const u8, len: usize, timeout_ms: u32) i32;
+    extern "smtp_host" fn net_recv(handle: i32, buf: [*]u8, cap: usize, timeout_ms: u32) i32;
+    extern "smtp_host" fn net_close(handle: i32) i32;
+};
+
+const GuestIo = struct {
+    pub fn nowUnixMs(ctx: *const plugin.HookContext) callconv(.c) i64 {
+        _ = ctx;
+        return imports.now_unix_ms();
+    }
+    pub fn netConnect(ctx: *plugin.HookContext, address: [*]const u8, address_len: usize, timeout_ms: u32) callconv(.c) i32 {
+        _ = ctx;
+        return imports.net_connect(address, address_len, timeout_ms);
+    }
+    pub fn netSend(ctx: *plugin.HookContext, handle: i32, data: [*]const u8, len: usize, timeout_ms: u32) callconv(.c) i32 {
+        _ = ctx;
+        return imports.net_send(handle, data, len, timeout_ms);
+    }
+    pub fn netRecv(ctx: *plugin.HookContext, handle: i32, buf: [*]u8, cap: usize, timeout_ms: u32) callconv(.c) i32 {
+        _ = ctx;
+        return imports.net_recv(handle, buf, cap, timeout_ms);
+    }
+    pub fn netClose(ctx: *plugin.HookContext, handle: i32) callconv(.c) i32 {
+        _ = ctx;
+        return imports.net_close(handle);
+    }
+};
+
+const guest_api = host.hostApi(GuestIo);
+
 export fn smtp_wasm_context_create(key_bytes_max: usize, value_bytes_max: usize, keys_max: usize) ?*plugin.HookContext {
-    return host.createContext(allocator, .{ .key_bytes_max = key_bytes_max, .value_bytes_max = value_bytes_max, .keys_max = keys_max });
+    return host.createContext(allocator, .{ .key_bytes_max = key_bytes_max, .value_bytes_max = value_bytes_max, .keys_max = keys_max }, &guest_api);
 }
 
 export fn smtp_wasm_context_load(ctx: *plugin.HookContext, hook_type: i32, buf: [*]const u8, len: usize) i32 {
     return @intFromEnum(host.loadEncoded(ctx, hook_type, buf[0..len]));
 }
 
-/// Bit 0: cancel; bits 1 and up: keys set since the last take.
+/// Bit 0: cancel; bit 1: a refused connection (unused here: the host sees
+/// those itself); bits 2 and up: keys set since the last take.
 export fn smtp_wasm_context_status(ctx: *const plugin.HookContext) u32 {
     return host.contextStatus(ctx);
 }

@@ -39,8 +39,17 @@ export const HookCode = { CONTINUE: 0, STOP: 1, CANCEL: 2 } as const;
 /** smtp_status, returned by the host functions. */
 export const HostStatus = { OK: 0, NO_MEMORY: 1, TOO_LARGE: 2, INVALID: 3 } as const;
 
+/** smtp_net_status: what the network host functions return on failure (ABI 1.1). */
+export const NetStatus = { DENIED: -1, ADDRESS: -2, CONNECT: -3, TIMEOUT: -4, CLOSED: -5, IO: -6, LIMIT: -7 } as const;
+
+/** smtp_plugin_metadata.flags bits (ABI 1.1). */
+export const PluginFlag = { BLOCKING: 1n } as const;
+
+/** The first ABI version whose metadata has `flags` and whose host table has the clock and network functions. */
+export const ABI_VERSION_1_1 = (1 << 16) | 1;
+
 export const ABI_VERSION_MAJOR = 1;
-export const ABI_VERSION_MINOR = 0;
+export const ABI_VERSION_MINOR = 1;
 export const ABI_VERSION = (ABI_VERSION_MAJOR << 16) | ABI_VERSION_MINOR;
 
 export function formatAbiVersion(version: number): string {

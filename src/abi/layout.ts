@@ -18,6 +18,11 @@ export const HostApiStruct = koffi.struct('smtp_host_api', {
   reserved: 'uint32_t',
   get_metadata: 'void *',
   set_metadata: 'void *',
+  now_unix_ms: 'void *',
+  net_connect: 'void *',
+  net_send: 'void *',
+  net_recv: 'void *',
+  net_close: 'void *',
 });
 
 export const HookContextStruct = koffi.struct('smtp_hook_context', {
@@ -30,6 +35,20 @@ export const HookContextStruct = koffi.struct('smtp_hook_context', {
 });
 
 export const PluginMetadataStruct = koffi.struct('smtp_plugin_metadata', {
+  name: 'void *',
+  version: 'void *',
+  author: 'void *',
+  description: 'void *',
+  license: 'void *',
+  dependencies: 'void *',
+  min_server_version: 'void *',
+  max_server_version: 'void *',
+  handled_hooks: 'uint64_t',
+  flags: 'uint64_t',
+});
+
+/** A plugin's metadata as ABI 1.0 laid it out (no `flags`): what the host may read from every plugin. */
+export const PluginMetadataV10Struct = koffi.struct('smtp_plugin_metadata_1_0', {
   name: 'void *',
   version: 'void *',
   author: 'void *',

@@ -1,3 +1,4 @@
+import { workersStopped } from '../wasm/worker-plugin.js';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { HOOK_NAMES, formatAbiVersion, isHookName } from '../abi/hooks.js';
@@ -18,6 +19,7 @@ export const PLUGIN_USAGE = `usage:
   smtp-server plugin call FILE --hook NAME [--config JSON | --config-file PATH]
                           [--meta KEY=VALUE]... [--meta-file KEY=PATH]...
                           [--memory-mb N] [--deadline-ms N]     (limits of a .wasm plugin)
+                          [--allow-connect ADDRESS]...         (grants: "tcp:127.0.0.1:389", "unix:/path")
 FILE is a native library (.so/.dylib/.dll), a sandboxed module or a component (.wasm).`;
 
 function usage(message: string): never {
@@ -84,6 +86,7 @@ async function call(args: string[]): Promise<number> {
       'meta-file': { type: 'string', multiple: true, default: [] },
       'memory-mb': { type: 'string' },
       'deadline-ms': { type: 'string' },
+      'allow-connect': { type: 'string', multiple: true, default: [] },
     },
   });
   const limits: Record<string, number> = {};
@@ -93,7 +96,7 @@ async function call(args: string[]): Promise<number> {
     if (!/^\d+$/.test(text)) usage(`--${flag} expects a positive integer, got "${text}"`);
     limits[key] = Number(text);
   }
-  const options = resolvePluginOptions({ limits }, 'plugin call');
+  const options = resolvePluginOptions({ limits, allowConnect: values['allow-connect'] }, 'plugin call');
   const file = onePositional(positionals, 'call');
   const hook = values.hook ?? usage('plugin call needs --hook NAME');
   if (!isHookName(hook)) usage(`unknown hook "${hook}"; hooks: ${HOOK_NAMES.join(', ')}`);
@@ -114,10 +117,11 @@ async function call(args: string[]): Promise<number> {
   try {
     instance.init(configJson);
     instance.enable();
-    const { code } = instance.executeHook(context);
+    const { code } = await instance.executeHookAsync(context);
     process.stdout.write(`${JSON.stringify({ code, cancel: context.cancel, metadata: context.toJSON() })}\n`);
   } finally {
     instance.shutdown();
+    await workersStopped();
   }
   return 0;
 }

@@ -120,6 +120,7 @@ class ComponentPlugin implements Plugin {
         minServerVersion: raw.minServerVersion ?? null,
         maxServerVersion: raw.maxServerVersion ?? null,
         handledHooks: BigInt(raw.handledHooks),
+        flags: 0n,
       },
       path,
     );

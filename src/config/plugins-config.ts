@@ -30,7 +30,7 @@ export interface PluginsConfig {
 }
 
 const SECTION_KEYS = ['enabled', 'directory', 'wasm_directory', 'auto_load', 'hot_reload', 'plugin'] as const;
-const ENTRY_KEYS = ['name', 'enabled', 'library', 'wasm', 'component', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits'] as const;
+const ENTRY_KEYS = ['name', 'enabled', 'library', 'wasm', 'component', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits', 'allow_connect', 'blocking'] as const;
 const LIMIT_KEYS: Record<string, keyof SandboxLimits> = {
   memory_mb: 'memoryMb',
   hook_timeout_ms: 'hookTimeoutMs',
@@ -185,9 +185,13 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     }
     const onError = entry.on_error === undefined ? {} : { onError: entry.on_error as string };
     const maxFailures = entry.max_consecutive_failures === undefined ? {} : { maxConsecutiveFailures: entry.max_consecutive_failures as number };
+    const allowConnect = entry.allow_connect === undefined ? {} : { allowConnect: entry.allow_connect as unknown[] };
+    const blocking = entry.blocking === undefined ? {} : { blocking: entry.blocking as boolean };
     check('on_error', onError);
     check('max_consecutive_failures', maxFailures);
-    const options: PluginOptions = resolvePluginOptions({ limits: limits as Partial<SandboxLimits>, ...onError, ...maxFailures });
+    check('allow_connect', allowConnect);
+    check('blocking', blocking);
+    const options: PluginOptions = resolvePluginOptions({ limits: limits as Partial<SandboxLimits>, ...onError, ...maxFailures, ...allowConnect, ...blocking });
     return Object.freeze({ name, enabled: bool(entry.enabled, key('enabled'), true, index), file, builds: Object.freeze(builds), sandboxed, config, options });
   });
   return Object.freeze({

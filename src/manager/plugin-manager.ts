@@ -398,7 +398,8 @@ export class PluginManager {
       let action: HookAction;
       const started = this.#trace === null ? 0 : performance.now();
       try {
-        action = instance.executeHook(context).action;
+        const result = instance.executeHookAsync(context);
+        action = (result instanceof Promise ? await result : result).action;
         entry.failures = 0;
         if (this.#trace !== null) {
           this.#logger[this.#trace]({ plugin: instance.name, hook, result: action, duration_us: Math.round((performance.now() - started) * 1000) }, 'hook call');

@@ -9,13 +9,23 @@ import { applyChanges, encodeMetadata, scratchBuffer } from '../plugin/metadata-
 export type NativePointer = bigint;
 
 
+type AsyncCallback<T> = (error: unknown, result: T) => void;
+
 interface RuntimeFunctions {
   allocator: () => NativePointer;
   contextCreate: (keyBytesMax: number, valueBytesMax: number, keysMax: number) => NativePointer | null;
+  contextDestroy: (ctx: NativePointer) => void;
   contextLoad: (ctx: NativePointer, hook: number, buf: Buffer, len: number) => number;
-  callHook: (fn: NativePointer, ctx: NativePointer) => number;
+  setGrants: (ctx: NativePointer, buf: Buffer, len: number) => number;
+  denied: (ctx: NativePointer, out: Buffer, cap: number) => number;
+  callHook: ((fn: NativePointer, ctx: NativePointer) => number) & { async: (fn: NativePointer, ctx: NativePointer, done: AsyncCallback<number>) => void };
   takeChanges: (ctx: NativePointer, out: Buffer, cap: number) => number;
   strnlen: (s: NativePointer, max: number) => number;
+  netConnect: (ctx: NativePointer, address: Buffer, len: number, timeoutMs: number) => number;
+  netSend: (ctx: NativePointer, handle: number, data: Uint8Array, len: number, timeoutMs: number) => number;
+  netRecv: (ctx: NativePointer, handle: number, buf: Buffer, cap: number, timeoutMs: number) => number;
+  netClose: (ctx: NativePointer, handle: number) => number;
+  netCloseAll: (ctx: NativePointer) => void;
 }
 
 let runtime: RuntimeFunctions | undefined;
@@ -29,10 +39,18 @@ function loadRuntime(): RuntimeFunctions {
   runtime = {
     allocator: lib.func('void *smtp_host_allocator(void)'),
     contextCreate: lib.func('void *smtp_host_context_create(size_t, size_t, size_t)'),
+    contextDestroy: lib.func('void smtp_host_context_destroy(void *ctx)'),
     contextLoad: lib.func('int smtp_host_context_load(void *ctx, int hook, const uint8_t *buf, size_t len)'),
+    setGrants: lib.func('int smtp_host_context_set_grants(void *ctx, const uint8_t *buf, size_t len)'),
+    denied: lib.func('size_t smtp_host_context_denied(void *ctx, uint8_t *out, size_t cap)'),
     callHook: lib.func('int64_t smtp_host_call_hook(void *fn, void *ctx)'),
     takeChanges: lib.func('int64_t smtp_host_take_changes(void *ctx, uint8_t *out, size_t cap)'),
     strnlen: lib.func('intptr_t smtp_host_strnlen(void *s, size_t max)'),
+    netConnect: lib.func('int32_t smtp_host_net_connect(void *ctx, const uint8_t *address, size_t len, uint32_t timeout_ms)'),
+    netSend: lib.func('int32_t smtp_host_net_send(void *ctx, int32_t handle, const uint8_t *data, size_t len, uint32_t timeout_ms)'),
+    netRecv: lib.func('int32_t smtp_host_net_recv(void *ctx, int32_t handle, uint8_t *buf, size_t cap, uint32_t timeout_ms)'),
+    netClose: lib.func('int32_t smtp_host_net_close(void *ctx, int32_t handle)'),
+    netCloseAll: lib.func('void smtp_host_net_close_all(void *ctx)'),
   };
   return runtime;
 }
@@ -49,33 +67,81 @@ export function boundedStrlen(s: NativePointer, max: number): number {
 
 const TWO_POW_32 = 2 ** 32;
 
+/** Called with an address a plugin asked for without a grant. */
+export type DeniedListener = (address: string) => void;
+
 /**
- * One native context, reused for every call made with the same limits.
+ * One native context. The shared one serves every plugin without grants
+ * that runs in the event loop's thread; a plugin with grants, or one that
+ * blocks, gets its own (its grants and connections live in it, and a call
+ * on a pool thread must not share a context with the main thread).
  * It remembers which JS context (id and version) it last copied, so a chain
- * of native plugins copies the metadata in once: what a plugin sets is
- * already in the native copy and is only copied back out.
+ * of native plugins on the shared context copies the metadata in once: what
+ * a plugin sets is already in the native copy and is only copied back out.
  */
-class NativeContextSlot {
+export class NativeContextSlot {
   readonly pointer: NativePointer;
   #contextId = 0;
   #contextVersion = -1;
+  readonly #onDenied: DeniedListener | undefined;
+  #destroyed = false;
 
-  constructor(limits: MetadataLimits) {
+  constructor(limits: MetadataLimits, grants: readonly string[] = [], onDenied?: DeniedListener) {
     const fns = loadRuntime();
     const pointer = fns.contextCreate(limits.keyBytesMax, limits.valueBytesMax, limits.keysMax);
     if (pointer === null || pointer === 0n) throw hostError('SMTP_E_METADATA_LIMIT', 'the native runtime could not allocate a hook context');
     this.pointer = pointer;
+    this.#onDenied = onDenied;
+    if (grants.length > 0) {
+      const text = Buffer.from(grants.join('\n'), 'utf8');
+      if (fns.setGrants(pointer, text, text.length) !== 0) throw hostError('SMTP_E_METADATA_LIMIT', 'the native runtime could not store the grants');
+    }
   }
 
-  /** Runs the hook; returns the code (the cancel flag and changes land in `context`). */
+  /** Runs the hook in this thread; returns the code (the cancel flag and changes land in `context`). */
   call(executeHook: NativePointer, context: HookContext): number {
     const fns = loadRuntime();
+    this.#prepare(fns, context);
+    return this.#finish(fns, context, fns.callHook(executeHook, this.pointer));
+  }
+
+  /** Runs the hook on a thread of koffi's pool; the event loop goes on meanwhile. */
+  callAsync(executeHook: NativePointer, context: HookContext): Promise<number> {
+    const fns = loadRuntime();
+    this.#prepare(fns, context);
+    return new Promise((resolve, reject) => {
+      fns.callHook.async(executeHook, this.pointer, (error, packed) => {
+        if (error) reject(hostError('SMTP_E_PLUGIN_HOOK_CODE', `the native hook call failed on its thread (${String(error)})`, error));
+        else {
+          try {
+            resolve(this.#finish(fns, context, packed));
+          } catch (failure) {
+            reject(failure);
+          }
+        }
+      });
+    });
+  }
+
+  /** Frees the context and closes every connection opened through it. */
+  destroy(): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    loadRuntime().contextDestroy(this.pointer);
+  }
+
+  #prepare(fns: RuntimeFunctions, context: HookContext): void {
+    if (this.#destroyed) throw hostError('SMTP_E_PLUGIN_STATE', 'the plugin\'s native context was released');
     if (this.#contextId !== context.id || this.#contextVersion !== context.version) this.#load(fns, context);
-    const packed = fns.callHook(executeHook, this.pointer);
+  }
+
+  #finish(fns: RuntimeFunctions, context: HookContext, packed: number): number {
     const code = packed % TWO_POW_32 | 0;
     const high = Math.floor(packed / TWO_POW_32);
     const cancel = (high & 1) === 1;
-    const changes = high >>> 1;
+    const denied = (high & 2) === 2;
+    const changes = high >>> 2;
+    if (denied) this.#reportDenied(fns);
     if (changes > 0) this.#collect(fns, context);
     if (cancel) {
       context.cancel = true;
@@ -83,6 +149,12 @@ class NativeContextSlot {
       this.#contextId = 0;
     }
     return code;
+  }
+
+  #reportDenied(fns: RuntimeFunctions): void {
+    const out = Buffer.alloc(256);
+    const length = fns.denied(this.pointer, out, out.length);
+    this.#onDenied?.(out.subarray(0, length).toString('utf8'));
   }
 
   #load(fns: RuntimeFunctions, context: HookContext): void {
@@ -106,14 +178,74 @@ class NativeContextSlot {
   }
 }
 
-const slots = new Map<MetadataLimits, NativeContextSlot>();
+const sharedSlots = new Map<MetadataLimits, NativeContextSlot>();
 
-/** Runs a native execute_hook function pointer on `context`. */
-export function callNativeHook(executeHook: NativePointer, context: HookContext): number {
-  let slot = slots.get(context.limits);
-  if (!slot) {
-    slot = new NativeContextSlot(context.limits);
-    slots.set(context.limits, slot);
+/**
+ * Runs a native execute_hook function pointer on `context` in this thread,
+ * on the shared context (no grants) unless `slot` is given.
+ */
+export function callNativeHook(executeHook: NativePointer, context: HookContext, slot?: NativeContextSlot, onDenied?: DeniedListener): number {
+  let target = slot ?? sharedSlots.get(context.limits);
+  if (!target) {
+    target = new NativeContextSlot(context.limits, [], onDenied);
+    sharedSlots.set(context.limits, target);
   }
-  return slot.call(executeHook, context);
+  return target.call(executeHook, context);
+}
+
+/** Frees a runtime context made in another thread (a sandbox worker that was killed), closing its connections. */
+export function destroyRuntimeContext(pointer: NativePointer): void {
+  loadRuntime().contextDestroy(pointer);
+}
+
+/**
+ * The network functions of the native runtime, on a context of their own:
+ * what the sandbox's worker thread calls on behalf of a WebAssembly plugin.
+ * Grants are checked by the runtime, exactly as for a native plugin.
+ */
+export class RuntimeNet {
+  readonly #onDenied: DeniedListener;
+  /** One context for the worker's life: its pointer is what the main thread frees if the worker is killed. */
+  readonly #current: NativeContextSlot;
+
+  constructor(grants: readonly string[], onDenied: DeniedListener) {
+    this.#onDenied = onDenied;
+    this.#current = new NativeContextSlot({ keyBytesMax: 1, valueBytesMax: 1, keysMax: 1 }, grants);
+  }
+
+  /** The native context holding the grants and the connections (to close them if the worker is killed). */
+  contextPointer(): NativePointer {
+    return this.#current.pointer;
+  }
+
+  connect(address: string, timeoutMs: number): number {
+    const text = Buffer.from(address, 'utf8');
+    const handle = loadRuntime().netConnect(this.#current.pointer, text, text.length, timeoutMs);
+    if (handle === -1) this.#onDenied(address);
+    return handle;
+  }
+
+  send(handle: number, data: Uint8Array, timeoutMs: number): number {
+    return loadRuntime().netSend(this.#current.pointer, handle, data, data.length, timeoutMs);
+  }
+
+  recv(handle: number, cap: number, timeoutMs: number): Uint8Array | number {
+    const buf = Buffer.allocUnsafe(cap);
+    const got = loadRuntime().netRecv(this.#current.pointer, handle, buf, cap, timeoutMs);
+    return got < 0 ? got : buf.subarray(0, got);
+  }
+
+  close(handle: number): number {
+    return loadRuntime().netClose(this.#current.pointer, handle);
+  }
+
+  /** Closes every connection. */
+  closeAll(): void {
+    loadRuntime().netCloseAll(this.#current.pointer);
+  }
+
+  /** Closes everything for good. */
+  destroy(): void {
+    this.#current.destroy();
+  }
 }

@@ -17,12 +17,57 @@ export fn smtp_host_allocator() *const plugin.Allocator {
     return &host_allocator;
 }
 
+const net = @import("net.zig");
+
+/// Every native context's table: the metadata store plus the real clock and
+/// the granted network (src/native/net.zig).
+const native_api = host.hostApi(net.Io);
+
 export fn smtp_host_context_create(key_bytes_max: usize, value_bytes_max: usize, keys_max: usize) ?*plugin.HookContext {
-    return host.createContext(c_allocator, .{ .key_bytes_max = key_bytes_max, .value_bytes_max = value_bytes_max, .keys_max = keys_max });
+    return host.createContext(c_allocator, .{ .key_bytes_max = key_bytes_max, .value_bytes_max = value_bytes_max, .keys_max = keys_max }, &native_api);
 }
 
+/// Destroys a context and closes every connection opened through it.
 export fn smtp_host_context_destroy(ctx: *plugin.HookContext) void {
+    net.closeOwnedBy(ctx);
     host.destroyContext(ctx);
+}
+
+/// Sets the context's allow_connect grants: addresses separated by "\n".
+export fn smtp_host_context_set_grants(ctx: *plugin.HookContext, buf: [*]const u8, len: usize) c_int {
+    const store = host.storeOf(ctx);
+    const copy = c_allocator.dupe(u8, buf[0..len]) catch return @intFromEnum(plugin.Status.no_memory);
+    c_allocator.free(store.grants);
+    store.grants = copy;
+    return @intFromEnum(plugin.Status.ok);
+}
+
+/// Copies the last address refused for want of a grant into `out`; returns its length.
+export fn smtp_host_context_denied(ctx: *plugin.HookContext, out: [*]u8, cap: usize) usize {
+    const store = host.storeOf(ctx);
+    const n = @min(cap, store.denied_len);
+    @memcpy(out[0..n], store.denied_address[0..n]);
+    return n;
+}
+
+// The network functions again, as exports: the sandbox's worker thread calls
+// them (through koffi) on behalf of a WebAssembly plugin, with its own context
+// holding that plugin's grants and handles.
+export fn smtp_host_net_connect(ctx: *plugin.HookContext, address: [*]const u8, address_len: usize, timeout_ms: u32) i32 {
+    return net.Io.netConnect(ctx, address, address_len, timeout_ms);
+}
+export fn smtp_host_net_send(ctx: *plugin.HookContext, handle: i32, data: [*]const u8, len: usize, timeout_ms: u32) i32 {
+    return net.Io.netSend(ctx, handle, data, len, timeout_ms);
+}
+export fn smtp_host_net_recv(ctx: *plugin.HookContext, handle: i32, buf: [*]u8, cap: usize, timeout_ms: u32) i32 {
+    return net.Io.netRecv(ctx, handle, buf, cap, timeout_ms);
+}
+export fn smtp_host_net_close(ctx: *plugin.HookContext, handle: i32) i32 {
+    return net.Io.netClose(ctx, handle);
+}
+/// Closes every connection opened through `ctx`, keeping the context.
+export fn smtp_host_net_close_all(ctx: *plugin.HookContext) void {
+    net.closeOwnedBy(ctx);
 }
 
 export fn smtp_host_context_load(ctx: *plugin.HookContext, hook_type: c_int, buf: [*]const u8, len: usize) c_int {

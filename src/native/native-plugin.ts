@@ -1,13 +1,17 @@
 import { accessSync, constants } from 'node:fs';
 import { resolve } from 'node:path';
 import koffi from 'koffi';
-import { formatAbiVersion, isAbiCompatible, ABI_VERSION } from '../abi/hooks.js';
-import { AbiVersionProto, INTERFACE_FIELDS, InitProto, IntProto, PluginInterfaceStruct, PluginMetadataStruct, PointerProto, VoidProto } from '../abi/layout.js';
+import { formatAbiVersion, isAbiCompatible, ABI_VERSION, ABI_VERSION_1_1 } from '../abi/hooks.js';
+import { AbiVersionProto, INTERFACE_FIELDS, InitProto, IntProto, PluginInterfaceStruct, PluginMetadataStruct, PluginMetadataV10Struct, PointerProto, VoidProto } from '../abi/layout.js';
 import { hostError } from '../errors.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/metadata.js';
 import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
-import { boundedStrlen, callNativeHook, hostAllocator, type NativePointer } from './host-runtime.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { MetadataLimits } from '../plugin/hook-context.js';
+import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
+import { PluginFlag } from '../abi/hooks.js';
+import { NativeContextSlot, boundedStrlen, callNativeHook, hostAllocator, type NativePointer } from './host-runtime.js';
 
 type Library = ReturnType<typeof koffi.load>;
 type InterfacePointers = Record<(typeof INTERFACE_FIELDS)[number], NativePointer>;
@@ -51,9 +55,10 @@ function readCString(pointer: unknown, maxBytes: number, describe: () => string)
   }
 }
 
-function readMetadata(pointer: unknown, path: string): PluginMetadata {
+function readMetadata(pointer: unknown, path: string, abiVersion: number): PluginMetadata {
   if (isNull(pointer)) throw hostError('SMTP_E_PLUGIN_METADATA', `${path}: get_metadata returned NULL`);
-  const struct = koffi.decode(pointer, PluginMetadataStruct) as Record<string, unknown>;
+  // A 1.0 plugin's struct ends before `flags`: never read past it.
+  const struct = koffi.decode(pointer, abiVersion >= ABI_VERSION_1_1 ? PluginMetadataStruct : PluginMetadataV10Struct) as Record<string, unknown>;
   const field = (name: string, max: number = METADATA_LIMITS.fieldBytesMax): string | null =>
     readCString(struct[name], max, () => `${path}: metadata ${name}`);
   const dependencies: string[] = [];
@@ -78,6 +83,7 @@ function readMetadata(pointer: unknown, path: string): PluginMetadata {
     minServerVersion: field('min_server_version'),
     maxServerVersion: field('max_server_version'),
     handledHooks: BigInt(struct.handled_hooks as number | bigint),
+    flags: struct.flags === undefined ? 0n : BigInt(struct.flags as number | bigint),
   };
   return validateMetadata(raw, path);
 }
@@ -113,6 +119,17 @@ class NativePlugin implements Plugin {
   readonly path: string;
   readonly abiVersion: number;
   readonly metadata: PluginMetadata;
+  /** Hooks run on koffi's thread pool, one at a time, and executeHook returns a promise. */
+  readonly blocking: boolean;
+  readonly #grants: readonly string[];
+  readonly #logger: Logger;
+  /** This plugin's own contexts (it has grants, or blocks), by metadata limits. */
+  readonly #slots = new Map<MetadataLimits, NativeContextSlot>();
+  /** The last call queued on the pool: the next waits for it. */
+  #queue: Promise<unknown> = Promise.resolve();
+  #inFlight = 0;
+  /** Lifecycle calls that came while a hook ran on the pool: run after it. */
+  #deferred: (() => void)[] = [];
   #lib: Library | null;
   #executeHook: NativePointer;
   #init: (allocator: NativePointer, config: string) => number;
@@ -120,9 +137,11 @@ class NativePlugin implements Plugin {
   #enable: () => number;
   #disable: () => number;
 
-  constructor(path: string, lib: Library, abiVersion: number, pointers: InterfacePointers) {
+  constructor(path: string, lib: Library, abiVersion: number, pointers: InterfacePointers, options: PluginOptions, logger: Logger) {
     this.path = path;
     this.#lib = lib;
+    this.#grants = options.allowConnect;
+    this.#logger = logger;
     this.abiVersion = abiVersion;
     this.#executeHook = pointers.execute_hook;
     this.#init = koffi.decode(pointers.init, InitProto) as (allocator: NativePointer, config: string) => number;
@@ -130,7 +149,8 @@ class NativePlugin implements Plugin {
     this.#enable = koffi.decode(pointers.enable, IntProto) as () => number;
     this.#disable = koffi.decode(pointers.disable, IntProto) as () => number;
     const getMetadata = koffi.decode(pointers.get_metadata, PointerProto) as () => unknown;
-    this.metadata = readMetadata(getMetadata(), path);
+    this.metadata = readMetadata(getMetadata(), path, abiVersion);
+    this.blocking = options.blocking ?? (this.metadata.flags & PluginFlag.BLOCKING) !== 0n;
   }
 
   init(configJson: string): number {
@@ -141,21 +161,79 @@ class NativePlugin implements Plugin {
     return this.#enable();
   }
 
+  /**
+   * While a hook runs on the pool the plugin must not be entered from this
+   * thread too (abi/smtp_plugin.h), so disable, deinit and unload then wait
+   * for it: disable reports success now and its failure, if any, is logged.
+   */
   disable(): number {
-    return this.#disable();
+    if (this.#inFlight === 0) return this.#disable();
+    this.#defer('disable', () => {
+      const code = this.#disable();
+      if (code !== 0) this.#logger.error({ code }, 'plugin disable failed (run after its last hook call)');
+    });
+    return 0;
   }
 
-  executeHook(context: HookContext): number {
-    return callNativeHook(this.#executeHook, context);
+  #defer(what: string, run: () => void): void {
+    this.#logger.debug({ what }, 'waiting for the hook call in flight');
+    this.#deferred.push(run);
+  }
+
+  #deniedListener = (address: string): void => {
+    this.#logger.warn({ code: 'SMTP_E_NET_DENIED', address }, 'plugin asked for a connection it was not granted (allow_connect)');
+  };
+
+  #slot(limits: MetadataLimits): NativeContextSlot {
+    let slot = this.#slots.get(limits);
+    if (!slot) {
+      slot = new NativeContextSlot(limits, this.#grants, this.#deniedListener);
+      this.#slots.set(limits, slot);
+    }
+    return slot;
+  }
+
+  executeHook(context: HookContext): number | Promise<number> {
+    if (!this.blocking) {
+      return this.#grants.length === 0 ? callNativeHook(this.#executeHook, context, undefined, this.#deniedListener) : this.#slot(context.limits).call(this.#executeHook, context);
+    }
+    const slot = this.#slot(context.limits);
+    this.#inFlight++;
+    const run = this.#queue.then(() => slot.callAsync(this.#executeHook, context));
+    const settled = run.finally(() => {
+      this.#inFlight--;
+      if (this.#inFlight === 0) this.#drain();
+    });
+    this.#queue = settled.catch(() => undefined);
+    return settled;
+  }
+
+  #drain(): void {
+    const pending = this.#deferred;
+    this.#deferred = [];
+    for (const run of pending) {
+      try {
+        run();
+      } catch (error) {
+        this.#logger.error({ err: String(error) }, 'deferred plugin call failed');
+      }
+    }
   }
 
   deinit(): void {
-    this.#deinit();
+    if (this.#inFlight === 0) this.#deinit();
+    else this.#defer('deinit', () => this.#deinit());
   }
 
   unload(): void {
-    this.#lib?.unload();
-    this.#lib = null;
+    const release = (): void => {
+      for (const slot of this.#slots.values()) slot.destroy();
+      this.#slots.clear();
+      this.#lib?.unload();
+      this.#lib = null;
+    };
+    if (this.#inFlight === 0) release();
+    else this.#defer('unload', release);
   }
 }
 
@@ -164,7 +242,7 @@ class NativePlugin implements Plugin {
  * the interface and the metadata. Any failure unloads the library again and
  * throws a coded error naming the file.
  */
-export function loadNativePlugin(path: string): Plugin {
+export function loadNativePlugin(path: string, load: { readonly options?: PluginOptions; readonly logger?: Logger } = {}): Plugin {
   try {
     accessSync(path, constants.R_OK);
   } catch (cause) {
@@ -186,7 +264,7 @@ export function loadNativePlugin(path: string): Plugin {
     if (!isAbiCompatible(abiVersion)) {
       throw hostError('SMTP_E_PLUGIN_ABI_VERSION', `${path}: built for ABI ${formatAbiVersion(abiVersion)}, this host runs ABI ${formatAbiVersion(ABI_VERSION)}`);
     }
-    return new NativePlugin(path, lib, abiVersion, resolveInterface(lib, path));
+    return new NativePlugin(path, lib, abiVersion, resolveInterface(lib, path), load.options ?? DEFAULT_PLUGIN_OPTIONS, load.logger ?? silentLogger());
   } catch (error) {
     lib.unload();
     throw error;

@@ -104,10 +104,28 @@ export class PluginInstance {
     this.#leave('unload');
   }
 
-  /** Runs one hook; the context's cancel flag wins over the code. */
-  executeHook(context: HookContext): HookCallResult {
+  /**
+   * Runs one hook; the context's cancel flag wins over the code. A plugin
+   * whose hooks run off the event loop answers with a promise (what the
+   * manager awaits); the others answer at once.
+   */
+  executeHookAsync(context: HookContext): HookCallResult | Promise<HookCallResult> {
     this.#enter('executeHook');
     const code = this.plugin.executeHook(context);
+    return typeof code === 'number' ? this.#result(code, context) : code.then((settled) => this.#result(settled, context));
+  }
+
+  /** Runs one hook of a plugin that answers at once (not `blocking`). */
+  executeHook(context: HookContext): HookCallResult {
+    const result = this.executeHookAsync(context);
+    if (result instanceof Promise) {
+      result.catch(() => undefined);
+      throw hostError('SMTP_E_PLUGIN_STATE', `plugin "${this.name}" runs its hooks off the event loop: use executeHookAsync`);
+    }
+    return result;
+  }
+
+  #result(code: number, context: HookContext): HookCallResult {
     if (code !== HookCode.CONTINUE && code !== HookCode.STOP && code !== HookCode.CANCEL) {
       throw hostError('SMTP_E_PLUGIN_HOOK_CODE', `plugin "${this.name}": ${context.hook} returned ${code} (expected 0, 1 or 2)`);
     }

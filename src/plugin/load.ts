@@ -5,6 +5,10 @@ import type { Logger } from '../log.js';
 import { loadNativePlugin } from '../native/native-plugin.js';
 import { isComponent, loadComponentPlugin } from '../component/component-plugin.js';
 import { loadWasmPlugin } from '../wasm/wasm-plugin.js';
+import { loadWorkerPlugin } from '../wasm/worker-plugin.js';
+import { PluginFlag } from '../abi/hooks.js';
+import { DEFAULT_PLUGIN_OPTIONS } from './options.js';
+import { silentLogger } from '../log.js';
 import type { PluginOptions } from './options.js';
 import type { Plugin } from './plugin.js';
 
@@ -34,13 +38,28 @@ function isComponentFile(path: string): boolean {
 }
 
 /**
+ * A core module runs in the event loop's thread unless it may wait: with
+ * allow_connect grants, or when it (or its config) says it blocks, it gets a
+ * worker thread of its own.
+ */
+function loadSandboxed(path: string, load: LoadOptions): Plugin {
+  const options = load.options ?? DEFAULT_PLUGIN_OPTIONS;
+  const logger = load.logger ?? silentLogger();
+  if (options.allowConnect.length > 0 || options.blocking === true) return loadWorkerPlugin(path, options, logger);
+  const plugin = loadWasmPlugin(path, load);
+  if (options.blocking === false || (plugin.metadata.flags & PluginFlag.BLOCKING) === 0n) return plugin;
+  plugin.unload();
+  return loadWorkerPlugin(path, options, logger);
+}
+
+/**
  * Loads a plugin file with the backend it needs: a native library by its
  * extension; a .wasm file as a core module (sandboxed) or, when its header
  * says so, as a component.
  */
 export function loadPluginFile(path: string, load: LoadOptions = {}): Plugin {
   const extension = extname(path).toLowerCase();
-  if (NATIVE_EXTENSIONS.includes(extension)) return loadNativePlugin(path);
-  if (extension === WASM_EXTENSION) return isComponentFile(path) ? loadComponentPlugin(path, load) : loadWasmPlugin(path, load);
+  if (NATIVE_EXTENSIONS.includes(extension)) return loadNativePlugin(path, load);
+  if (extension === WASM_EXTENSION) return isComponentFile(path) ? loadComponentPlugin(path, load) : loadSandboxed(path, load);
   throw hostError('SMTP_E_PLUGIN_UNSUPPORTED_FILE', `${path}: unknown plugin file type "${extension}" (expected ${[...NATIVE_EXTENSIONS, WASM_EXTENSION].join(', ')})`);
 }

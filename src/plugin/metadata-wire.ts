@@ -63,7 +63,7 @@ export function encodeMetadata(context: HookContext, bounds?: WireBounds, who = 
  * bytes present and, with `bounds`, against the bounds: a plugin's memory is
  * not trusted to be well formed. Violations throw `code`.
  */
-export function applyChanges(bytes: Uint8Array, length: number, context: HookContext, bounds: WireBounds | undefined, code: ErrorCode, who: string): void {
+export function applyChanges(bytes: Uint8Array, length: number, context: HookContext, bounds: WireBounds | undefined, code: ErrorCode, who: string, asPluginChange = true): void {
   const view = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const fail = (problem: string): never => {
     throw hostError(code, `${who}: changed metadata ${problem}`);
@@ -85,7 +85,23 @@ export function applyChanges(bytes: Uint8Array, length: number, context: HookCon
     // A copy (pooled for small values): the source is reused by the next call.
     const value = Buffer.allocUnsafe(valueLen);
     view.copy(value, 0, at + 4, at + 4 + valueLen);
-    context.applyPluginChange(key, value);
+    if (asPluginChange) context.applyPluginChange(key, value);
+    else context.setMetadata(key, value);
     at += 4 + valueLen;
   }
+}
+
+/** Encodes `entries` (a plugin's changes) into a fresh buffer. */
+export function encodeEntries(entries: Iterable<[string, string | Uint8Array]>): Uint8Array {
+  const parts: Buffer[] = [];
+  for (const [key, value] of entries) {
+    const keyBytes = Buffer.from(key, 'utf8');
+    const valueBytes = typeof value === 'string' ? Buffer.from(value, 'utf8') : value;
+    const head = Buffer.allocUnsafe(4);
+    head.writeUInt32LE(keyBytes.length);
+    const mid = Buffer.allocUnsafe(4);
+    mid.writeUInt32LE(valueBytes.byteLength);
+    parts.push(head, keyBytes, mid, Buffer.from(valueBytes.buffer, valueBytes.byteOffset, valueBytes.byteLength));
+  }
+  return new Uint8Array(Buffer.concat(parts));
 }

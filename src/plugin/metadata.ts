@@ -1,5 +1,6 @@
 import semver from 'semver';
 import { hostError } from '../errors.js';
+import { PluginFlag } from '../abi/hooks.js';
 import type { PluginMetadata } from './plugin.js';
 
 /** Bounds on plugin metadata, in bytes of UTF-8 unless named otherwise. */
@@ -22,7 +23,12 @@ export interface RawMetadata {
   minServerVersion: string | null;
   maxServerVersion: string | null;
   handledHooks: bigint;
+  /** smtp_plugin_metadata.flags; 0n for plugins built against ABI 1.0 (which have no such field). */
+  flags: bigint;
 }
+
+/** The flag bits ABI 1.1 defines. */
+const KNOWN_FLAGS = PluginFlag.BLOCKING;
 
 /** Splits "name@range" into its parts; a bare name has range "*". */
 export function parseDependency(spec: string): { name: string; range: string } {
@@ -56,6 +62,7 @@ export function validateMetadata(raw: RawMetadata, path: string): PluginMetadata
     if (semver.validRange(range) === null) fail('dependencies', `entry "${spec}" has an invalid semver range`);
   }
   if (raw.handledHooks >> 19n !== 0n) fail('handled_hooks', `sets bits above the 19 hooks (0x${raw.handledHooks.toString(16)})`);
+  if ((raw.flags & ~KNOWN_FLAGS) !== 0n) fail('flags', `sets bits this host does not know (0x${raw.flags.toString(16)})`);
   return Object.freeze({
     name,
     version,
@@ -66,6 +73,7 @@ export function validateMetadata(raw: RawMetadata, path: string): PluginMetadata
     minServerVersion: raw.minServerVersion,
     maxServerVersion: raw.maxServerVersion,
     handledHooks: raw.handledHooks,
+    flags: raw.flags,
   });
 }
 
@@ -84,5 +92,6 @@ export function metadataToJson(metadata: PluginMetadata, hookNames: readonly str
     min_server_version: metadata.minServerVersion,
     max_server_version: metadata.maxServerVersion,
     handled_hooks: handled,
+    blocking: (metadata.flags & PluginFlag.BLOCKING) !== 0n,
   };
 }

@@ -21,6 +21,21 @@ export interface PluginOptions {
   readonly onError: OnErrorPolicy;
   /** Failed calls in a row after which the plugin is disabled. */
   readonly maxConsecutiveFailures: number;
+  /** Addresses the plugin may connect to (allow_connect), verbatim: "tcp:127.0.0.1:389", "unix:/run/clamd.sock". */
+  readonly allowConnect: readonly string[];
+  /** Run hooks off the event loop: true or false overrides the plugin's SMTP_PLUGIN_FLAG_BLOCKING; undefined follows it. */
+  readonly blocking: boolean | undefined;
+}
+
+/** The address forms net_connect understands (abi/smtp_plugin.h). */
+const ADDRESS_PATTERN = /^(tcp:(localhost|(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}):([1-9]\d{0,4})|unix:\/[^\0\n]{0,106})$/;
+/** How many grants one plugin may hold. */
+const GRANTS_MAX = 64;
+
+/** True when `address` is a grantable net_connect address. */
+export function isGrantableAddress(address: string): boolean {
+  const match = ADDRESS_PATTERN.exec(address);
+  return match !== null && (match[6] === undefined || Number(match[6]) <= 65_535);
 }
 
 export const DEFAULT_SANDBOX_LIMITS: SandboxLimits = Object.freeze({
@@ -35,6 +50,8 @@ export const DEFAULT_PLUGIN_OPTIONS: PluginOptions = Object.freeze({
   limits: DEFAULT_SANDBOX_LIMITS,
   onError: 'tempfail',
   maxConsecutiveFailures: 5,
+  allowConnect: Object.freeze([]) as readonly string[],
+  blocking: undefined,
 });
 
 /** Upper bounds on the limits themselves. */
@@ -50,6 +67,8 @@ export type PluginOptionsInput = {
   readonly limits?: Partial<SandboxLimits>;
   readonly onError?: string;
   readonly maxConsecutiveFailures?: number;
+  readonly allowConnect?: readonly unknown[];
+  readonly blocking?: boolean;
 };
 
 /** Fills defaults and checks every value; `where` names the source in errors. */
@@ -71,5 +90,23 @@ export function resolvePluginOptions(input: PluginOptionsInput = {}, where = 'pl
   if (!Number.isInteger(max) || max < 1 || max > 1_000_000) {
     throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: expected an integer >= 1 for max_consecutive_failures, got ${JSON.stringify(max)}`);
   }
-  return Object.freeze({ limits: Object.freeze(limits as unknown as SandboxLimits), onError: onError as OnErrorPolicy, maxConsecutiveFailures: max });
+  const allowConnect = input.allowConnect ?? [];
+  if (!Array.isArray(allowConnect) || allowConnect.length > GRANTS_MAX) {
+    throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: expected a list of at most ${GRANTS_MAX} addresses for allow_connect`);
+  }
+  for (const address of allowConnect) {
+    if (typeof address !== 'string' || !isGrantableAddress(address)) {
+      throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: allow_connect entry ${JSON.stringify(address)} is not "tcp:IPV4:PORT", "tcp:localhost:PORT" or "unix:/PATH"`);
+    }
+  }
+  if (input.blocking !== undefined && typeof input.blocking !== 'boolean') {
+    throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: expected true or false for blocking, got ${JSON.stringify(input.blocking)}`);
+  }
+  return Object.freeze({
+    limits: Object.freeze(limits as unknown as SandboxLimits),
+    onError: onError as OnErrorPolicy,
+    maxConsecutiveFailures: max,
+    allowConnect: Object.freeze([...(allowConnect as string[])]),
+    blocking: input.blocking,
+  });
 }

@@ -13,6 +13,8 @@ export interface PluginMetadata {
   readonly maxServerVersion: string | null;
   /** SMTP_HOOK_BIT bits of the hooks handled; 0n means every hook. */
   readonly handledHooks: bigint;
+  /** smtp_plugin_metadata.flags (PluginFlag bits); 0n before ABI 1.1. */
+  readonly flags: bigint;
 }
 
 export type PluginKind = 'native' | 'wasm' | 'component';
@@ -33,8 +35,14 @@ export interface Plugin {
   init(configJson: string): number;
   enable(): number;
   disable(): number;
+  /**
+   * True when hooks run off the event loop (a blocking native plugin on
+   * koffi's pool, a sandboxed plugin in its worker): executeHook then
+   * returns a promise. Calls still never overlap within one plugin.
+   */
+  readonly blocking?: boolean;
   /** Runs one hook; returns the raw code and sets context.cancel if the plugin did. */
-  executeHook(context: HookContext): number;
+  executeHook(context: HookContext): number | Promise<number>;
   deinit(): void;
   /** Releases the code; nothing may be called afterwards. */
   unload(): void;

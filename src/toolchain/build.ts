@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { COMPONENT_CACHE_DIR, contentHash, transpileInto } from '../component/transpile.js';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, extname, join, resolve } from 'node:path';
 import { hostError } from '../errors.js';
 import { ABI_WIT, RUNTIME_LIBRARY, RUNTIME_SOURCE, ZIG_HOST_MODULE_ROOT, ZIG_MODULE_ROOT, sharedLibraryName } from '../paths.js';
 import { PINNED_ZIG_VERSION, findZig, zigEnv } from './zig.js';
@@ -136,12 +136,16 @@ export function testPlugin(source: string, zigVersion: string = PINNED_ZIG_VERSI
 export async function buildRuntime(zigVersion: string = PINNED_ZIG_VERSION, output: string = RUNTIME_LIBRARY): Promise<string> {
   mkdirSync(dirname(output), { recursive: true });
   const zig = findZig(zigVersion);
+  // Built beside and renamed into place: a process that has the old library
+  // loaded, or loads it meanwhile, never sees a half-written file.
+  const temporary = `${output}.${process.pid}.tmp${extname(output)}`;
   const run = await runZigAsync(zig, [
     'build-lib', '-dynamic', '-lc', '-O', 'ReleaseFast',
     '--dep', 'smtp-host', `-Mroot=${RUNTIME_SOURCE}`, `-Msmtp-host=${ZIG_HOST_MODULE_ROOT}`,
-    `-femit-bin=${output}`,
+    `-femit-bin=${temporary}`,
   ]);
   checkRun(run, 'zig build-lib host_runtime.zig');
-  removeObjectBeside(output);
+  removeObjectBeside(temporary);
+  renameSync(temporary, output);
   return output;
 }

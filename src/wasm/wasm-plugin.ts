@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { ABI_VERSION, formatAbiVersion, isAbiCompatible } from '../abi/hooks.js';
+import { ABI_VERSION, ABI_VERSION_1_1, formatAbiVersion, isAbiCompatible } from '../abi/hooks.js';
 import { HostError, hostError, isHostError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { HookContext } from '../plugin/hook-context.js';
@@ -10,6 +10,7 @@ import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js
 import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
 import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME, WasmInstrumentError, instrument } from './instrument.js';
 import { BUDGET_ITERATIONS, DeadlineExceeded, classifySandboxError } from './sandbox-errors.js';
+import { NET_IMPORT_MODULE, NET_IMPORT_NAMES, deniedNet, netImports, type GuestNet } from './guest-net.js';
 import { WASI_MODULE, WASI_PREVIEW1_FUNCTIONS, createWasi, type WasiHost } from './wasi.js';
 
 const PAGE_BYTES = 65_536;
@@ -59,12 +60,13 @@ function fail(code: Parameters<typeof hostError>[0], message: string, cause?: un
   throw hostError(code, message, cause);
 }
 
-/** Validates imports: WASI preview1 functions, env.memory and the host's own deadline check only. */
+/** Validates imports: WASI preview1 functions, env.memory, the host's clock and network, and its own deadline check only. */
 function checkImports(module: WebAssembly.Module, path: string): void {
   for (const entry of WebAssembly.Module.imports(module)) {
     const ok =
       (entry.module === WASI_MODULE && entry.kind === 'function' && WASI_PREVIEW1_FUNCTIONS.includes(entry.name)) ||
       (entry.module === 'env' && entry.name === 'memory' && entry.kind === 'memory') ||
+      (entry.module === NET_IMPORT_MODULE && entry.kind === 'function' && NET_IMPORT_NAMES.includes(entry.name)) ||
       (entry.module === CHECK_IMPORT_MODULE && entry.name === CHECK_IMPORT_NAME && entry.kind === 'function');
     if (!ok) fail('SMTP_E_WASM_IMPORT', `${path}: imports ${entry.kind} "${entry.module}.${entry.name}", which the sandbox does not grant`);
   }
@@ -115,6 +117,7 @@ class WasmPlugin implements Plugin {
   readonly #options: PluginOptions;
   readonly #bounds: WireBounds;
   readonly #logger: Logger;
+  readonly #net: GuestNet;
   readonly #importsMemory: boolean;
   readonly #initialPages: number;
   #wasi!: WasiHost;
@@ -125,10 +128,11 @@ class WasmPlugin implements Plugin {
   #enabled = false;
   #broken: HostError | null = null;
 
-  constructor(path: string, options: PluginOptions, logger: Logger) {
+  constructor(path: string, options: PluginOptions, logger: Logger, net: GuestNet) {
     this.path = path;
     this.#options = options;
     this.#logger = logger;
+    this.#net = net;
     const { limits } = options;
     this.#bounds = { keyBytesMax: limits.metadataKeyBytesMax, valueBytesMax: limits.metadataValueBytesMax, keysMax: limits.metadataKeysMax };
     const compiled = compile(path, options);
@@ -141,7 +145,7 @@ class WasmPlugin implements Plugin {
       fail('SMTP_E_PLUGIN_ABI_VERSION', `${path}: built for ABI ${formatAbiVersion(abiVersion)}, this host runs ABI ${formatAbiVersion(ABI_VERSION)}`);
     }
     this.abiVersion = abiVersion;
-    this.metadata = this.#readMetadata(live, this.#guard('get_metadata', () => live.exports.smtp_plugin_get_metadata() >>> 0));
+    this.metadata = this.#readMetadata(live, this.#guard('get_metadata', () => live.exports.smtp_plugin_get_metadata() >>> 0), abiVersion);
   }
 
   #instantiate(): Live {
@@ -159,6 +163,7 @@ class WasmPlugin implements Plugin {
     const imports: WebAssembly.Imports = {
       [WASI_MODULE]: this.#wasi.imports as WebAssembly.ModuleImports,
       [CHECK_IMPORT_MODULE]: { [CHECK_IMPORT_NAME]: budgetExhausted },
+      [NET_IMPORT_MODULE]: netImports(() => memory!, this.#net, () => this.#deadline - performance.now()),
       ...(imported ? { env: { memory: imported } } : {}),
     };
     let instance: WebAssembly.Instance;
@@ -215,6 +220,8 @@ class WasmPlugin implements Plugin {
   /** Drops a failed instance; brings a fresh one back to the old one's state. */
   #replace(cause: HostError): void {
     this.#live = null;
+    // The new instance knows none of the old one's connections.
+    this.#net.closeAll();
     if (this.#config === null) return; // not initialized yet: the failure is the load's
     this.#logger.warn({ code: cause.code, err: cause.message }, 'sandboxed plugin instance replaced; its in-memory state is lost');
     try {
@@ -255,11 +262,12 @@ class WasmPlugin implements Plugin {
     }
   }
 
-  /** smtp_plugin_metadata on wasm32: eight 4-byte pointers, then a u64. */
-  #readMetadata(live: Live, ptr: number): PluginMetadata {
+  /** smtp_plugin_metadata on wasm32: eight 4-byte pointers, then a u64 (and from ABI 1.1 the u64 flags). */
+  #readMetadata(live: Live, ptr: number, abiVersion: number): PluginMetadata {
     if (ptr === 0) fail('SMTP_E_PLUGIN_METADATA', `${this.path}: get_metadata returned NULL`);
-    const struct = this.#memoryBytes(live, ptr, 40, 'metadata');
-    const view = new DataView(struct.buffer, struct.byteOffset, 40);
+    const size = abiVersion >= ABI_VERSION_1_1 ? 48 : 40;
+    const struct = this.#memoryBytes(live, ptr, size, 'metadata');
+    const view = new DataView(struct.buffer, struct.byteOffset, size);
     const pointer = (index: number): number => view.getUint32(index * 4, true);
     const field = (index: number, name: string, max: number = METADATA_LIMITS.fieldBytesMax): string | null => this.#cString(live, pointer(index), max, name);
     const dependencies: string[] = [];
@@ -283,6 +291,7 @@ class WasmPlugin implements Plugin {
       minServerVersion: field(6, 'min_server_version'),
       maxServerVersion: field(7, 'max_server_version'),
       handledHooks: view.getBigUint64(32, true),
+      flags: size === 48 ? view.getBigUint64(40, true) : 0n,
     };
     return validateMetadata(raw, this.path);
   }
@@ -343,7 +352,7 @@ class WasmPlugin implements Plugin {
       }
       const code = exports.smtp_plugin_execute_hook(live.context);
       const status = exports.smtp_wasm_context_status(live.context) >>> 0;
-      if (status >>> 1 !== 0) this.#collect(live, context);
+      if (status >>> 2 !== 0) this.#collect(live, context);
       if ((status & 1) === 1) {
         context.cancel = true;
         live.loadedId = 0; // the guest copy now carries cancel
@@ -377,6 +386,7 @@ class WasmPlugin implements Plugin {
 
   unload(): void {
     this.#wasi.flush();
+    this.#net.closeAll();
     this.#live = null;
   }
 }
@@ -384,9 +394,12 @@ class WasmPlugin implements Plugin {
 export interface WasmLoadOptions {
   readonly options?: PluginOptions;
   readonly logger?: Logger;
+  /** Where the plugin's connections go; by default every connect is refused (no grants in this thread). */
+  readonly net?: GuestNet;
 }
 
 /** Loads a sandboxed plugin from a .wasm file; every failure is a coded error naming the file. */
 export function loadWasmPlugin(path: string, load: WasmLoadOptions = {}): Plugin {
-  return new WasmPlugin(path, load.options ?? DEFAULT_PLUGIN_OPTIONS, load.logger ?? silentLogger());
+  const logger = load.logger ?? silentLogger();
+  return new WasmPlugin(path, load.options ?? DEFAULT_PLUGIN_OPTIONS, logger, load.net ?? deniedNet(logger));
 }

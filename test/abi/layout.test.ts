@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import koffi from 'koffi';
 import { describe, expect, it } from 'vitest';
-import { ABI_VERSION, HOOK_NAMES, HookCode, HostStatus } from '../../src/abi/hooks.js';
+import { ABI_VERSION, HOOK_NAMES, HookCode, HostStatus, NetStatus, PluginFlag } from '../../src/abi/hooks.js';
 import { LAYOUT_STRUCTS } from '../../src/abi/layout.js';
 import { ABI_DIR, ABI_HEADER, PROJECT_ROOT, ZIG_MODULE_ROOT } from '../../src/paths.js';
 import { SUPPORTED_ZIG_VERSIONS, findZig, zigEnv } from '../../src/toolchain/zig.js';
@@ -17,6 +17,8 @@ interface Layout {
   hook_count: number;
   results: number[];
   statuses: number[];
+  net_statuses: number[];
+  flags: number[];
   abi_version: number;
 }
 
@@ -53,6 +55,8 @@ function tsLayout(c: Layout): Layout {
     hook_count: HOOK_NAMES.length,
     results: [HookCode.CONTINUE, HookCode.STOP, HookCode.CANCEL],
     statuses: [HostStatus.OK, HostStatus.NO_MEMORY, HostStatus.TOO_LARGE, HostStatus.INVALID],
+    net_statuses: [NetStatus.DENIED, NetStatus.ADDRESS, NetStatus.CONNECT, NetStatus.TIMEOUT, NetStatus.CLOSED, NetStatus.IO, NetStatus.LIMIT],
+    flags: [Number(PluginFlag.BLOCKING)],
     abi_version: ABI_VERSION,
   };
 }

@@ -70,6 +70,8 @@ export async function buildFixtures(): Promise<void> {
     buildPlugin({ source: join(COMPONENT_SOURCES, 'other_world.js'), output: wasmFixture('other_world_component'), target: 'component', component: { witPath: join(COMPONENT_SOURCES, 'other_world.wit'), worldName: 'other' } }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'guide_spam_filter.zig'), output: fixture('guide_spam_filter'), zigVersion: PINNED_ZIG_VERSION }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'read_set.zig'), output: fixture('read_set') }),
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'net_probe.zig'), output: fixture('net_probe') }),
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'net_probe.zig'), output: wasmFixture('net_probe'), target: 'wasm' }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter') }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter_newest'), zigVersion: NEWEST_ZIG_VERSION }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'guide_spam_filter.zig'), output: wasmFixture('guide_spam_filter'), target: 'wasm' }),

@@ -59,7 +59,7 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
   });
 
   it('refuses out-of-bounds lengths handed back for metadata', () => {
-    const liar = new PluginInstance(loadWasmPlugin(moduleFile('liar', { functions: pluginFunctions({ smtp_wasm_context_status: 2, smtp_wasm_take_changes: 0x7fff_0000 }), data })));
+    const liar = new PluginInstance(loadWasmPlugin(moduleFile('liar', { functions: pluginFunctions({ smtp_wasm_context_status: 4, smtp_wasm_take_changes: 0x7fff_0000 }), data })));
     liar.init('{}');
     liar.enable();
     expectCode(() => liar.executeHook(new HookContext('message_received')), 'SMTP_E_WASM_BOUNDS', 'take_changes reported');

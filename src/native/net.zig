@@ -1,0 +1,213 @@
+//! The clock and the network of ABI 1.1 for native plugins (and, through
+//! exports, for the sandbox's worker): stream connections to granted
+//! addresses, every wait bounded by the caller's timeout. Sockets are
+//! non-blocking; waits use poll(2), so a timeout is exact and a stalled peer
+//! never holds the calling thread longer than asked.
+//!
+//! Handles are indices into one process-wide table, each owned by the context
+//! that opened it: a plugin cannot reach another plugin's connection, or any
+//! file descriptor of the server, by guessing numbers.
+const std = @import("std");
+const posix = std.posix;
+const host = @import("smtp-host");
+const plugin = host.plugin;
+
+/// Open connections, all plugins together.
+const handles_max = 1024;
+/// The most one net_recv copies.
+const recv_bytes_max = 1024 * 1024;
+
+const Slot = struct {
+    fd: posix.socket_t = -1,
+    owner: usize = 0,
+};
+
+var table: [handles_max]Slot = @splat(.{});
+var table_lock: std.Thread.Mutex = .{};
+
+fn status(s: plugin.NetStatus) i32 {
+    return @intFromEnum(s);
+}
+
+/// The fd of `handle` when `ctx` owns it.
+fn lookup(ctx: *const plugin.HookContext, handle: i32) ?posix.socket_t {
+    if (handle < 0 or handle >= handles_max) return null;
+    table_lock.lock();
+    defer table_lock.unlock();
+    const slot = table[@intCast(handle)];
+    if (slot.fd < 0 or slot.owner != @intFromPtr(ctx)) return null;
+    return slot.fd;
+}
+
+fn insert(ctx: *const plugin.HookContext, fd: posix.socket_t) ?i32 {
+    table_lock.lock();
+    defer table_lock.unlock();
+    for (&table, 0..) |*slot, index| {
+        if (slot.fd >= 0) continue;
+        slot.* = .{ .fd = fd, .owner = @intFromPtr(ctx) };
+        return @intCast(index);
+    }
+    return null;
+}
+
+fn remove(ctx: *const plugin.HookContext, handle: i32) bool {
+    if (handle < 0 or handle >= handles_max) return false;
+    table_lock.lock();
+    const slot = &table[@intCast(handle)];
+    if (slot.fd < 0 or slot.owner != @intFromPtr(ctx)) {
+        table_lock.unlock();
+        return false;
+    }
+    const fd = slot.fd;
+    slot.* = .{};
+    table_lock.unlock();
+    posix.close(fd);
+    return true;
+}
+
+/// Closes every connection `ctx` opened (its plugin is being unloaded).
+pub fn closeOwnedBy(ctx: *const plugin.HookContext) void {
+    table_lock.lock();
+    defer table_lock.unlock();
+    for (&table) |*slot| {
+        if (slot.fd >= 0 and slot.owner == @intFromPtr(ctx)) {
+            posix.close(slot.fd);
+            slot.* = .{};
+        }
+    }
+}
+
+const Target = union(enum) {
+    inet: std.net.Address,
+    unix: std.net.Address,
+};
+
+/// "tcp:IPV4:PORT", "tcp:localhost:PORT" or "unix:/PATH".
+fn parseAddress(text: []const u8) ?Target {
+    if (std.mem.startsWith(u8, text, "unix:")) {
+        const path = text["unix:".len..];
+        if (path.len == 0 or path[0] != '/') return null;
+        const address = std.net.Address.initUnix(path) catch return null;
+        return .{ .unix = address };
+    }
+    if (std.mem.startsWith(u8, text, "tcp:")) {
+        const rest = text["tcp:".len..];
+        const colon = std.mem.lastIndexOfScalar(u8, rest, ':') orelse return null;
+        const name = rest[0..colon];
+        const port = std.fmt.parseInt(u16, rest[colon + 1 ..], 10) catch return null;
+        if (port == 0) return null;
+        const ip = if (std.mem.eql(u8, name, "localhost")) "127.0.0.1" else name;
+        const address = std.net.Address.parseIp4(ip, port) catch return null;
+        return .{ .inet = address };
+    }
+    return null;
+}
+
+/// Milliseconds left before `deadline` (a milliTimestamp), at least 0.
+fn remaining(deadline: i64) i32 {
+    const left = deadline - std.time.milliTimestamp();
+    return @intCast(std.math.clamp(left, 0, std.math.maxInt(i32)));
+}
+
+/// Waits for `events` on `fd` until `deadline`; false on timeout.
+fn waitFor(fd: posix.socket_t, events: i16, deadline: i64) error{Io}!bool {
+    while (true) {
+        var fds = [_]posix.pollfd{.{ .fd = fd, .events = events, .revents = 0 }};
+        const ready = posix.poll(&fds, remaining(deadline)) catch return error.Io;
+        if (ready > 0) return true;
+        if (remaining(deadline) == 0) return false;
+    }
+}
+
+pub const Io = struct {
+    pub fn nowUnixMs(ctx: *const plugin.HookContext) callconv(.c) i64 {
+        _ = ctx;
+        return std.time.milliTimestamp();
+    }
+
+    pub fn netConnect(ctx: *plugin.HookContext, address_ptr: [*]const u8, address_len: usize, timeout_ms: u32) callconv(.c) i32 {
+        const address = address_ptr[0..address_len];
+        const store = host.storeOf(ctx);
+        if (!store.granted(address)) {
+            store.recordDenied(address);
+            return status(.denied);
+        }
+        const target = parseAddress(address) orelse return status(.address);
+        const sockaddr = switch (target) {
+            inline else => |a| a,
+        };
+        const domain: u32 = if (target == .unix) posix.AF.UNIX else posix.AF.INET;
+        const fd = posix.socket(domain, posix.SOCK.STREAM | posix.SOCK.CLOEXEC | posix.SOCK.NONBLOCK, 0) catch return status(.limit);
+        const deadline = std.time.milliTimestamp() + timeout_ms;
+        posix.connect(fd, &sockaddr.any, sockaddr.getOsSockLen()) catch |err| switch (err) {
+            error.WouldBlock => {
+                const ready = waitFor(fd, posix.POLL.OUT, deadline) catch {
+                    posix.close(fd);
+                    return status(.io);
+                };
+                if (!ready) {
+                    posix.close(fd);
+                    return status(.timeout);
+                }
+                posix.getsockoptError(fd) catch {
+                    posix.close(fd);
+                    return status(.connect);
+                };
+            },
+            else => {
+                posix.close(fd);
+                return status(.connect);
+            },
+        };
+        return insert(ctx, fd) orelse {
+            posix.close(fd);
+            return status(.limit);
+        };
+    }
+
+    pub fn netSend(ctx: *plugin.HookContext, handle: i32, data: [*]const u8, len: usize, timeout_ms: u32) callconv(.c) i32 {
+        const fd = lookup(ctx, handle) orelse return status(.closed);
+        const deadline = std.time.milliTimestamp() + timeout_ms;
+        var sent: usize = 0;
+        while (sent < len) {
+            const n = posix.send(fd, data[sent..len], posix.MSG.NOSIGNAL) catch |err| switch (err) {
+                error.WouldBlock => {
+                    const ready = waitFor(fd, posix.POLL.OUT, deadline) catch return failed(ctx, handle);
+                    if (!ready) return status(.timeout);
+                    continue;
+                },
+                else => return failed(ctx, handle),
+            };
+            sent += n;
+        }
+        return 0;
+    }
+
+    pub fn netRecv(ctx: *plugin.HookContext, handle: i32, buf: [*]u8, cap: usize, timeout_ms: u32) callconv(.c) i32 {
+        const fd = lookup(ctx, handle) orelse return status(.closed);
+        if (cap == 0) return status(.limit);
+        const want = @min(cap, recv_bytes_max);
+        const deadline = std.time.milliTimestamp() + timeout_ms;
+        while (true) {
+            const n = posix.recv(fd, buf[0..want], 0) catch |err| switch (err) {
+                error.WouldBlock => {
+                    const ready = waitFor(fd, posix.POLL.IN, deadline) catch return failed(ctx, handle);
+                    if (!ready) return status(.timeout);
+                    continue;
+                },
+                else => return failed(ctx, handle),
+            };
+            return @intCast(n);
+        }
+    }
+
+    pub fn netClose(ctx: *plugin.HookContext, handle: i32) callconv(.c) i32 {
+        return if (remove(ctx, handle)) 0 else status(.closed);
+    }
+};
+
+/// A connection that failed mid-way is closed: its handle is no longer valid.
+fn failed(ctx: *plugin.HookContext, handle: i32) i32 {
+    _ = remove(ctx, handle);
+    return status(.io);
+}

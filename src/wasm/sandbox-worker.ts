@@ -1,0 +1,155 @@
+/**
+ * The worker thread of a sandboxed plugin that may block (it has
+ * allow_connect grants, or declares SMTP_PLUGIN_FLAG_BLOCKING). It runs the
+ * same WasmPlugin as the event loop's thread would, with one difference: the
+ * plugin's network calls really connect (through the native runtime, which
+ * checks the grants) and may wait, because only this thread waits.
+ *
+ * Protocol (src/wasm/worker-plugin.ts is the other side): messages are
+ * handled strictly in order, so a plugin is never entered twice at once.
+ * `sync` requests answer on the sync port and then flip the shared flag the
+ * main thread waits on; `hook` requests answer on the async port.
+ */
+import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
+import { isHookName } from '../abi/hooks.js';
+import { isHostError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { HookContext } from '../plugin/hook-context.js';
+import { applyChanges, encodeEntries } from '../plugin/metadata-wire.js';
+import type { PluginOptions } from '../plugin/options.js';
+import type { Plugin } from '../plugin/plugin.js';
+import { deniedNet, type GuestNet } from './guest-net.js';
+import { loadWasmPlugin } from './wasm-plugin.js';
+
+export interface WorkerData {
+  readonly path: string;
+  readonly options: PluginOptions;
+  readonly control: SharedArrayBuffer;
+  readonly syncPort: MessagePort;
+  readonly asyncPort: MessagePort;
+}
+
+export type SyncRequest =
+  | { readonly kind: 'sync'; readonly op: 'load' }
+  | { readonly kind: 'sync'; readonly op: 'init'; readonly config: string }
+  | { readonly kind: 'sync'; readonly op: 'enable' | 'disable' | 'deinit' | 'unload' };
+
+export interface HookRequest {
+  readonly kind: 'hook';
+  readonly id: number;
+  readonly hook: string;
+  readonly metadata: Uint8Array;
+}
+
+export type Failure = { readonly ok: false; readonly code: string; readonly message: string };
+export type SyncReply = { readonly ok: true; readonly value: unknown } | Failure;
+export type HookReply = { readonly id: number } & ({ readonly ok: true; readonly code: number; readonly cancel: boolean; readonly changes: Uint8Array } | Failure);
+/** Sent on the parent port: a log line, or the runtime context holding the plugin's connections. */
+export type WorkerEvent =
+  | { readonly kind: 'log'; readonly level: 'debug' | 'info' | 'warn' | 'error'; readonly fields: Record<string, unknown>; readonly message: string }
+  | { readonly kind: 'net-context'; readonly pointer: bigint | null };
+
+const data = workerData as WorkerData;
+const control = new Int32Array(data.control);
+const port = parentPort!;
+
+function post(event: WorkerEvent): void {
+  port.postMessage(event);
+}
+
+/** A logger whose lines go to the main thread's logger for this plugin. */
+function forwardingLogger(): Logger {
+  const at = (level: 'debug' | 'info' | 'warn' | 'error') => (fields: unknown, message?: string) => {
+    if (typeof fields === 'string') post({ kind: 'log', level, fields: {}, message: fields });
+    else post({ kind: 'log', level, fields: (fields ?? {}) as Record<string, unknown>, message: message ?? '' });
+  };
+  const logger = { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), trace: () => undefined, fatal: at('error') } as Record<string, unknown>;
+  logger.child = () => logger;
+  return logger as unknown as Logger;
+}
+
+const logger = forwardingLogger();
+
+/** The runtime's network with this plugin's grants; reports its context so the main thread can close it if this thread is killed. */
+async function runtimeNet(): Promise<GuestNet & { destroy(): void }> {
+  if (data.options.allowConnect.length === 0) return { ...deniedNet(logger), destroy: () => undefined };
+  const { RuntimeNet } = await import('../native/host-runtime.js');
+  const net = new RuntimeNet(data.options.allowConnect, (address) => {
+    logger.warn({ code: 'SMTP_E_NET_DENIED', address }, 'sandboxed plugin asked for a connection it was not granted (allow_connect)');
+  });
+  post({ kind: 'net-context', pointer: net.contextPointer() });
+  return {
+    connect: (address, timeoutMs) => net.connect(address, timeoutMs),
+    send: (handle, bytes, timeoutMs) => net.send(handle, bytes, timeoutMs),
+    recv: (handle, cap, timeoutMs) => net.recv(handle, cap, timeoutMs),
+    close: (handle) => net.close(handle),
+    closeAll: () => net.closeAll(),
+    destroy: () => net.destroy(),
+  };
+}
+
+const net = await runtimeNet();
+let plugin: Plugin | null = null;
+
+function failure(error: unknown): Failure {
+  if (isHostError(error)) return { ok: false, code: error.code, message: error.message };
+  return { ok: false, code: 'SMTP_E_WASM_TRAP', message: String(error) };
+}
+
+function loaded(): Plugin {
+  if (plugin === null) throw new Error('the sandbox worker has no plugin loaded');
+  return plugin;
+}
+
+function runSync(request: SyncRequest): unknown {
+  switch (request.op) {
+    case 'load': {
+      plugin = loadWasmPlugin(data.path, { options: data.options, logger, net });
+      return { abiVersion: plugin.abiVersion, metadata: plugin.metadata };
+    }
+    case 'init':
+      return loaded().init(request.config);
+    case 'enable':
+      return loaded().enable();
+    case 'disable':
+      return loaded().disable();
+    case 'deinit':
+      loaded().deinit();
+      return null;
+    case 'unload':
+      plugin?.unload();
+      plugin = null;
+      // The main thread forgets the context when this answers: free it here.
+      net.destroy();
+      return null;
+  }
+}
+
+function runHook(request: HookRequest): HookReply {
+  if (!isHookName(request.hook)) return { id: request.id, ok: false, code: 'SMTP_E_HOOK_UNKNOWN', message: `unknown hook "${request.hook}"` };
+  try {
+    const context = new HookContext(request.hook);
+    applyChanges(request.metadata, request.metadata.length, context, undefined, 'SMTP_E_METADATA_LIMIT', 'host', false);
+    const code = loaded().executeHook(context) as number;
+    return { id: request.id, ok: true, code, cancel: context.cancel, changes: encodeEntries(context.pluginChanges()) };
+  } catch (error) {
+    return { id: request.id, ...failure(error) };
+  }
+}
+
+port.on('message', (request: SyncRequest | HookRequest) => {
+  if (request.kind === 'hook') {
+    const reply = runHook(request);
+    data.asyncPort.postMessage(reply, reply.ok ? [reply.changes.buffer as ArrayBuffer] : []);
+    return;
+  }
+  let reply: SyncReply;
+  try {
+    reply = { ok: true, value: runSync(request) };
+  } catch (error) {
+    reply = failure(error);
+  }
+  data.syncPort.postMessage(reply);
+  Atomics.store(control, 0, 1);
+  Atomics.notify(control, 0);
+});
