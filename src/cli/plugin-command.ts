@@ -1,4 +1,3 @@
-import { workersStopped } from '../wasm/worker-plugin.js';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { HOOK_NAMES, formatAbiVersion, isHookName } from '../abi/hooks.js';
@@ -10,6 +9,7 @@ import { resolvePluginOptions } from '../plugin/options.js';
 import { createLogger } from '../log.js';
 import { metadataToJson } from '../plugin/metadata.js';
 import { BUILD_TARGETS, OPTIMIZE_MODES, buildPlugin, testPlugin, type BuildTarget, type OptimizeMode } from '../toolchain/build.js';
+import { workersStopped } from '../wasm/worker-plugin.js';
 
 export const PLUGIN_USAGE = `usage:
   smtp-server plugin build FILE.zig [--target native|wasm] [-o OUT] [--zig VERSION] [--optimize MODE]

@@ -6,6 +6,7 @@ import { hostError, isHostError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { PROJECT_ROOT } from '../paths.js';
 import { MailServer } from '../server/mail-server.js';
+import { workersStopped } from '../wasm/worker-plugin.js';
 
 export const SERVE_USAGE = `  smtp-server [--config FILE] [--plugin-dir DIR] [--port N] [--test-mode]`;
 
@@ -69,5 +70,8 @@ export async function serveCommand(args: string[]): Promise<number> {
   watcher?.close();
   await reloading;
   await server.stop();
+  // Sandbox workers must be gone before the process exits (a worker with
+  // koffi loaded crashes an exit that races its teardown).
+  await workersStopped();
   return 0;
 }
