@@ -67,6 +67,7 @@ export const ERROR_CODES = {
   SMTP_E_COMPONENT_INVALID: ['The file is not a WebAssembly component, or jco cannot transpile it.', undefined],
   SMTP_E_COMPONENT_WORLD: ['The component does not implement the smtp:plugin/smtp-plugin world (abi/smtp-plugin.wit).', undefined],
   SMTP_E_COMPONENT_IMPORT: ['The component imports an interface the host does not grant (only smtp:plugin/types and smtp:plugin/host).', undefined],
+  SMTP_E_QUARANTINE_PATH: ['A plugin asked for a quarantine_path outside [storage] quarantine_dir (or one that cannot be created); the message was kept in quarantine_dir itself.', undefined],
   SMTP_E_NET_DENIED: ['A plugin asked to connect to an address its allow_connect grants do not list; the host refused the connection (the plugin sees SMTP_NET_E_DENIED) and logged it.', undefined],
   SMTP_E_WASM_BOUNDS: ['The module handed back a pointer or length outside its memory or over a metadata bound.', TEMPFAIL],
 } as const satisfies Record<string, readonly [string, SmtpReply | undefined]>;

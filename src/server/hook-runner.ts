@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { HookName } from '../abi/hooks.js';
-import type { SmtpReply } from '../errors.js';
+import type { ErrorCode, SmtpReply } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { PluginManager } from '../manager/plugin-manager.js';
 import { HookContext, type MetadataValue } from '../plugin/hook-context.js';
@@ -10,6 +10,10 @@ export const REPLY_CODE_KEY = 'smtp_reply_code';
 export const REPLY_TEXT_KEY = 'smtp_reply_text';
 /** A message-stage plugin sets this to "true" to have the message kept in quarantine instead of delivered. */
 export const QUARANTINE_KEY = 'quarantine';
+/** With quarantine: the folder to keep the message in, honoured only inside [storage] quarantine_dir. */
+export const QUARANTINE_PATH_KEY = 'quarantine_path';
+/** The code logged (a warning: the message is still kept) when a quarantine_path is refused. */
+export const QUARANTINE_PATH_REFUSED: ErrorCode = 'SMTP_E_QUARANTINE_PATH';
 
 /** A refusal: the SMTP reply to send. */
 export interface Refusal {

@@ -12,9 +12,9 @@ import type { Logger } from '../log.js';
 import { HotReloader } from '../manager/hot-reload.js';
 import { PluginManager } from '../manager/plugin-manager.js';
 import type { HookContext, MetadataValue } from '../plugin/hook-context.js';
-import { Spool, type SpooledMessage } from '../storage/spool.js';
+import { quarantineFolder, Spool, type SpooledMessage } from '../storage/spool.js';
 import { SERVER_VERSION } from '../version.js';
-import { HookRunner, QUARANTINE_KEY, replyError, type Refusal } from './hook-runner.js';
+import { HookRunner, QUARANTINE_KEY, QUARANTINE_PATH_KEY, QUARANTINE_PATH_REFUSED, replyError, type Refusal } from './hook-runner.js';
 import { HookedSMTPServer } from './hooked-smtp-server.js';
 import { checkHeaders } from './message-headers.js';
 
@@ -318,6 +318,7 @@ export class MailServer {
         size: String(raw.length),
       });
     let quarantined = false;
+    let quarantinePath: string | undefined;
     for (const hook of ['message_received', 'message_validated', 'message_filtered'] as const) {
       if (hook === 'message_validated' && headers.problem !== null) {
         this.#logger.info({ session: session.id, problem: headers.problem }, 'message refused by header checks');
@@ -326,7 +327,10 @@ export class MailServer {
       if (!this.#wants(hook)) continue;
       const { context, refusal } = await this.#hooks.run(hook, { ...metadata(), message_body: raw }, true);
       carried(context, metadata());
-      quarantined ||= context?.getMetadata(QUARANTINE_KEY) === 'true';
+      if (!quarantined && context?.getMetadata(QUARANTINE_KEY) === 'true') {
+        quarantined = true;
+        quarantinePath = context.getMetadata(QUARANTINE_PATH_KEY);
+      }
       // A cancel that asks for quarantine means "not to the mailbox", not "refuse".
       if (refusal && !(quarantined && refusal.reason !== 'error')) this.#refuse(hook, refusal, session);
       if (quarantined) break;
@@ -337,7 +341,7 @@ export class MailServer {
     if (quarantined) {
       let path: string;
       try {
-        path = await this.#spool.quarantine(stored, this.#config.storage.quarantineDir, { message_id: messageId, session_id: session.id });
+        path = await this.#quarantine(stored, quarantinePath, { message_id: messageId, session_id: session.id });
       } catch (error) {
         // Left in the spool, a quarantined message would be delivered at the next start.
         await this.#spool.remove(stored.id);
@@ -350,6 +354,33 @@ export class MailServer {
     if (this.#wants('message_stored')) await this.#hooks.run('message_stored', { ...metadata(), spool_id: stored.id, message_path: stored.path, quarantined: 'false' });
     this.#queue!.enqueue(stored);
     return `2.0.0 Ok: queued as ${stored.id}`;
+  }
+
+  /**
+   * Moves a stored message into quarantine: into the folder a plugin named
+   * (quarantine_path) when it lies inside quarantine_dir, else into
+   * quarantine_dir itself, with a warning. A folder that cannot be written
+   * falls back the same way, so the plugin's choice never loses the message.
+   */
+  async #quarantine(stored: SpooledMessage, requested: string | undefined, reason: Record<string, string>): Promise<string> {
+    const spool = this.#spool!;
+    const base = this.#config.storage.quarantineDir;
+    if (requested === undefined) return spool.quarantine(stored, base, reason);
+    const warn = (why: string): void => {
+      this.#logger.warn({ code: QUARANTINE_PATH_REFUSED, spool_id: stored.id, quarantine_path: requested, quarantine_dir: base, why }, 'quarantine_path refused: the message is kept in quarantine_dir');
+    };
+    const withPath = { ...reason, quarantine_path: requested };
+    const folder = await quarantineFolder(base, requested);
+    if (folder.refused !== null) {
+      warn(folder.refused);
+    } else {
+      try {
+        return await spool.quarantine(stored, folder.dir, withPath);
+      } catch (error) {
+        warn(`cannot write there: ${(error as Error).message}`);
+      }
+    }
+    return spool.quarantine(stored, base, withPath);
   }
 
   async #delivered(message: SpooledMessage, recipient: string, detail: { mode: string; path?: string }): Promise<void> {

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { copyFile, mkdir, open, readFile, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
+import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { hostError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 
@@ -156,6 +156,50 @@ function isRecord(value: unknown): value is SpoolRecord {
   );
 }
 
+/** The folder a message is quarantined in: the one asked for, or quarantine_dir itself with the reason it was refused. */
+export interface QuarantineFolder {
+  readonly dir: string;
+  /** Why the folder asked for was refused; null when it is used (or none was asked for). */
+  readonly refused: string | null;
+}
+
+/** Whether `path` is `base` or below it (both absolute and normalised). */
+function isWithin(base: string, path: string): boolean {
+  const rel = relative(base, path);
+  return rel === '' || (rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel));
+}
+
+/**
+ * Resolves the folder a plugin named for a quarantined message (the
+ * `quarantine_path` metadata key). It is honoured only inside
+ * `quarantineDir`: a relative path is taken relative to it, and an absolute
+ * one must lie within it. Anything else (`/etc`, `../x`, a symlink that
+ * leads out, a NUL) gives `quarantineDir` itself and the reason, because a
+ * plugin, sandboxed or not, must not choose where the host writes.
+ */
+export async function quarantineFolder(quarantineDir: string, requested: string | undefined): Promise<QuarantineFolder> {
+  const base = resolve(quarantineDir);
+  if (requested === undefined || requested === '') return { dir: base, refused: null };
+  if (requested.includes('\0')) return { dir: base, refused: 'it contains a NUL byte' };
+  const target = resolve(base, requested);
+  if (!isWithin(base, target)) return { dir: base, refused: `it resolves to ${target}, outside ${base}` };
+  // Lexically inside; the deepest part that exists must also be inside once
+  // symlinks are followed. The walk climbs one folder per step up to base.
+  const realBase = await realpath(base).catch(() => base);
+  let probe = target;
+  for (;;) {
+    try {
+      const real = await realpath(probe);
+      if (!isWithin(realBase, real)) return { dir: base, refused: `${probe} leads to ${real}, outside ${realBase}` };
+      break;
+    } catch (error) {
+      if (errorCode(error) !== 'ENOENT' || probe === base) break;
+      probe = dirname(probe);
+    }
+  }
+  return { dir: target, refused: null };
+}
+
 function errorCode(error: unknown): string | undefined {
   return (error as NodeJS.ErrnoException | undefined)?.code;
 }
@@ -303,7 +347,15 @@ export class Spool {
       const emlTemp = tempPath(quarantineDir, message.id, 'eml');
       const jsonTemp = tempPath(quarantineDir, message.id, 'json');
       try {
-        await mkdir(quarantineDir, { recursive: true, mode: 0o700 });
+        const created = await mkdir(quarantineDir, { recursive: true, mode: 0o700 });
+        // Folders made here must survive a crash too: each one's entry is in its parent.
+        if (created !== undefined && this.#fsync) {
+          const top = resolve(created);
+          for (let dir = resolve(quarantineDir); ; dir = dirname(dir)) {
+            await syncDirectory(dirname(dir));
+            if (dir === top || dirname(dir) === dir) break;
+          }
+        }
         const record = (await this.#readRecord(message.id)) ?? this.#recordOf(message);
         await copyFile(message.path, emlTemp);
         if (this.#fsync) await syncFile(emlTemp);

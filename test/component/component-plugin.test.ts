@@ -68,10 +68,10 @@ describe('component-model plugins', () => {
     expect(callJson(runCli(['plugin', 'call', wasmFixture('spam_filter_component'), ...args]))).toEqual({
       code: 1,
       cancel: false,
-      metadata: { message_body: SPAM, spam_score: '6', is_spam: 'true' },
+      metadata: { message_body: SPAM, spam_score: '6', is_spam: 'true', smtp_reply_code: '554', smtp_reply_text: '5.7.1 Message refused as spam' },
     });
     const info = JSON.parse(runCli(['plugin', 'info', wasmFixture('spam_filter_component')]).stdout);
-    expect(info).toMatchObject({ kind: 'component', name: 'spam-filter', version: '1.1.0', handled_hooks: ['message_filtered'] });
+    expect(info).toMatchObject({ kind: 'component', name: 'spam-filter', version: '1.2.0', handled_hooks: ['message_filtered'] });
   });
 
   it('filters mail inside the running server, configured with component = "..."', async () => {

@@ -136,7 +136,7 @@ except smtplib.SMTPDataError as e:
     print(e.smtp_code, e.smtp_error.decode())
 s.quit()
 `);
-      expect(run.stdout.trim()).toBe('554 5.7.1 Message refused by content filter');
+      expect(run.stdout.trim()).toBe('554 5.7.1 Message refused as spam');
       await until(() => maildirTexts(join(root.dir, 'var', 'maildir')).some((t) => t.includes('hello from a person')), 'delivery');
       expect(server.logs()).toMatch(/"hook":"message_filtered".*"plugin":"spam-filter"/);
     } finally {
