@@ -57,10 +57,11 @@ describe('hot reload failures', () => {
     const reloader = new HotReloader(manager, logger, 50);
     reloader.start();
     try {
-      writeFileSync(wasm, bytes.subarray(0, 100));
+      // Half the module: cut mid-section (a cut at a section boundary would be a valid, smaller module).
+      writeFileSync(wasm, bytes.subarray(0, bytes.length >> 1));
       const deadline = Date.now() + 5000;
       while (!lines.some((l) => l.includes('incomplete build')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-      expect(lines.some((l) => l.includes('hot reload skipped an incomplete build'))).toBe(true);
+      expect(lines.some((l) => l.includes("hot reload skipped an incomplete build")), lines.join("\n")).toBe(true);
       const context = new HookContext('message_received');
       context.setMetadata('a', 'still');
       await manager.executeHook('message_received', context);
