@@ -44,7 +44,7 @@ export interface HookRequest {
 export type Failure = { readonly ok: false; readonly code: string; readonly message: string };
 export type SyncReply = { readonly ok: true; readonly value: unknown } | Failure;
 export type HookReply = { readonly id: number } & ({ readonly ok: true; readonly code: number; readonly cancel: boolean; readonly changes: Uint8Array } | Failure);
-/** Sent on the parent port: a log line, or the runtime context holding the plugin's connections. */
+/** Sent on the hook port: a log line, or the runtime context holding the plugin's connections. */
 export type WorkerEvent =
   | { readonly kind: 'log'; readonly level: 'debug' | 'info' | 'warn' | 'error'; readonly fields: Record<string, unknown>; readonly message: string }
   | { readonly kind: 'net-context'; readonly pointer: bigint | null };
@@ -53,8 +53,9 @@ const data = workerData as WorkerData;
 const control = new Int32Array(data.control);
 const port = parentPort!;
 
+/** Events travel on the hook port, ahead of the reply to the call that caused them: a call's log lines are logged before its result is seen. */
 function post(event: WorkerEvent): void {
-  port.postMessage(event);
+  data.asyncPort.postMessage(event);
 }
 
 /** A logger whose lines go to the main thread's logger for this plugin. */

@@ -100,10 +100,9 @@ class WorkerWasmPlugin implements Plugin {
     });
     worker.unref();
     const live: Live = { worker, control, syncPort: sync.port1, asyncPort: hooks.port1, netContext: null };
-    worker.on('message', (event: WorkerEvent) => this.#onEvent(live, event));
     worker.on('error', (error) => this.#logger.error({ code: 'SMTP_E_WASM_TRAP', err: String(error) }, 'sandbox worker failed'));
     worker.on('exit', () => this.#onExit(live));
-    hooks.port1.on('message', (reply: HookReply) => this.#onHookReply(reply));
+    hooks.port1.on('message', (message: HookReply | WorkerEvent) => ('id' in message ? this.#onHookReply(message) : this.#onEvent(live, message)));
     hooks.port1.unref();
     this.#live = live;
     const loaded = this.#sync({ kind: 'sync', op: 'load' }, WORKER_LOAD_TIMEOUT_MS) as { abiVersion: number; metadata: PluginMetadata };
