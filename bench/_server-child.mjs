@@ -1,11 +1,13 @@
-// A server for bench/smtp-throughput.mjs, run in its own process so that its
-// CPU time can be read apart from the load generator's. Prints its port.
+// A server for the SMTP scenarios, run in its own process so that its CPU
+// time and memory can be read apart from the load generator's. Prints its port.
 //   node bench/_server-child.mjs bare              smtp-server draining to nothing
 //   node bench/_server-child.mjs host CONFIG.toml   this server on that config
+// SIGTERM stops it and exits 0 (so that --cpu-prof writes its profile).
 import { SMTPServer } from 'smtp-server';
 import { loadConfig } from '../dist/src/config/config.js';
 import { silentLogger } from '../dist/src/log.js';
 import { MailServer } from '../dist/src/server/mail-server.js';
+import { workersStopped } from '../dist/src/wasm/worker-plugin.js';
 
 const [mode, config] = process.argv.slice(2);
 let stop;
@@ -24,7 +26,11 @@ if (mode === 'bare') {
 } else {
   const server = new MailServer(loadConfig(config), silentLogger());
   console.log(await server.start());
-  stop = () => server.stop();
+  stop = async () => {
+    await server.stop();
+    // Sandbox workers must be gone before the process exits.
+    await workersStopped();
+  };
 }
 process.on('SIGTERM', async () => {
   await stop();
