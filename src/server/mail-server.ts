@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } from 'smtp-server';
-import type { HookName } from '../abi/hooks.js';
+import { handlesHook, type HookName } from '../abi/hooks.js';
 import type { AppConfig } from '../config/config.js';
 import type { PluginEntryConfig } from '../config/plugins-config.js';
 import { DeliveryQueue } from '../delivery/delivery-queue.js';
@@ -12,11 +12,23 @@ import type { Logger } from '../log.js';
 import { HotReloader } from '../manager/hot-reload.js';
 import { PluginManager } from '../manager/plugin-manager.js';
 import type { HookContext, MetadataValue } from '../plugin/hook-context.js';
+import type { PluginInstance } from '../plugin/lifecycle.js';
+import { DEFAULT_SANDBOX_LIMITS } from '../plugin/options.js';
 import { quarantineFolder, Spool, type SpooledMessage } from '../storage/spool.js';
 import { SERVER_VERSION } from '../version.js';
 import { HookRunner, QUARANTINE_KEY, QUARANTINE_PATH_KEY, QUARANTINE_PATH_REFUSED, replyError, type Refusal } from './hook-runner.js';
 import { HookedSMTPServer } from './hooked-smtp-server.js';
 import { checkHeaders } from './message-headers.js';
+
+/** The hooks whose context carries message_body. */
+const MESSAGE_BODY_HOOKS: readonly HookName[] = ['message_received', 'message_validated', 'message_filtered'];
+/**
+ * Sandbox memory per byte of the largest message: the encoded copy and the
+ * guest's own copy live side by side while loading, and the guest allocator
+ * rounds large blocks up to a power of two (measured: a 25 MiB message needs
+ * more than 64 MiB and fits in 128 MiB).
+ */
+const SANDBOX_MEMORY_PER_MESSAGE_BYTE = 4;
 
 /** How long stop() lets open sessions finish before closing them. */
 const CLOSE_TIMEOUT_MS = 5000;
@@ -104,9 +116,32 @@ export class MailServer {
     return { hostname: server.hostname, host: server.host, port: String(this.#port || server.port), version: SERVER_VERSION };
   }
 
+  /**
+   * A sandboxed plugin at a message stage gets the whole message copied in:
+   * over metadata_value_bytes_max, or beyond what memory_mb can hold, the
+   * call fails before the plugin runs and on_error answers (451 by default).
+   * Said once at start, so the operator is not left to find it per message.
+   */
+  #warnSmallSandboxes(loaded: readonly PluginInstance[]): void {
+    const messageBytes = this.#config.server.maxMessageBytes;
+    for (const instance of loaded) {
+      if (instance.plugin.kind === 'native' || !MESSAGE_BODY_HOOKS.some((hook) => handlesHook(instance.plugin.metadata.handledHooks, hook))) continue;
+      const entry = this.#config.plugins.plugins.find((each) => each.name === instance.name);
+      const limits = entry?.options.limits ?? DEFAULT_SANDBOX_LIMITS;
+      const memoryNeeded = Math.ceil((SANDBOX_MEMORY_PER_MESSAGE_BYTE * messageBytes) / 2 ** 20);
+      if (limits.metadataValueBytesMax < messageBytes || limits.memoryMb < memoryNeeded) {
+        this.#logger.warn(
+          { plugin: instance.name, max_message_bytes: messageBytes, metadata_value_bytes_max: limits.metadataValueBytesMax, memory_mb: limits.memoryMb, memory_mb_advised: memoryNeeded },
+          'sandboxed plugin cannot take the largest messages the server accepts: raise its limits (docs/sandbox.md), or such messages get its on_error reply',
+        );
+      }
+    }
+  }
+
   async start(): Promise<number> {
     const { loaded, failed } = this.#manager.loadFromConfig(this.#config.plugins);
     this.#logger.info({ loaded: loaded.map((p) => `${p.name}@${p.plugin.metadata.version} (${p.plugin.kind})`), failed: failed.length }, 'plugins loaded');
+    this.#warnSmallSandboxes(loaded);
     this.#reloader?.start();
     await this.#hooks.run('config_loaded', { config_path: this.#config.file ?? '(embedded default)' });
     await this.#hooks.run('server_starting', this.#serverMetadata());

@@ -14,6 +14,8 @@ import { NET_IMPORT_MODULE, NET_IMPORT_NAMES, deniedNet, netImports, type GuestN
 import { WASI_MODULE, WASI_PREVIEW1_FUNCTIONS, createWasi, type WasiHost } from './wasi.js';
 
 const PAGE_BYTES = 65_536;
+/** Up to this size the host's buffer in guest memory grows by doubling; beyond, exactly to fit (and is freed after use). */
+const SCRATCH_DOUBLING_BYTES_MAX = 1024 * 1024;
 const WASM_MAGIC = [0x00, 0x61, 0x73, 0x6d];
 
 /** What a module must export: the plugin's six functions, the marker, and the guest half of the binding. */
@@ -299,14 +301,22 @@ class WasmPlugin implements Plugin {
   /** Ensures the host's scratch buffer in guest memory holds `bytes`. */
   #scratch(live: Live, bytes: number): number {
     if (live.scratchBytes >= bytes && live.scratch !== 0) return live.scratch;
-    const size = Math.max(bytes, live.scratchBytes * 2, 4096);
-    if (live.scratch !== 0) live.exports.smtp_wasm_free(live.scratch, live.scratchBytes);
+    // Small buffers double (few regrowths); a large one is sized to fit, since
+    // doubling a message-sized buffer can need more memory than the limit allows.
+    const size = bytes > SCRATCH_DOUBLING_BYTES_MAX ? bytes : Math.max(bytes, live.scratchBytes * 2, 4096);
+    this.#releaseScratch(live);
     live.scratch = live.exports.smtp_wasm_alloc(size) >>> 0;
     live.scratchBytes = live.scratch === 0 ? 0 : size;
     if (live.scratch === 0) {
       throw hostError('SMTP_E_METADATA_LIMIT', `plugin "${this.metadata.name}": no room for ${size} bytes of metadata within ${this.#options.limits.memoryMb} MiB`);
     }
     return live.scratch;
+  }
+
+  #releaseScratch(live: Live): void {
+    if (live.scratch !== 0) live.exports.smtp_wasm_free(live.scratch, live.scratchBytes);
+    live.scratch = 0;
+    live.scratchBytes = 0;
   }
 
   #initialize(live: Live, configJson: string): number {
@@ -343,9 +353,17 @@ class WasmPlugin implements Plugin {
       const { exports } = live;
       if (live.loadedId !== context.id || live.loadedVersion !== context.version) {
         const { buf, length } = encodeMetadata(context, this.#bounds, `plugin "${this.metadata.name}"`);
+        // Empty the guest's copy of the last context first: with a message-sized
+        // value in it, the guest could not also hold the buffer for the next one.
+        if (length > SCRATCH_DOUBLING_BYTES_MAX) {
+          exports.smtp_wasm_context_load(live.context, context.hookValue, 0, 0);
+          live.loadedId = 0;
+        }
         const ptr = this.#scratch(live, length);
         this.#memoryBytes(live, ptr, length, 'metadata buffer').set(buf.subarray(0, length));
         const status = exports.smtp_wasm_context_load(live.context, context.hookValue, ptr, length);
+        // The context holds its own copy now: a message-sized buffer is given back at once.
+        if (live.scratchBytes > SCRATCH_DOUBLING_BYTES_MAX) this.#releaseScratch(live);
         if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `plugin "${this.metadata.name}": the sandbox could not hold the metadata (status ${status})`);
         live.loadedId = context.id;
         live.loadedVersion = context.version;

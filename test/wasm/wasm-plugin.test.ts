@@ -145,6 +145,28 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
   });
 });
 
+describe('sandboxed plugins and large messages', () => {
+  it('scans messages of changing sizes up to 25 MiB in a 128 MiB sandbox, one after another', () => {
+    // The host's buffer in guest memory used to double: after a 10 MiB message
+    // a slightly larger one asked for 20 MiB, and a 25 MiB one for 40 MiB.
+    const options = resolvePluginOptions({ limits: { memoryMb: 128, metadataValueBytesMax: 64 * 1024 * 1024 } });
+    const filter = new PluginInstance(loadWasmPlugin(wasmFixture('spam_filter'), { options }));
+    filter.init('{}');
+    filter.enable();
+    const spam = 'casino winner click here free money act now ';
+    for (const kib of [1, 10_240, 10_241, 10_300, 20_480, 1, 25_600, 25_600, 10_240, 26_000]) {
+      const context = new HookContext('message_filtered');
+      const body = Buffer.alloc(kib * 1024, 'a');
+      body.write(spam, body.length - spam.length);
+      context.setMetadata('message_body', body);
+      context.setMetadata('sender_domain', 'example.org');
+      expect(filter.executeHook(context).code, `${kib} KiB`).toBe(1);
+      expect(context.getMetadata('is_spam')).toBe('true');
+    }
+    filter.shutdown();
+  });
+});
+
 describe('sandboxed plugins behave like native ones', () => {
   it('reads and sets metadata, binary-safe, and reports cancel', () => {
     const instance = new PluginInstance(loadWasmPlugin(wasmFixture('read_set')));
