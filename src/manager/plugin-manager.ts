@@ -22,8 +22,10 @@ export interface PluginManagerOptions {
   /** Log every plugin call (plugin, hook, result, duration): the guide's test mode. Otherwise at debug level. */
   readonly traceHooks?: boolean;
   /**
-   * Load native libraries from a private copy (hot reload): dlopen caches by
-   * path, and a build that rewrites a mapped library would crash the server.
+   * Load native libraries from a private copy: dlopen caches by path, so a
+   * reload (or a second server in the process) would share the old
+   * instance's globals, and a build that rewrites a mapped library would
+   * crash the server.
    */
   readonly copyNative?: boolean;
 }
@@ -356,8 +358,9 @@ export class PluginManager {
   /**
    * Hot reload: loads the plugin's file again beside the running build,
    * inits and enables it with the same config, and swaps it in for the next
-   * hook call; then takes the old build down. Hook calls are synchronous, so
-   * none is in flight on the old build at the swap. If the new build fails to
+   * hook call; then takes the old build down. A call still running on the
+   * old build (a blocking plugin, off the event loop) finishes first: the
+   * backend defers the old build's disable, deinit and unload until then. If the new build fails to
    * load or init, or no longer satisfies a plugin that depends on it, it is
    * discarded and the old build keeps serving (the error is thrown).
    */
@@ -395,6 +398,9 @@ export class PluginManager {
     let skipped: string[] | undefined;
     for (const entry of chain) {
       const { instance } = entry;
+      // The chain was taken before an earlier plugin's await: a plugin
+      // disabled, unloaded or replaced meanwhile is skipped, not called.
+      if (instance.state !== 'enabled') continue;
       let action: HookAction;
       const started = this.#trace === null ? 0 : performance.now();
       try {

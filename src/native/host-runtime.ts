@@ -55,6 +55,11 @@ function loadRuntime(): RuntimeFunctions {
   return runtime;
 }
 
+/** Loads the runtime library in this thread (and keeps it loaded for the process's life). */
+export function ensureRuntimeLoaded(): void {
+  loadRuntime();
+}
+
 /** The smtp_allocator every native plugin's init receives (libc malloc). */
 export function hostAllocator(): NativePointer {
   return loadRuntime().allocator();
@@ -98,11 +103,15 @@ export class NativeContextSlot {
     }
   }
 
-  /** Runs the hook in this thread; returns the code (the cancel flag and changes land in `context`). */
-  call(executeHook: NativePointer, context: HookContext): number {
+  /**
+   * Runs the hook in this thread; returns the code (the cancel flag and
+   * changes land in `context`). `onDenied` hears of a refused connect: the
+   * calling plugin's, since the shared context serves several.
+   */
+  call(executeHook: NativePointer, context: HookContext, onDenied = this.#onDenied): number {
     const fns = loadRuntime();
     this.#prepare(fns, context);
-    return this.#finish(fns, context, fns.callHook(executeHook, this.pointer));
+    return this.#finish(fns, context, fns.callHook(executeHook, this.pointer), onDenied);
   }
 
   /** Runs the hook on a thread of koffi's pool; the event loop goes on meanwhile. */
@@ -114,7 +123,7 @@ export class NativeContextSlot {
         if (error) reject(hostError('SMTP_E_PLUGIN_HOOK_CODE', `the native hook call failed on its thread (${String(error)})`, error));
         else {
           try {
-            resolve(this.#finish(fns, context, packed));
+            resolve(this.#finish(fns, context, packed, this.#onDenied));
           } catch (failure) {
             reject(failure);
           }
@@ -135,13 +144,13 @@ export class NativeContextSlot {
     if (this.#contextId !== context.id || this.#contextVersion !== context.version) this.#load(fns, context);
   }
 
-  #finish(fns: RuntimeFunctions, context: HookContext, packed: number): number {
+  #finish(fns: RuntimeFunctions, context: HookContext, packed: number, onDenied: DeniedListener | undefined): number {
     const code = packed % TWO_POW_32 | 0;
     const high = Math.floor(packed / TWO_POW_32);
     const cancel = (high & 1) === 1;
     const denied = (high & 2) === 2;
     const changes = high >>> 2;
-    if (denied) this.#reportDenied(fns);
+    if (denied) this.#reportDenied(fns, onDenied);
     if (changes > 0) this.#collect(fns, context);
     if (cancel) {
       context.cancel = true;
@@ -151,10 +160,10 @@ export class NativeContextSlot {
     return code;
   }
 
-  #reportDenied(fns: RuntimeFunctions): void {
+  #reportDenied(fns: RuntimeFunctions, onDenied: DeniedListener | undefined): void {
     const out = Buffer.alloc(256);
     const length = fns.denied(this.pointer, out, out.length);
-    this.#onDenied?.(out.subarray(0, length).toString('utf8'));
+    onDenied?.(out.subarray(0, length).toString('utf8'));
   }
 
   #load(fns: RuntimeFunctions, context: HookContext): void {
@@ -180,17 +189,14 @@ export class NativeContextSlot {
 
 const sharedSlots = new Map<MetadataLimits, NativeContextSlot>();
 
-/**
- * Runs a native execute_hook function pointer on `context` in this thread,
- * on the shared context (no grants) unless `slot` is given.
- */
-export function callNativeHook(executeHook: NativePointer, context: HookContext, slot?: NativeContextSlot, onDenied?: DeniedListener): number {
-  let target = slot ?? sharedSlots.get(context.limits);
+/** Runs a native execute_hook function pointer on `context` in this thread, on the shared context (no grants). */
+export function callNativeHook(executeHook: NativePointer, context: HookContext, onDenied?: DeniedListener): number {
+  let target = sharedSlots.get(context.limits);
   if (!target) {
-    target = new NativeContextSlot(context.limits, [], onDenied);
+    target = new NativeContextSlot(context.limits);
     sharedSlots.set(context.limits, target);
   }
-  return target.call(executeHook, context);
+  return target.call(executeHook, context, onDenied);
 }
 
 /** Frees a runtime context made in another thread (a sandbox worker that was killed), closing its connections. */
@@ -244,8 +250,4 @@ export class RuntimeNet {
     loadRuntime().netCloseAll(this.#current.pointer);
   }
 
-  /** Closes everything for good. */
-  destroy(): void {
-    this.#current.destroy();
-  }
 }

@@ -76,7 +76,8 @@ export fn smtp_host_context_load(ctx: *plugin.HookContext, hook_type: c_int, buf
 
 /// Calls `execute_hook(ctx)` and packs what the host needs into one value:
 /// bits 0-31 the returned code (as u32), then host.contextStatus(): bit 32 the
-/// cancel flag, bits 33 and up the number of keys the plugin set.
+/// cancel flag, bit 33 a connection refused for want of a grant, bits 34 and
+/// up the number of keys the plugin set.
 export fn smtp_host_call_hook(execute_hook: *const fn (*plugin.HookContext) callconv(.c) c_int, ctx: *plugin.HookContext) i64 {
     const code: u32 = @bitCast(execute_hook(ctx));
     return @as(i64, code) | (@as(i64, host.contextStatus(ctx)) << 32);

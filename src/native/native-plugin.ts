@@ -128,8 +128,8 @@ class NativePlugin implements Plugin {
   /** The last call queued on the pool: the next waits for it. */
   #queue: Promise<unknown> = Promise.resolve();
   #inFlight = 0;
-  /** Lifecycle calls that came while a hook ran on the pool: run after it. */
-  #deferred: (() => void)[] = [];
+  /** Lifecycle calls that came while a hook ran on the pool: run after it, in order. */
+  #deferred: { readonly what: 'disable' | 'deinit' | 'unload'; readonly run: () => void }[] = [];
   #lib: Library | null;
   #executeHook: NativePointer;
   #init: (allocator: NativePointer, config: string) => number;
@@ -158,6 +158,17 @@ class NativePlugin implements Plugin {
   }
 
   enable(): number {
+    // Re-enabled before a deferred disable ran: the plugin never saw itself
+    // disabled, so dropping that disable is the whole answer (and calling in
+    // now would enter the plugin while its hook runs on the pool).
+    const pending = this.#deferred.findIndex((each) => each.what === 'disable');
+    if (pending >= 0 && this.#deferred.length === pending + 1) {
+      this.#deferred.splice(pending, 1);
+      return 0;
+    }
+    if (this.#inFlight > 0) {
+      throw hostError('SMTP_E_PLUGIN_STATE', `plugin "${this.metadata.name}": cannot enable while a hook call runs on another thread`);
+    }
     return this.#enable();
   }
 
@@ -175,9 +186,9 @@ class NativePlugin implements Plugin {
     return 0;
   }
 
-  #defer(what: string, run: () => void): void {
+  #defer(what: 'disable' | 'deinit' | 'unload', run: () => void): void {
     this.#logger.debug({ what }, 'waiting for the hook call in flight');
-    this.#deferred.push(run);
+    this.#deferred.push({ what, run });
   }
 
   #deniedListener = (address: string): void => {
@@ -195,7 +206,7 @@ class NativePlugin implements Plugin {
 
   executeHook(context: HookContext): number | Promise<number> {
     if (!this.blocking) {
-      return this.#grants.length === 0 ? callNativeHook(this.#executeHook, context, undefined, this.#deniedListener) : this.#slot(context.limits).call(this.#executeHook, context);
+      return this.#grants.length === 0 ? callNativeHook(this.#executeHook, context, this.#deniedListener) : this.#slot(context.limits).call(this.#executeHook, context, this.#deniedListener);
     }
     const slot = this.#slot(context.limits);
     this.#inFlight++;
@@ -211,7 +222,7 @@ class NativePlugin implements Plugin {
   #drain(): void {
     const pending = this.#deferred;
     this.#deferred = [];
-    for (const run of pending) {
+    for (const { run } of pending) {
       try {
         run();
       } catch (error) {

@@ -14,6 +14,8 @@ const plugin = host.plugin;
 
 /// Open connections, all plugins together.
 const handles_max = 1024;
+/// Open connections of one plugin (one context): no plugin can use up the table.
+const handles_per_owner_max = 64;
 /// The most one net_recv copies.
 const recv_bytes_max = 1024 * 1024;
 
@@ -42,12 +44,19 @@ fn lookup(ctx: *const plugin.HookContext, handle: i32) ?posix.socket_t {
 fn insert(ctx: *const plugin.HookContext, fd: posix.socket_t) ?i32 {
     table_lock.lock();
     defer table_lock.unlock();
+    var owned: usize = 0;
+    var free: ?usize = null;
     for (&table, 0..) |*slot, index| {
-        if (slot.fd >= 0) continue;
-        slot.* = .{ .fd = fd, .owner = @intFromPtr(ctx) };
-        return @intCast(index);
+        if (slot.fd < 0) {
+            if (free == null) free = index;
+        } else if (slot.owner == @intFromPtr(ctx)) {
+            owned += 1;
+        }
     }
-    return null;
+    if (owned >= handles_per_owner_max) return null;
+    const index = free orelse return null;
+    table[index] = .{ .fd = fd, .owner = @intFromPtr(ctx) };
+    return @intCast(index);
 }
 
 fn remove(ctx: *const plugin.HookContext, handle: i32) bool {
@@ -173,7 +182,8 @@ pub const Io = struct {
             const n = posix.send(fd, data[sent..len], posix.MSG.NOSIGNAL) catch |err| switch (err) {
                 error.WouldBlock => {
                     const ready = waitFor(fd, posix.POLL.OUT, deadline) catch return failed(ctx, handle);
-                    if (!ready) return status(.timeout);
+                    // Part of the data went out: the stream is no longer usable, so the handle goes too.
+                    if (!ready) return if (sent > 0) timedOutMidway(ctx, handle) else status(.timeout);
                     continue;
                 },
                 else => return failed(ctx, handle),
@@ -205,6 +215,12 @@ pub const Io = struct {
         return if (remove(ctx, handle)) 0 else status(.closed);
     }
 };
+
+/// A send that timed out after part of the data went out closes the handle.
+fn timedOutMidway(ctx: *plugin.HookContext, handle: i32) i32 {
+    _ = remove(ctx, handle);
+    return status(.timeout);
+}
 
 /// A connection that failed mid-way is closed: its handle is no longer valid.
 fn failed(ctx: *plugin.HookContext, handle: i32) i32 {

@@ -72,7 +72,10 @@ export class MailServer {
       wasmDirectory: config.plugins.wasmDirectory,
       logger,
       traceHooks: config.server.logHookCalls,
-      copyNative: config.plugins.hotReload,
+      // Always: a reload may reopen a library whose old instance still has a
+      // hook call running on a pool thread (a blocking plugin); dlopen would
+      // hand back the same globals, and both instances would share them.
+      copyNative: true,
     });
     this.#reloader = config.plugins.hotReload ? new HotReloader(this.#manager, logger) : null;
     this.#traced = config.server.logHookCalls;

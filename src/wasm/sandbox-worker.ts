@@ -33,6 +33,8 @@ export type SyncRequest =
   | { readonly kind: 'sync'; readonly op: 'load' }
   | { readonly kind: 'sync'; readonly op: 'init'; readonly config: string }
   | { readonly kind: 'sync'; readonly op: 'enable' | 'disable' | 'deinit' | 'unload' };
+/** On the wire, each lifecycle request and its reply carry the request's number. */
+type Numbered<T> = T & { readonly seq: number };
 
 export interface HookRequest {
   readonly kind: 'hook';
@@ -72,8 +74,8 @@ function forwardingLogger(): Logger {
 const logger = forwardingLogger();
 
 /** The runtime's network with this plugin's grants; reports its context so the main thread can close it if this thread is killed. */
-async function runtimeNet(): Promise<GuestNet & { destroy(): void }> {
-  if (data.options.allowConnect.length === 0) return { ...deniedNet(logger), destroy: () => undefined };
+async function runtimeNet(): Promise<GuestNet> {
+  if (data.options.allowConnect.length === 0) return deniedNet(logger);
   const { RuntimeNet } = await import('../native/host-runtime.js');
   const net = new RuntimeNet(data.options.allowConnect, (address) => {
     logger.warn({ code: 'SMTP_E_NET_DENIED', address }, 'sandboxed plugin asked for a connection it was not granted (allow_connect)');
@@ -85,7 +87,6 @@ async function runtimeNet(): Promise<GuestNet & { destroy(): void }> {
     recv: (handle, cap, timeoutMs) => net.recv(handle, cap, timeoutMs),
     close: (handle) => net.close(handle),
     closeAll: () => net.closeAll(),
-    destroy: () => net.destroy(),
   };
 }
 
@@ -120,8 +121,8 @@ function runSync(request: SyncRequest): unknown {
     case 'unload':
       plugin?.unload();
       plugin = null;
-      // The main thread forgets the context when this answers: free it here.
-      net.destroy();
+      // The context itself is freed by the main thread once this thread has exited.
+      net.closeAll();
       return null;
   }
 }
@@ -138,7 +139,7 @@ function runHook(request: HookRequest): HookReply {
   }
 }
 
-port.on('message', (request: SyncRequest | HookRequest) => {
+port.on('message', (request: Numbered<SyncRequest> | HookRequest) => {
   if (request.kind === 'hook') {
     const reply = runHook(request);
     data.asyncPort.postMessage(reply, reply.ok ? [reply.changes.buffer as ArrayBuffer] : []);
@@ -150,7 +151,8 @@ port.on('message', (request: SyncRequest | HookRequest) => {
   } catch (error) {
     reply = failure(error);
   }
-  data.syncPort.postMessage(reply);
-  Atomics.store(control, 0, 1);
+  data.syncPort.postMessage({ ...reply, seq: request.seq });
+  // After the reply is in the port: the main thread loads the counter before looking.
+  Atomics.add(control, 0, 1);
   Atomics.notify(control, 0);
 });

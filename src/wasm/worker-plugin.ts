@@ -1,10 +1,11 @@
 import { existsSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { hostError, isErrorCode, type HostError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { destroyRuntimeContext } from '../native/host-runtime.js';
+import { destroyRuntimeContext, ensureRuntimeLoaded } from '../native/host-runtime.js';
 import { PROJECT_ROOT } from '../paths.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { applyChanges, encodeMetadata } from '../plugin/metadata-wire.js';
@@ -47,9 +48,11 @@ interface Pending {
 /** One live worker and the channels to it. */
 interface Live {
   readonly worker: Worker;
+  /** Bumped by the worker after each lifecycle reply (the main thread waits on it). */
   readonly control: Int32Array;
   readonly syncPort: MessagePort;
   readonly asyncPort: MessagePort;
+  /** The runtime context holding the plugin's connections; freed here when the worker exits. */
   netContext: bigint | null;
 }
 
@@ -60,10 +63,12 @@ function coded(failure: Failure): HostError {
 /**
  * A sandboxed plugin run in a worker thread of its own, so that its waits
  * (network I/O within its grants) never stall the event loop. Hook calls are
- * asynchronous; lifecycle calls (load, init, enable, disable, deinit) wait
- * synchronously for the worker, bounded by the deadline. A worker that does
- * not answer in time is terminated, its connections closed, and a fresh one
- * is brought back to the old one's state on the next call.
+ * asynchronous. Lifecycle calls (load, init, enable) wait synchronously for
+ * the worker, bounded by the deadline; disable, deinit and unload do too when
+ * no hook call is queued, and otherwise are queued behind those calls
+ * without waiting (the worker answers in order). A worker that does not
+ * answer in time is terminated, its connections closed, and a fresh one is
+ * brought back to the old one's state on the next call.
  */
 class WorkerWasmPlugin implements Plugin {
   readonly kind = 'wasm' as const;
@@ -75,6 +80,9 @@ class WorkerWasmPlugin implements Plugin {
   readonly #logger: Logger;
   readonly #pending = new Map<number, Pending>();
   #nextId = 1;
+  #seq = 0;
+  /** Run when no hook call is pending any more. */
+  #idleWaiters: (() => void)[] = [];
   #live: Live | null = null;
   #config: string | null = null;
   #enabled = false;
@@ -88,7 +96,15 @@ class WorkerWasmPlugin implements Plugin {
     this.metadata = loaded.metadata;
   }
 
+  #name(): string {
+    return this.metadata?.name ?? this.path;
+  }
+
   #start(): { abiVersion: number; metadata: PluginMetadata } {
+    // The worker loads the runtime library too; loaded here first, it stays
+    // mapped when the worker's copy is released, so the context the worker
+    // made can be freed here after it exits.
+    if (this.#options.allowConnect.length > 0) ensureRuntimeLoaded();
     const control = new Int32Array(new SharedArrayBuffer(4));
     const sync = new MessageChannel();
     const hooks = new MessageChannel();
@@ -102,65 +118,129 @@ class WorkerWasmPlugin implements Plugin {
     const live: Live = { worker, control, syncPort: sync.port1, asyncPort: hooks.port1, netContext: null };
     worker.on('error', (error) => this.#logger.error({ code: 'SMTP_E_WASM_TRAP', err: String(error) }, 'sandbox worker failed'));
     worker.on('exit', () => this.#onExit(live));
-    hooks.port1.on('message', (message: HookReply | WorkerEvent) => ('id' in message ? this.#onHookReply(message) : this.#onEvent(live, message)));
+    hooks.port1.on('message', (message: HookReply | WorkerEvent) => this.#onMessage(live, message));
     hooks.port1.unref();
     this.#live = live;
-    const loaded = this.#sync({ kind: 'sync', op: 'load' }, WORKER_LOAD_TIMEOUT_MS) as { abiVersion: number; metadata: PluginMetadata };
-    return { abiVersion: loaded.abiVersion, metadata: Object.freeze({ ...loaded.metadata, dependencies: Object.freeze([...loaded.metadata.dependencies]) }) };
+    try {
+      const loaded = this.#sync({ kind: 'sync', op: 'load' }, WORKER_LOAD_TIMEOUT_MS) as { abiVersion: number; metadata: PluginMetadata };
+      return { abiVersion: loaded.abiVersion, metadata: Object.freeze({ ...loaded.metadata, dependencies: Object.freeze([...loaded.metadata.dependencies]) }) };
+    } catch (error) {
+      // A module that does not load leaves no thread behind.
+      if (this.#live === live) this.#live = null;
+      terminate(worker);
+      throw error;
+    }
   }
 
-  #onEvent(live: Live, event: WorkerEvent): void {
-    if (event.kind === 'log') this.#logger[event.level](event.fields, event.message);
-    else live.netContext = event.pointer;
+  #onMessage(live: Live, message: HookReply | WorkerEvent): void {
+    if ('id' in message) this.#onHookReply(message);
+    else if (message.kind === 'log') this.#logger[message.level](message.fields, message.message);
+    else live.netContext = message.pointer;
   }
 
   #onExit(live: Live): void {
-    // A killed worker cannot close its connections: close them here.
+    // The worker never frees its runtime context itself: freed here, once, whatever way it ended.
     if (live.netContext !== null) destroyRuntimeContext(live.netContext);
     live.netContext = null;
-    if (this.#live === live) this.#live = null;
+    if (this.#live !== live) return;
+    // It died on its own (not killed): the calls it held will not be answered.
+    this.#live = null;
+    this.#failPending(hostError('SMTP_E_WASM_TRAP', `plugin "${this.#name()}": the sandbox worker exited`));
   }
 
-  /** Sends a lifecycle request and waits (blocking this thread) for the answer. */
+  #failPending(error: HostError): void {
+    for (const [id, pending] of this.#pending) {
+      clearTimeout(pending.timer);
+      pending.reject(error);
+      this.#pending.delete(id);
+    }
+    this.#settled();
+  }
+
+  #settled(): void {
+    if (this.#pending.size > 0) return;
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = [];
+    for (const waiter of waiters) waiter();
+  }
+
+  /** Reads lifecycle replies until the one for `seq`; earlier ones (requests not waited for) are logged if they failed. */
+  #takeReply(live: Live, seq: number): SyncReply | undefined {
+    for (let next = receiveMessageOnPort(live.syncPort); next !== undefined; next = receiveMessageOnPort(live.syncPort)) {
+      const reply = next.message as SyncReply & { seq: number };
+      if (reply.seq === seq) return reply;
+      if (!reply.ok) this.#logger.error({ code: reply.code, err: reply.message }, 'queued plugin lifecycle call failed');
+    }
+    return undefined;
+  }
+
+  /** Sends a lifecycle request and waits (blocking this thread) for its answer. */
   #sync(request: SyncRequest, timeoutMs: number): unknown {
     const live = this.#live ?? this.#restart();
-    Atomics.store(live.control, 0, 0);
-    live.worker.postMessage(request);
-    if (Atomics.wait(live.control, 0, 0, timeoutMs) === 'timed-out') {
-      this.#kill(live, `${request.op} did not answer within ${timeoutMs} ms`);
-      throw hostError('SMTP_E_WASM_DEADLINE', `plugin "${this.metadata?.name ?? this.path}" ${request.op}: the sandbox worker did not answer within ${timeoutMs} ms`);
+    const seq = ++this.#seq;
+    live.worker.postMessage({ ...request, seq });
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      // Load the counter before looking at the port: a reply posted after the
+      // look bumps the counter after this load, so the wait returns at once.
+      const seen = Atomics.load(live.control, 0);
+      const reply = this.#takeReply(live, seq);
+      if (reply !== undefined) {
+        if (!reply.ok) throw coded(reply);
+        return reply.value;
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        this.#kill(live, `${request.op} did not answer within ${timeoutMs} ms`);
+        throw hostError('SMTP_E_WASM_DEADLINE', `plugin "${this.#name()}" ${request.op}: the sandbox worker did not answer within ${timeoutMs} ms`);
+      }
+      Atomics.wait(live.control, 0, seen, left);
     }
-    const reply = receiveMessageOnPort(live.syncPort)?.message as SyncReply | undefined;
-    if (reply === undefined) throw hostError('SMTP_E_WASM_TRAP', `plugin "${this.metadata?.name ?? this.path}" ${request.op}: the sandbox worker gave no answer`);
-    if (!reply.ok) throw coded(reply);
-    return reply.value;
+  }
+
+  /** Queues a lifecycle request behind the hook calls in flight, without waiting for it. */
+  #post(request: SyncRequest): void {
+    this.#live?.worker.postMessage({ ...request, seq: ++this.#seq });
   }
 
   #kill(live: Live, why: string): void {
     this.#logger.warn({ code: 'SMTP_E_WASM_DEADLINE', why }, 'sandbox worker terminated; its in-memory state is lost');
     if (this.#live === live) this.#live = null;
     terminate(live.worker);
-    const error = hostError('SMTP_E_WASM_DEADLINE', `plugin "${this.metadata.name}": the sandbox worker was terminated (${why})`);
-    for (const [id, pending] of this.#pending) {
-      clearTimeout(pending.timer);
-      pending.reject(error);
-      this.#pending.delete(id);
-    }
+    this.#failPending(hostError('SMTP_E_WASM_DEADLINE', `plugin "${this.#name()}": the sandbox worker was terminated (${why})`));
   }
 
   /** A fresh worker, brought back to the old one's state. */
   #restart(): Live {
     this.#start();
-    if (this.#config !== null) {
-      const code = this.#sync({ kind: 'sync', op: 'init', config: this.#config }, this.#lifecycleTimeout()) as number;
-      if (code !== 0) throw hostError('SMTP_E_PLUGIN_INIT', `plugin "${this.metadata.name}": init returned ${code} in a restarted sandbox worker`);
-      if (this.#enabled) this.#sync({ kind: 'sync', op: 'enable' }, this.#lifecycleTimeout());
+    const live = this.#live!;
+    try {
+      if (this.#config !== null) {
+        const code = this.#sync({ kind: 'sync', op: 'init', config: this.#config }, this.#lifecycleTimeout()) as number;
+        if (code !== 0) throw hostError('SMTP_E_PLUGIN_INIT', `plugin "${this.#name()}": init returned ${code} in a restarted sandbox worker`);
+        if (this.#enabled) this.#sync({ kind: 'sync', op: 'enable' }, this.#lifecycleTimeout());
+      }
+    } catch (error) {
+      // Not brought back: no call may reach a worker in another state than the plugin's.
+      if (this.#live === live) this.#live = null;
+      terminate(live.worker);
+      throw error;
     }
-    return this.#live!;
+    return live;
   }
 
   #lifecycleTimeout(): number {
     return this.#options.limits.hookTimeoutMs + WORKER_GRACE_MS;
+  }
+
+  /**
+   * How long a hook call may take before the worker is presumed stuck: its
+   * own deadline, and, when it hit that deadline, the instance replacement
+   * that follows in the same call (instantiate, init, enable, each under the
+   * deadline).
+   */
+  #hookTimeout(): number {
+    return 3 * this.#options.limits.hookTimeoutMs + WORKER_GRACE_MS;
   }
 
   init(configJson: string): number {
@@ -177,12 +257,12 @@ class WorkerWasmPlugin implements Plugin {
 
   disable(): number {
     this.#enabled = false;
-    return this.#sync({ kind: 'sync', op: 'disable' }, this.#lifecycleTimeout() + this.#inFlightBound()) as number;
-  }
-
-  /** Lifecycle requests queue behind the hook calls in flight: wait for those too. */
-  #inFlightBound(): number {
-    return this.#pending.size * this.#lifecycleTimeout();
+    if (this.#live === null) return 0;
+    if (this.#pending.size > 0) {
+      this.#post({ kind: 'sync', op: 'disable' });
+      return 0;
+    }
+    return this.#sync({ kind: 'sync', op: 'disable' }, this.#lifecycleTimeout()) as number;
   }
 
   executeHook(context: HookContext): Promise<number> {
@@ -197,12 +277,20 @@ class WorkerWasmPlugin implements Plugin {
       return Promise.reject(error);
     }
     return new Promise<number>((resolve, reject) => {
-      // The worker's own deadline check answers first; this catches a worker stuck outside the guest.
-      const timer = setTimeout(() => this.#kill(live, `${context.hook} did not answer within ${this.#lifecycleTimeout()} ms`), this.#lifecycleTimeout() + this.#inFlightBound());
+      const limit = this.#hookTimeout() * (this.#pending.size + 1);
+      const timer = setTimeout(() => this.#watchdog(live, id, `${context.hook} did not answer within ${limit} ms`), limit);
       this.#pending.set(id, { resolve, reject, context, timer });
       const request: HookRequest = { kind: 'hook', id, hook: context.hook, metadata };
       live.worker.postMessage(request, [metadata.buffer]);
     });
+  }
+
+  /** A hook call's timer fired: replies already waiting on the port are read first (a blocked event loop may not have got to them). */
+  #watchdog(live: Live, id: number, why: string): void {
+    for (let next = receiveMessageOnPort(live.asyncPort); next !== undefined; next = receiveMessageOnPort(live.asyncPort)) {
+      this.#onMessage(live, next.message as HookReply | WorkerEvent);
+    }
+    if (this.#pending.has(id)) this.#kill(live, why);
   }
 
   #onHookReply(reply: HookReply): void {
@@ -210,6 +298,7 @@ class WorkerWasmPlugin implements Plugin {
     if (pending === undefined) return;
     this.#pending.delete(reply.id);
     clearTimeout(pending.timer);
+    this.#settled();
     if (!reply.ok) {
       pending.reject(coded(reply));
       return;
@@ -226,16 +315,24 @@ class WorkerWasmPlugin implements Plugin {
 
   deinit(): void {
     this.#config = null;
-    if (this.#live) this.#sync({ kind: 'sync', op: 'deinit' }, this.#lifecycleTimeout() + this.#inFlightBound());
+    if (this.#live === null) return;
+    if (this.#pending.size > 0) this.#post({ kind: 'sync', op: 'deinit' });
+    else this.#sync({ kind: 'sync', op: 'deinit' }, this.#lifecycleTimeout());
   }
 
   unload(): void {
     const live = this.#live;
     if (!live) return;
+    this.#live = null;
+    if (this.#pending.size > 0) {
+      // Terminated once the calls queued before it have been answered.
+      live.worker.postMessage({ kind: 'sync', op: 'unload', seq: ++this.#seq });
+      this.#idleWaiters.push(() => terminate(live.worker));
+      return;
+    }
     try {
-      this.#sync({ kind: 'sync', op: 'unload' }, this.#lifecycleTimeout() + this.#inFlightBound());
-      // The worker freed its runtime context itself.
-      live.netContext = null;
+      this.#live = live;
+      this.#sync({ kind: 'sync', op: 'unload' }, this.#lifecycleTimeout());
     } finally {
       this.#live = null;
       terminate(live.worker);

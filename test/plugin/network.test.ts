@@ -1,6 +1,8 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tmpdir } from 'node:os';
+import { PluginManager } from '../../src/manager/plugin-manager.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { PluginInstance } from '../../src/plugin/lifecycle.js';
 import { loadPluginFile } from '../../src/plugin/load.js';
@@ -176,6 +178,31 @@ describe.each(BUILDS)('the network of ABI 1.1, %s', (kind, file) => {
       expect(context.getMetadata('net_error')).toBe('NetConnectFailed');
     } finally {
       instance.shutdown();
+    }
+  });
+});
+
+describe('a chain that waits on a blocking plugin', () => {
+  it('skips a later plugin disabled while the chain waited, instead of failing the event', async () => {
+    const peer = await startPeer();
+    try {
+      const manager = new PluginManager({ directory: tmpdir(), copyNative: true });
+      manager.loadPlugin(fixture('net_probe'), '{}', resolvePluginOptions({ allowConnect: [peer.address] }));
+      manager.loadPlugin(fixture('c_plain'));
+      const context = new HookContext('message_received');
+      context.setMetadata('address', peer.address);
+      context.setMetadata('send', 'x');
+      const running = manager.executeHook('message_received', context);
+      // net_probe is waiting on the peer (300 ms) on a pool thread: take the next plugin out meanwhile.
+      manager.disablePlugin('plain');
+      const outcome = await running;
+      expect(outcome.action).toBe('continue');
+      expect(context.getMetadata('reply')).toBe('echo:x\n');
+      expect(context.getMetadata('visited')).toBeUndefined();
+      manager.deinit();
+    } finally {
+      for (const socket of peer.open) socket.destroy();
+      await new Promise((done) => peer.server.close(done));
     }
   });
 });
