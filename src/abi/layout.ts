@@ -34,7 +34,8 @@ export const HookContextStruct = koffi.struct('smtp_hook_context', {
   host_data: 'void *',
 });
 
-export const PluginMetadataStruct = koffi.struct('smtp_plugin_metadata', {
+/** smtp_plugin_metadata's fields as ABI 1.0 laid them out. */
+const METADATA_FIELDS_1_0 = {
   name: 'void *',
   version: 'void *',
   author: 'void *',
@@ -44,21 +45,12 @@ export const PluginMetadataStruct = koffi.struct('smtp_plugin_metadata', {
   min_server_version: 'void *',
   max_server_version: 'void *',
   handled_hooks: 'uint64_t',
-  flags: 'uint64_t',
-});
+} as const;
+
+export const PluginMetadataStruct = koffi.struct('smtp_plugin_metadata', { ...METADATA_FIELDS_1_0, flags: 'uint64_t' });
 
 /** A plugin's metadata as ABI 1.0 laid it out (no `flags`): what the host may read from every plugin. */
-export const PluginMetadataV10Struct = koffi.struct('smtp_plugin_metadata_1_0', {
-  name: 'void *',
-  version: 'void *',
-  author: 'void *',
-  description: 'void *',
-  license: 'void *',
-  dependencies: 'void *',
-  min_server_version: 'void *',
-  max_server_version: 'void *',
-  handled_hooks: 'uint64_t',
-});
+export const PluginMetadataV10Struct = koffi.struct('smtp_plugin_metadata_1_0', METADATA_FIELDS_1_0);
 
 export const PluginInterfaceStruct = koffi.struct('smtp_plugin_interface', {
   init: 'void *',
