@@ -11,6 +11,7 @@ import { silentLogger, type Logger } from '../log.js';
 import type { MetadataLimits } from '../plugin/hook-context.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
 import { PluginFlag } from '../abi/hooks.js';
+import { deniedConnectLogger } from '../plugin/denied-log.js';
 import { NativeContextSlot, boundedStrlen, callNativeHook, hostAllocator, type NativePointer } from './host-runtime.js';
 
 type Library = ReturnType<typeof koffi.load>;
@@ -123,6 +124,7 @@ class NativePlugin implements Plugin {
   readonly blocking: boolean;
   readonly #grants: readonly string[];
   readonly #logger: Logger;
+  readonly #deniedListener: (address: string) => void;
   /** This plugin's own contexts (it has grants, or blocks), by metadata limits. */
   readonly #slots = new Map<MetadataLimits, NativeContextSlot>();
   /** The last call queued on the pool: the next waits for it. */
@@ -142,6 +144,7 @@ class NativePlugin implements Plugin {
     this.#lib = lib;
     this.#grants = options.allowConnect;
     this.#logger = logger;
+    this.#deniedListener = deniedConnectLogger(logger, 'plugin asked for a connection it was not granted (allow_connect)');
     this.abiVersion = abiVersion;
     this.#executeHook = pointers.execute_hook;
     this.#init = koffi.decode(pointers.init, InitProto) as (allocator: NativePointer, config: string) => number;
@@ -191,9 +194,6 @@ class NativePlugin implements Plugin {
     this.#deferred.push({ what, run });
   }
 
-  #deniedListener = (address: string): void => {
-    this.#logger.warn({ code: 'SMTP_E_NET_DENIED', address }, 'plugin asked for a connection it was not granted (allow_connect)');
-  };
 
   #slot(limits: MetadataLimits): NativeContextSlot {
     let slot = this.#slots.get(limits);

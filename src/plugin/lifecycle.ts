@@ -117,12 +117,9 @@ export class PluginInstance {
 
   /** Runs one hook of a plugin that answers at once (not `blocking`). */
   executeHook(context: HookContext): HookCallResult {
-    const result = this.executeHookAsync(context);
-    if (result instanceof Promise) {
-      result.catch(() => undefined);
-      throw hostError('SMTP_E_PLUGIN_STATE', `plugin "${this.name}" runs its hooks off the event loop: use executeHookAsync`);
-    }
-    return result;
+    // Refused before the call: a started call would go on changing the context.
+    if (this.plugin.blocking === true) throw hostError('SMTP_E_PLUGIN_STATE', `plugin "${this.name}" runs its hooks off the event loop: use executeHookAsync`);
+    return this.executeHookAsync(context) as HookCallResult;
   }
 
   #result(code: number, context: HookContext): HookCallResult {

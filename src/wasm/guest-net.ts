@@ -1,5 +1,6 @@
 import { NetStatus } from '../abi/hooks.js';
 import type { Logger } from '../log.js';
+import { deniedConnectLogger } from '../plugin/denied-log.js';
 
 /** The import module through which a sandboxed plugin reaches the clock and the network (abi/zig/wasm_guest.zig). */
 export const NET_IMPORT_MODULE = 'smtp_host';
@@ -31,9 +32,10 @@ export interface GuestNet {
  * refused and logged.
  */
 export function deniedNet(logger: Logger): GuestNet {
+  const logDenied = deniedConnectLogger(logger, 'sandboxed plugin asked for a connection it was not granted (allow_connect)');
   return {
     connect(address) {
-      logger.warn({ code: 'SMTP_E_NET_DENIED', address }, 'sandboxed plugin asked for a connection it was not granted (allow_connect)');
+      logDenied(address);
       return NetStatus.DENIED;
     },
     send: () => NetStatus.CLOSED,

@@ -14,6 +14,7 @@ import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
 import { isHookName } from '../abi/hooks.js';
 import { isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { deniedConnectLogger } from '../plugin/denied-log.js';
 import { HookContext } from '../plugin/hook-context.js';
 import { applyChanges, encodeEntries } from '../plugin/metadata-wire.js';
 import type { PluginOptions } from '../plugin/options.js';
@@ -77,9 +78,7 @@ const logger = forwardingLogger();
 async function runtimeNet(): Promise<GuestNet> {
   if (data.options.allowConnect.length === 0) return deniedNet(logger);
   const { RuntimeNet } = await import('../native/host-runtime.js');
-  const net = new RuntimeNet(data.options.allowConnect, (address) => {
-    logger.warn({ code: 'SMTP_E_NET_DENIED', address }, 'sandboxed plugin asked for a connection it was not granted (allow_connect)');
-  });
+  const net = new RuntimeNet(data.options.allowConnect, deniedConnectLogger(logger, 'sandboxed plugin asked for a connection it was not granted (allow_connect)'));
   post({ kind: 'net-context', pointer: net.contextPointer() });
   return {
     connect: (address, timeoutMs) => net.connect(address, timeoutMs),
