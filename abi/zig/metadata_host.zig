@@ -13,8 +13,13 @@ pub const Limits = struct {
 };
 
 pub const Entry = struct {
-    key: []u8,
-    value: []u8,
+    key: []const u8,
+    value: []const u8,
+    /// The store allocated the key (else it points into the buffer the host
+    /// loaded, which the host keeps unchanged until the next load).
+    owned_key: bool,
+    /// The store allocated the value (a plugin's set, or a host update).
+    owned_value: bool,
     /// Set by a plugin since the host last collected changes.
     changed: bool,
 };
@@ -43,36 +48,61 @@ pub const Store = struct {
         return null;
     }
 
-    /// Sets `key`; `by_plugin` marks the entry as a change to report.
+    /// Sets `key` to a copy of `value`; `by_plugin` marks the entry as a
+    /// change to report.
     pub fn put(self: *Store, key: []const u8, value: []const u8, by_plugin: bool) plugin.Status {
         if (key.len == 0) return .invalid;
         if (key.len > self.limits.key_bytes_max or value.len > self.limits.value_bytes_max) return .too_large;
         const copy = self.allocator.dupe(u8, value) catch return .no_memory;
         if (self.find(key)) |entry| {
-            self.allocator.free(entry.value);
-            entry.value = copy;
+            self.replaceValue(entry, copy, true);
             self.markChanged(entry, by_plugin);
             return .ok;
-        }
-        if (self.len == self.limits.keys_max) {
-            self.allocator.free(copy);
-            return .too_large;
-        }
-        if (self.len == self.entries.len) {
-            const capacity = @min(self.limits.keys_max, @max(8, self.entries.len * 2));
-            self.entries = self.allocator.realloc(self.entries, capacity) catch {
-                self.allocator.free(copy);
-                return .no_memory;
-            };
         }
         const key_copy = self.allocator.dupe(u8, key) catch {
             self.allocator.free(copy);
             return .no_memory;
         };
-        self.entries[self.len] = .{ .key = key_copy, .value = copy, .changed = false };
-        self.markChanged(&self.entries[self.len], by_plugin);
-        self.len += 1;
+        const entry = self.append(key_copy, true, copy, true) catch {
+            self.allocator.free(copy);
+            self.allocator.free(key_copy);
+            return .too_large;
+        };
+        self.markChanged(entry, by_plugin);
         return .ok;
+    }
+
+    /// Sets `key` to `value` without copying either: both point into a
+    /// buffer the host keeps unchanged until the next load or clear.
+    pub fn borrow(self: *Store, key: []const u8, value: []const u8) plugin.Status {
+        if (key.len == 0) return .invalid;
+        if (key.len > self.limits.key_bytes_max or value.len > self.limits.value_bytes_max) return .too_large;
+        if (self.find(key)) |entry| {
+            self.replaceValue(entry, value, false);
+            self.markChanged(entry, false);
+            return .ok;
+        }
+        _ = self.append(key, false, value, false) catch return .too_large;
+        return .ok;
+    }
+
+    fn replaceValue(self: *Store, entry: *Entry, value: []const u8, owned: bool) void {
+        if (entry.owned_value) self.allocator.free(entry.value);
+        entry.value = value;
+        entry.owned_value = owned;
+    }
+
+    /// A new entry at the end; error when the key count is at its bound or
+    /// the array cannot grow.
+    fn append(self: *Store, key: []const u8, owned_key: bool, value: []const u8, owned_value: bool) error{Full}!*Entry {
+        if (self.len == self.limits.keys_max) return error.Full;
+        if (self.len == self.entries.len) {
+            const capacity = @min(self.limits.keys_max, @max(16, self.entries.len * 2));
+            self.entries = self.allocator.realloc(self.entries, capacity) catch return error.Full;
+        }
+        self.entries[self.len] = .{ .key = key, .value = value, .owned_key = owned_key, .owned_value = owned_value, .changed = false };
+        self.len += 1;
+        return &self.entries[self.len - 1];
     }
 
     fn markChanged(self: *Store, entry: *Entry, by_plugin: bool) void {
@@ -90,8 +120,8 @@ pub const Store = struct {
     /// Removes every entry, keeping the entry array for reuse.
     pub fn clear(self: *Store) void {
         for (self.entries[0..self.len]) |entry| {
-            self.allocator.free(entry.key);
-            self.allocator.free(entry.value);
+            if (entry.owned_key) self.allocator.free(entry.key);
+            if (entry.owned_value) self.allocator.free(entry.value);
         }
         self.len = 0;
         self.changed_count = 0;
@@ -126,15 +156,27 @@ pub fn storeOf(ctx: *const plugin.HookContext) *Store {
     return @ptrCast(@alignCast(ctx.host_data.?));
 }
 
-fn getMetadata(ctx: *const plugin.HookContext, key: [*]const u8, key_len: usize, value: *?[*]const u8, value_len: *usize) callconv(.c) c_int {
-    const entry = storeOf(ctx).find(key[0..key_len]) orelse return 0;
-    value.* = entry.value.ptr;
-    value_len.* = entry.value.len;
+/// A NULL pointer with a non-zero length is refused before anything is read
+/// (abi/smtp_plugin.h): the key is absent, or the set is SMTP_STATUS_INVALID.
+fn bytesOf(ptr: ?[*]const u8, len: usize) ?[]const u8 {
+    if (len == 0) return &.{};
+    return (ptr orelse return null)[0..len];
+}
+
+fn getMetadata(ctx: *const plugin.HookContext, key: ?[*]const u8, key_len: usize, value: ?*?[*]const u8, value_len: ?*usize) callconv(.c) c_int {
+    const out_value = value orelse return 0;
+    const out_len = value_len orelse return 0;
+    const wanted = bytesOf(key, key_len) orelse return 0;
+    const entry = storeOf(ctx).find(wanted) orelse return 0;
+    out_value.* = entry.value.ptr;
+    out_len.* = entry.value.len;
     return 1;
 }
 
-fn setMetadata(ctx: *plugin.HookContext, key: [*]const u8, key_len: usize, value: [*]const u8, value_len: usize) callconv(.c) c_int {
-    return @intFromEnum(storeOf(ctx).put(key[0..key_len], value[0..value_len], true));
+fn setMetadata(ctx: *plugin.HookContext, key: ?[*]const u8, key_len: usize, value: ?[*]const u8, value_len: usize) callconv(.c) c_int {
+    const key_bytes = bytesOf(key, key_len) orelse return @intFromEnum(plugin.Status.invalid);
+    const value_bytes = bytesOf(value, value_len) orelse return @intFromEnum(plugin.Status.invalid);
+    return @intFromEnum(storeOf(ctx).put(key_bytes, value_bytes, true));
 }
 
 /// A host's table: the metadata functions above plus `Io`'s clock and network
@@ -207,12 +249,47 @@ fn readU32(bytes: []const u8) u32 {
 
 /// Replaces the context's content with the hook type, cancel cleared, and
 /// entries encoded as repeated [u32 key_len][key][u32 value_len][value],
-/// little endian: the format in which a host copies metadata in.
-pub fn loadEncoded(ctx: *plugin.HookContext, hook_type: c_int, bytes: []const u8) plugin.Status {
+/// little endian: the format in which a host copies metadata in. Nothing is
+/// copied: the entries point into `head` and `tail`, which the host keeps
+/// unchanged until the next load. The last value may lie outside `head`: when
+/// `head` ends right after its length, that value is `tail` (the host's
+/// message body, referenced where it is rather than copied behind the keys).
+pub fn loadEncoded(ctx: *plugin.HookContext, hook_type: c_int, head: []const u8, tail: []const u8) plugin.Status {
     const store = storeOf(ctx);
     store.clear();
     ctx.hook_type = @enumFromInt(hook_type);
     ctx.cancel = false;
+    var at: usize = 0;
+    var tail_used = false;
+    while (at < head.len) {
+        if (head.len - at < 4) return .invalid;
+        const key_len = readU32(head[at..]);
+        at += 4;
+        if (head.len - at < @as(usize, key_len) + 4) return .invalid;
+        const key = head[at .. at + key_len];
+        at += key_len;
+        const value_len = readU32(head[at..]);
+        at += 4;
+        var value: []const u8 = undefined;
+        if (head.len - at >= value_len) {
+            value = head[at .. at + value_len];
+            at += value_len;
+        } else if (at == head.len and !tail_used and tail.len == value_len) {
+            value = tail;
+            tail_used = true;
+        } else return .invalid;
+        const status = store.borrow(key, value);
+        if (status != .ok) return status;
+    }
+    if (tail.len > 0 and !tail_used) return .invalid;
+    return .ok;
+}
+
+/// Sets the encoded entries (the same format) on top of what the context
+/// holds, copying them: the changes made by plugins of another backend since
+/// this context was loaded. They are not reported back as changes.
+pub fn applyEncoded(ctx: *plugin.HookContext, bytes: []const u8) plugin.Status {
+    const store = storeOf(ctx);
     var at: usize = 0;
     while (at < bytes.len) {
         if (bytes.len - at < 4) return .invalid;
@@ -291,7 +368,7 @@ test "a context loaded from the wire format reports what a plugin changed" {
     const ctx = createContext(std.testing.allocator, .{}, &api).?;
     defer destroyContext(ctx);
     const wire = "\x01\x00\x00\x00a\x02\x00\x00\x00v1";
-    try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, wire));
+    try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, wire, ""));
     try std.testing.expectEqual(plugin.HookType.message_filtered, ctx.hook_type);
     try std.testing.expectEqualStrings("v1", ctx.getMetadata("a").?);
     try std.testing.expectEqual(@as(u32, 0), contextStatus(ctx));
@@ -303,7 +380,7 @@ test "a context loaded from the wire format reports what a plugin changed" {
     var out: [16]u8 = undefined;
     try std.testing.expectEqual(@as(i64, 10), takeChanges(ctx, &out));
     try std.testing.expectEqualStrings("\x01\x00\x00\x00b\x01\x00\x00\x00x", out[0..10]);
-    try std.testing.expectEqual(plugin.Status.invalid, loadEncoded(ctx, 0, "\x05\x00\x00\x00ab"));
+    try std.testing.expectEqual(plugin.Status.invalid, loadEncoded(ctx, 0, "\x05\x00\x00\x00ab", ""));
 }
 
 test "metadata set by a plugin is read back and marked as a change" {
@@ -336,4 +413,40 @@ test "limits refuse oversized keys, values and key counts" {
     try ctx.setMetadata("b", "2");
     try std.testing.expectError(error.MetadataTooLarge, ctx.setMetadata("c", "3"));
     try ctx.setMetadata("a", "replaced");
+}
+
+test "a load borrows the host's bytes, the last value may be the tail, and applyEncoded copies on top" {
+    const ctx = createContext(std.testing.allocator, .{}, &api).?;
+    defer destroyContext(ctx);
+    const head = "\x01\x00\x00\x00a\x02\x00\x00\x00v1\x04\x00\x00\x00body\x05\x00\x00\x00";
+    const tail = "hello";
+    try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, head, tail));
+    try std.testing.expectEqual(@intFromPtr(tail.ptr), @intFromPtr(ctx.getMetadata("body").?.ptr));
+    try std.testing.expectEqual(@intFromPtr(head.ptr) + 9, @intFromPtr(ctx.getMetadata("a").?.ptr));
+    // A tail that does not match the last length, or is left over, is refused.
+    try std.testing.expectEqual(plugin.Status.invalid, loadEncoded(ctx, 2, head, "hell"));
+    try std.testing.expectEqual(plugin.Status.invalid, loadEncoded(ctx, 2, "\x01\x00\x00\x00a\x00\x00\x00\x00", "x"));
+    try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, head, tail));
+    try std.testing.expectEqual(plugin.Status.ok, applyEncoded(ctx, "\x01\x00\x00\x00a\x03\x00\x00\x00new\x01\x00\x00\x00c\x01\x00\x00\x00z"));
+    try std.testing.expectEqualStrings("new", ctx.getMetadata("a").?);
+    try std.testing.expectEqualStrings("z", ctx.getMetadata("c").?);
+    // Host updates are not changes a plugin made.
+    try std.testing.expectEqual(@as(u32, 0), contextStatus(ctx));
+    try ctx.setMetadata("a", "mine");
+    try std.testing.expectEqual(@as(u32, 4), contextStatus(ctx));
+}
+
+test "NULL pointers with a length are refused, never read" {
+    var ctx = initContext(std.testing.allocator, .message_filtered, .{});
+    defer deinitContext(&ctx);
+    try std.testing.expectEqual(@as(c_int, @intFromEnum(plugin.Status.invalid)), ctx.host.set_metadata(&ctx, "k", 1, null, 5));
+    try std.testing.expectEqual(@as(c_int, @intFromEnum(plugin.Status.invalid)), ctx.host.set_metadata(&ctx, null, 3, "v", 1));
+    try std.testing.expectEqual(@as(c_int, @intFromEnum(plugin.Status.invalid)), ctx.host.set_metadata(&ctx, null, 0, "v", 1));
+    try std.testing.expectEqual(@as(c_int, @intFromEnum(plugin.Status.ok)), ctx.host.set_metadata(&ctx, "k", 1, null, 0));
+    try std.testing.expectEqualStrings("", ctx.getMetadata("k").?);
+    var value: ?[*]const u8 = null;
+    var len: usize = 0;
+    try std.testing.expectEqual(@as(c_int, 0), ctx.host.get_metadata(&ctx, null, 4, &value, &len));
+    try std.testing.expectEqual(@as(c_int, 0), ctx.host.get_metadata(&ctx, "k", 1, null, &len));
+    try std.testing.expectEqual(@as(c_int, 1), ctx.host.get_metadata(&ctx, "k", 1, &value, &len));
 }

@@ -185,8 +185,9 @@ pub const Allocator = extern struct {
 pub const HostApi = extern struct {
     struct_size: u32 = @sizeOf(HostApi),
     reserved: u32 = 0,
-    get_metadata: *const fn (ctx: *const HookContext, key: [*]const u8, key_len: usize, value: *?[*]const u8, value_len: *usize) callconv(.c) c_int,
-    set_metadata: *const fn (ctx: *HookContext, key: [*]const u8, key_len: usize, value: [*]const u8, value_len: usize) callconv(.c) c_int,
+    // The pointers are nullable as in C: a host refuses NULL with a length.
+    get_metadata: *const fn (ctx: *const HookContext, key: ?[*]const u8, key_len: usize, value: ?*?[*]const u8, value_len: ?*usize) callconv(.c) c_int,
+    set_metadata: *const fn (ctx: *HookContext, key: ?[*]const u8, key_len: usize, value: ?[*]const u8, value_len: usize) callconv(.c) c_int,
     // ABI 1.1: present when struct_size covers them (HookContext checks).
     now_unix_ms: *const fn (ctx: *const HookContext) callconv(.c) i64,
     net_connect: *const fn (ctx: *HookContext, address: [*]const u8, address_len: usize, timeout_ms: u32) callconv(.c) i32,

@@ -3,7 +3,7 @@ import koffi from 'koffi';
 import { hostError } from '../errors.js';
 import { RUNTIME_LIBRARY } from '../paths.js';
 import type { HookContext, MetadataLimits } from '../plugin/hook-context.js';
-import { applyChanges, encodeMetadata, scratchBuffer } from '../plugin/metadata-wire.js';
+import { applyChanges, encodeEntries, scratchBuffer, type EncodedMetadata } from '../plugin/metadata-wire.js';
 
 /** koffi pointers are BigInt in koffi 3. */
 export type NativePointer = bigint;
@@ -15,7 +15,8 @@ interface RuntimeFunctions {
   allocator: () => NativePointer;
   contextCreate: (keyBytesMax: number, valueBytesMax: number, keysMax: number) => NativePointer | null;
   contextDestroy: (ctx: NativePointer) => void;
-  contextLoad: (ctx: NativePointer, hook: number, buf: Buffer, len: number) => number;
+  contextLoad: (ctx: NativePointer, hook: number, head: Buffer, headLen: number, tail: Buffer | null, tailLen: number) => number;
+  contextApply: (ctx: NativePointer, buf: Buffer, len: number) => number;
   setGrants: (ctx: NativePointer, buf: Buffer, len: number) => number;
   denied: (ctx: NativePointer, out: Buffer, cap: number) => number;
   callHook: ((fn: NativePointer, ctx: NativePointer) => number) & { async: (fn: NativePointer, ctx: NativePointer, done: AsyncCallback<number>) => void };
@@ -40,7 +41,8 @@ function loadRuntime(): RuntimeFunctions {
     allocator: lib.func('void *smtp_host_allocator(void)'),
     contextCreate: lib.func('void *smtp_host_context_create(size_t, size_t, size_t)'),
     contextDestroy: lib.func('void smtp_host_context_destroy(void *ctx)'),
-    contextLoad: lib.func('int smtp_host_context_load(void *ctx, int hook, const uint8_t *buf, size_t len)'),
+    contextLoad: lib.func('int smtp_host_context_load(void *ctx, int hook, const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len)'),
+    contextApply: lib.func('int smtp_host_context_apply(void *ctx, const uint8_t *buf, size_t len)'),
     setGrants: lib.func('int smtp_host_context_set_grants(void *ctx, const uint8_t *buf, size_t len)'),
     denied: lib.func('size_t smtp_host_context_denied(void *ctx, uint8_t *out, size_t cap)'),
     callHook: lib.func('int64_t smtp_host_call_hook(void *fn, void *ctx)'),
@@ -80,14 +82,19 @@ export type DeniedListener = (address: string) => void;
  * that runs in the event loop's thread; a plugin with grants, or one that
  * blocks, gets its own (its grants and connections live in it, and a call
  * on a pool thread must not share a context with the main thread).
- * It remembers which JS context (id and version) it last copied, so a chain
- * of native plugins on the shared context copies the metadata in once: what
- * a plugin sets is already in the native copy and is only copied back out.
+ * A load references the event's encoded bytes in place (the runtime copies
+ * nothing), and the slot keeps them alive until its next load; it remembers
+ * which JS context and version it holds, so a chain of native plugins on the
+ * shared context loads an event once: what a plugin sets is already in the
+ * native copy and only copied back out, and what another backend's plugin
+ * set meanwhile is applied as a delta.
  */
 export class NativeContextSlot {
   readonly pointer: NativePointer;
   #contextId = 0;
   #contextVersion = -1;
+  /** The encoding the runtime's entries point into: kept referenced until the next load. */
+  #loaded: EncodedMetadata | null = null;
   readonly #onDenied: DeniedListener | undefined;
   #destroyed = false;
 
@@ -137,11 +144,13 @@ export class NativeContextSlot {
     if (this.#destroyed) return;
     this.#destroyed = true;
     loadRuntime().contextDestroy(this.pointer);
+    this.#loaded = null;
   }
 
   #prepare(fns: RuntimeFunctions, context: HookContext): void {
     if (this.#destroyed) throw hostError('SMTP_E_PLUGIN_STATE', 'the plugin\'s native context was released');
-    if (this.#contextId !== context.id || this.#contextVersion !== context.version) this.#load(fns, context);
+    if (this.#contextId !== context.id || this.#loaded !== context.base) this.#load(fns, context);
+    if (this.#contextVersion !== context.version) this.#apply(fns, context);
   }
 
   #finish(fns: RuntimeFunctions, context: HookContext, packed: number, onDenied: DeniedListener | undefined): number {
@@ -167,10 +176,21 @@ export class NativeContextSlot {
   }
 
   #load(fns: RuntimeFunctions, context: HookContext): void {
-    const { buf, length } = encodeMetadata(context);
-    const status = fns.contextLoad(this.pointer, context.hookValue, buf, length);
+    const { base } = context;
+    const status = fns.contextLoad(this.pointer, context.hookValue, base.head, base.head.length, base.tail, base.tail === null ? 0 : base.tail.length);
     if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `the native runtime refused the hook context (status ${status})`);
+    this.#loaded = base;
     this.#contextId = context.id;
+    this.#contextVersion = 0;
+  }
+
+  /** Sends what was set since the native copy was made (by the host, or a plugin of another backend). */
+  #apply(fns: RuntimeFunctions, context: HookContext): void {
+    const delta = encodeEntries(context.changesSince(this.#contextVersion));
+    if (delta.length > 0) {
+      const status = fns.contextApply(this.pointer, delta, delta.length);
+      if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `the native runtime refused the metadata set since the load (status ${status})`);
+    }
     this.#contextVersion = context.version;
   }
 

@@ -70,8 +70,19 @@ export fn smtp_host_net_close_all(ctx: *plugin.HookContext) void {
     net.closeOwnedBy(ctx);
 }
 
-export fn smtp_host_context_load(ctx: *plugin.HookContext, hook_type: c_int, buf: [*]const u8, len: usize) c_int {
-    return @intFromEnum(host.loadEncoded(ctx, hook_type, buf[0..len]));
+/// Loads a hook context without copying: the entries point into `head` (and
+/// the last value into `tail`, the message body), which the Node host keeps
+/// alive and unchanged until the next load of this context.
+export fn smtp_host_context_load(ctx: *plugin.HookContext, hook_type: c_int, head: ?[*]const u8, head_len: usize, tail: ?[*]const u8, tail_len: usize) c_int {
+    const head_bytes: []const u8 = if (head) |p| p[0..head_len] else &.{};
+    const tail_bytes: []const u8 = if (tail) |p| p[0..tail_len] else &.{};
+    return @intFromEnum(host.loadEncoded(ctx, hook_type, head_bytes, tail_bytes));
+}
+
+/// Sets encoded entries on top of the loaded context (copied): what plugins
+/// of another backend changed since the load.
+export fn smtp_host_context_apply(ctx: *plugin.HookContext, buf: [*]const u8, len: usize) c_int {
+    return @intFromEnum(host.applyEncoded(ctx, buf[0..len]));
 }
 
 /// Calls `execute_hook(ctx)` and packs what the host needs into one value:

@@ -1,5 +1,6 @@
 import { hookValue, isHookName, type HookName } from '../abi/hooks.js';
 import { hostError } from '../errors.js';
+import { EMPTY_METADATA, encodeFields, type EncodedMetadata, type MetadataFields } from './metadata-wire.js';
 
 export type MetadataValue = string | Uint8Array;
 
@@ -16,13 +17,25 @@ export const DEFAULT_METADATA_LIMITS: MetadataLimits = Object.freeze({
   keysMax: 1024,
 });
 
+/** A key set after the event's keys were encoded, with the context version it was set at. */
+interface Change {
+  readonly value: MetadataValue;
+  readonly version: number;
+  /** Set by a plugin (what a later stage inherits), not by the host. */
+  readonly byPlugin: boolean;
+}
+
 const utf8 = new TextDecoder();
 let nextContextId = 1;
 
 /**
  * The context of one hook event: the hook, the cancel flag and the metadata
- * (binary-safe byte strings by key). One context runs through the whole
- * plugin chain, so what one plugin sets the next one reads.
+ * (binary-safe byte strings by key). The host's keys arrive encoded once
+ * (`base`, shared by every plugin of the event); what is set afterwards, by
+ * the host or a plugin, is kept as changes, each stamped with the version it
+ * made, so that a backend holding a copy is sent only what it has not seen.
+ * One context runs through the whole plugin chain: what one plugin sets the
+ * next one reads.
  */
 export class HookContext {
   readonly hook: HookName;
@@ -32,78 +45,106 @@ export class HookContext {
   cancel = false;
   /** Identifies this context to backends that cache a copy of it. */
   readonly id = nextContextId++;
-  #values = new Map<string, MetadataValue>();
+  /** The host's keys, encoded once. */
+  readonly base: EncodedMetadata;
+  #changes: Map<string, Change> | null = null;
   #version = 0;
-  /** Keys plugins set (null until one does): what a later stage inherits. */
-  #pluginKeys: Set<string> | null = null;
 
-  constructor(hook: HookName, limits: MetadataLimits = DEFAULT_METADATA_LIMITS) {
+  constructor(hook: HookName, limits: MetadataLimits = DEFAULT_METADATA_LIMITS, base: EncodedMetadata = EMPTY_METADATA) {
     if (!isHookName(hook)) throw hostError('SMTP_E_HOOK_UNKNOWN', `unknown hook "${String(hook)}"`);
     this.hook = hook;
     this.hookValue = hookValue(hook);
     this.limits = limits;
+    this.base = base;
   }
 
   /**
-   * Bumped by every change, so a backend holding a copy of the metadata
-   * knows when to refresh it. A backend that copies a plugin's changes back
-   * records the version after applying them: its own copy already has them,
-   * every other copy is stale.
+   * The host's context for an event: `fields` encoded once (undefined values
+   * skipped), `tailKey`'s value (the message body) referenced, not copied.
+   * The host's own keys are not bound-checked: they are bounded by config.
    */
+  static of(hook: HookName, fields: MetadataFields, tailKey?: string, limits: MetadataLimits = DEFAULT_METADATA_LIMITS): HookContext {
+    return new HookContext(hook, limits, encodeFields(fields, tailKey));
+  }
+
+  /** Bumped by every change: a copy made at an older version is stale. */
   get version(): number {
     return this.#version;
   }
 
+  /** Sets a key as the host (checked against the limits). */
   setMetadata(key: string, value: MetadataValue): void {
     this.#check(key, value);
-    this.#values.set(key, value);
-    this.#version++;
+    this.#set(key, value, false);
+  }
+
+  /** Applies a plugin's set (checked against the limits), copied back by a backend. */
+  applyPluginChange(key: string, value: Uint8Array): void {
+    this.#check(key, value);
+    this.#set(key, value, true);
+  }
+
+  #set(key: string, value: MetadataValue, byPlugin: boolean): void {
+    (this.#changes ??= new Map()).delete(key); // re-inserted last: changes stay in version order
+    this.#changes.set(key, { value, version: ++this.#version, byPlugin });
+  }
+
+  #raw(key: string): MetadataValue | undefined {
+    const change = this.#changes?.get(key);
+    return change !== undefined ? change.value : this.base.fields[key];
   }
 
   /** The value as UTF-8 text (invalid bytes become U+FFFD), or undefined. */
   getMetadata(key: string): string | undefined {
-    const value = this.#values.get(key);
+    const value = this.#raw(key);
     return value === undefined || typeof value === 'string' ? value : utf8.decode(value);
   }
 
   /** The value as bytes, or undefined. */
   getMetadataBytes(key: string): Uint8Array | undefined {
-    const value = this.#values.get(key);
+    const value = this.#raw(key);
     return typeof value === 'string' ? Buffer.from(value, 'utf8') : value;
   }
 
   hasMetadata(key: string): boolean {
-    return this.#values.has(key);
+    return this.#raw(key) !== undefined;
   }
 
-  /** Every key and its raw value, in insertion order. */
-  entries(): IterableIterator<[string, MetadataValue]> {
-    return this.#values.entries();
+  /** Every key and its raw value: the event's keys (as changed), then keys added since. */
+  *entries(): IterableIterator<[string, MetadataValue]> {
+    const fields = this.base.fields;
+    for (const key in fields) {
+      const value = this.#raw(key);
+      if (value !== undefined) yield [key, value];
+    }
+    if (this.#changes === null) return;
+    for (const [key, change] of this.#changes) if (fields[key] === undefined) yield [key, change.value];
   }
 
   get size(): number {
-    return this.#values.size;
+    if (this.#changes === null) return this.base.count;
+    let added = 0;
+    for (const key of this.#changes.keys()) if (this.base.fields[key] === undefined) added++;
+    return this.base.count + added;
   }
 
   /** Every key as text: what `plugin call` prints. */
   toJSON(): Record<string, string> {
     const out: Record<string, string> = {};
-    for (const key of this.#values.keys()) out[key] = this.getMetadata(key)!;
+    for (const [key] of this.entries()) out[key] = this.getMetadata(key)!;
     return out;
   }
 
-  /** Applies a plugin's set, copied back by a backend. */
-  applyPluginChange(key: string, value: Uint8Array): void {
-    this.#check(key, value);
-    this.#values.set(key, value);
-    this.#version++;
-    (this.#pluginKeys ??= new Set()).add(key);
+  /** Keys set after `version` (by the host or plugins), oldest first, with their values. */
+  *changesSince(version: number): IterableIterator<[string, MetadataValue]> {
+    if (this.#changes === null || version >= this.#version) return;
+    for (const [key, change] of this.#changes) if (change.version > version) yield [key, change.value];
   }
 
   /** The keys plugins set during this event, with their values. */
   *pluginChanges(): IterableIterator<[string, MetadataValue]> {
-    if (this.#pluginKeys === null) return;
-    for (const key of this.#pluginKeys) yield [key, this.#values.get(key)!];
+    if (this.#changes === null) return;
+    for (const [key, change] of this.#changes) if (change.byPlugin) yield [key, change.value];
   }
 
   #check(key: string, value: MetadataValue): void {
@@ -115,7 +156,7 @@ export class HookContext {
     if (valueBytes > this.limits.valueBytesMax) {
       throw hostError('SMTP_E_METADATA_LIMIT', `metadata "${key}" of ${valueBytes} bytes (at most ${this.limits.valueBytesMax})`);
     }
-    if (!this.#values.has(key) && this.#values.size >= this.limits.keysMax) {
+    if (!this.hasMetadata(key) && this.size >= this.limits.keysMax) {
       throw hostError('SMTP_E_METADATA_LIMIT', `more than ${this.limits.keysMax} metadata keys`);
     }
   }

@@ -16,7 +16,7 @@ import { isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { deniedConnectLogger } from '../plugin/denied-log.js';
 import { HookContext } from '../plugin/hook-context.js';
-import { applyChanges, encodeEntries } from '../plugin/metadata-wire.js';
+import { encodeEntries, wireMetadata } from '../plugin/metadata-wire.js';
 import type { PluginOptions } from '../plugin/options.js';
 import type { Plugin } from '../plugin/plugin.js';
 import { deniedNet, type GuestNet } from './guest-net.js';
@@ -129,8 +129,8 @@ function runSync(request: SyncRequest): unknown {
 function runHook(request: HookRequest): HookReply {
   if (!isHookName(request.hook)) return { id: request.id, ok: false, code: 'SMTP_E_HOOK_UNKNOWN', message: `unknown hook "${request.hook}"` };
   try {
-    const context = new HookContext(request.hook);
-    applyChanges(request.metadata, request.metadata.length, context, undefined, 'SMTP_E_METADATA_LIMIT', 'host', false);
+    // The bytes as they came are the event's encoding: the plugin's copy-in reads them as they are.
+    const context = new HookContext(request.hook, undefined, wireMetadata(request.metadata));
     const code = loaded().executeHook(context) as number;
     return { id: request.id, ok: true, code, cancel: context.cancel, changes: encodeEntries(context.pluginChanges()) };
   } catch (error) {

@@ -5,7 +5,7 @@ import { HostError, hostError, isHostError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/metadata.js';
-import { applyChanges, encodeMetadata, type WireBounds } from '../plugin/metadata-wire.js';
+import { applyChanges, wireSize, writeEntries, type WireBounds } from '../plugin/metadata-wire.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
 import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
 import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME, WasmInstrumentError, instrument } from './instrument.js';
@@ -14,8 +14,10 @@ import { NET_IMPORT_MODULE, NET_IMPORT_NAMES, deniedNet, netImports, type GuestN
 import { WASI_MODULE, WASI_PREVIEW1_FUNCTIONS, createWasi, type WasiHost } from './wasi.js';
 
 const PAGE_BYTES = 65_536;
-/** Up to this size the host's buffer in guest memory grows by doubling; beyond, exactly to fit (and is freed after use). */
+/** Up to this size the host's buffers in guest memory grow by doubling; beyond, exactly to fit. */
 const SCRATCH_DOUBLING_BYTES_MAX = 1024 * 1024;
+/** A message-sized input buffer is given back when the next context needs less than this share of it. */
+const INPUT_SHRINK_FRACTION = 4;
 const WASM_MAGIC = [0x00, 0x61, 0x73, 0x6d];
 
 /** What a module must export: the plugin's six functions, the marker, and the guest half of the binding. */
@@ -52,8 +54,12 @@ interface Live {
   readonly memory: WebAssembly.Memory;
   readonly budget: WebAssembly.Global;
   context: number;
+  /** The host's buffer for config text and the changes copied out. */
   scratch: number;
   scratchBytes: number;
+  /** The loaded context's bytes: the guest's entries point into them, so they stay unchanged until the next load. */
+  input: number;
+  inputBytes: number;
   loadedId: number;
   loadedVersion: number;
 }
@@ -186,6 +192,8 @@ class WasmPlugin implements Plugin {
       context: 0,
       scratch: 0,
       scratchBytes: 0,
+      input: 0,
+      inputBytes: 0,
       loadedId: 0,
       loadedVersion: -1,
     };
@@ -351,23 +359,7 @@ class WasmPlugin implements Plugin {
     const live = this.#current();
     return this.#guard(context.hook, () => {
       const { exports } = live;
-      if (live.loadedId !== context.id || live.loadedVersion !== context.version) {
-        const { buf, length } = encodeMetadata(context, this.#bounds, `plugin "${this.metadata.name}"`);
-        // Empty the guest's copy of the last context first: with a message-sized
-        // value in it, the guest could not also hold the buffer for the next one.
-        if (length > SCRATCH_DOUBLING_BYTES_MAX) {
-          exports.smtp_wasm_context_load(live.context, context.hookValue, 0, 0);
-          live.loadedId = 0;
-        }
-        const ptr = this.#scratch(live, length);
-        this.#memoryBytes(live, ptr, length, 'metadata buffer').set(buf.subarray(0, length));
-        const status = exports.smtp_wasm_context_load(live.context, context.hookValue, ptr, length);
-        // The context holds its own copy now: a message-sized buffer is given back at once.
-        if (live.scratchBytes > SCRATCH_DOUBLING_BYTES_MAX) this.#releaseScratch(live);
-        if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `plugin "${this.metadata.name}": the sandbox could not hold the metadata (status ${status})`);
-        live.loadedId = context.id;
-        live.loadedVersion = context.version;
-      }
+      if (live.loadedId !== context.id || live.loadedVersion !== context.version) this.#load(live, context);
       const code = exports.smtp_plugin_execute_hook(live.context);
       const status = exports.smtp_wasm_context_status(live.context) >>> 0;
       if (status >>> 2 !== 0) this.#collect(live, context);
@@ -377,6 +369,35 @@ class WasmPlugin implements Plugin {
       }
       return code;
     });
+  }
+
+  /**
+   * Copies the event's encoded bytes, then every change made since, into the
+   * input buffer in guest memory (one contiguous wire text: later entries
+   * replace earlier ones), and loads the guest's context from it in place.
+   */
+  #load(live: Live, context: HookContext): void {
+    const { exports } = live;
+    const who = `plugin "${this.metadata.name}"`;
+    const { changes, bytes } = wireSize(context, this.#bounds, who);
+    const shrink = live.inputBytes > SCRATCH_DOUBLING_BYTES_MAX && bytes < live.inputBytes / INPUT_SHRINK_FRACTION;
+    if (bytes > live.inputBytes || live.input === 0 || shrink) {
+      // Empty the guest's context first: its entries point into the old buffer.
+      exports.smtp_wasm_context_load(live.context, context.hookValue, 0, 0);
+      live.loadedId = 0;
+      if (live.input !== 0) exports.smtp_wasm_free(live.input, live.inputBytes);
+      const size = bytes > SCRATCH_DOUBLING_BYTES_MAX ? bytes : Math.max(bytes, shrink ? 0 : live.inputBytes * 2, 4096);
+      live.input = exports.smtp_wasm_alloc(size) >>> 0;
+      live.inputBytes = live.input === 0 ? 0 : size;
+      if (live.input === 0) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: no room for ${size} bytes of metadata within ${this.#options.limits.memoryMb} MiB`);
+    }
+    const target = this.#memoryBytes(live, live.input, bytes, 'metadata buffer');
+    const written = context.base.copyTo(target, 0);
+    if (changes.length > 0) writeEntries(changes, Buffer.from(target.buffer, target.byteOffset, target.byteLength), written);
+    const status = exports.smtp_wasm_context_load(live.context, context.hookValue, live.input, bytes);
+    if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: the sandbox could not hold the metadata (status ${status})`);
+    live.loadedId = context.id;
+    live.loadedVersion = context.version;
   }
 
   #collect(live: Live, context: HookContext): void {

@@ -8,7 +8,7 @@ import type { Logger } from '../log.js';
 import { destroyRuntimeContext, ensureRuntimeLoaded } from '../native/host-runtime.js';
 import { PROJECT_ROOT } from '../paths.js';
 import type { HookContext } from '../plugin/hook-context.js';
-import { applyChanges, encodeMetadata } from '../plugin/metadata-wire.js';
+import { applyChanges, wireSize, writeEntries } from '../plugin/metadata-wire.js';
 import type { PluginOptions } from '../plugin/options.js';
 import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
 import type { Failure, HookReply, HookRequest, SyncReply, SyncRequest, WorkerEvent } from './sandbox-worker.js';
@@ -266,9 +266,16 @@ class WorkerWasmPlugin implements Plugin {
   }
 
   executeHook(context: HookContext): Promise<number> {
-    const { buf, length } = encodeMetadata(context, undefined, `plugin "${this.metadata.name}"`);
-    const metadata = new Uint8Array(length);
-    metadata.set(buf.subarray(0, length));
+    // One copy, moved (not cloned) to the worker: the event's bytes, then what was set since.
+    let metadata: Uint8Array;
+    try {
+      const { changes, bytes } = wireSize(context, undefined, `plugin "${this.metadata.name}"`);
+      const out = Buffer.allocUnsafeSlow(bytes);
+      writeEntries(changes, out, context.base.copyTo(out, 0));
+      metadata = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+    } catch (error) {
+      return Promise.reject(error);
+    }
     const id = this.#nextId++;
     let live: Live;
     try {
@@ -281,7 +288,7 @@ class WorkerWasmPlugin implements Plugin {
       const timer = setTimeout(() => this.#watchdog(live, id, `${context.hook} did not answer within ${limit} ms`), limit);
       this.#pending.set(id, { resolve, reject, context, timer });
       const request: HookRequest = { kind: 'hook', id, hook: context.hook, metadata };
-      live.worker.postMessage(request, [metadata.buffer]);
+      live.worker.postMessage(request, [metadata.buffer as ArrayBuffer]);
     });
   }
 

@@ -31,3 +31,34 @@ describe('HookContext', () => {
     expect(context.getMetadata('b')).toBe('2');
   });
 });
+
+describe('HookContext.of: the event encoded once', () => {
+  it('encodes the host keys once, skips undefined, references the body as the tail, and reads them back', () => {
+    const body = Buffer.from('Subject: x\r\n\r\nbody \xff', 'latin1');
+    const context = HookContext.of('message_filtered', { sender: 'a@example.org', helo: undefined, subject: 'héllo', message_body: body }, 'message_body');
+    expect(context.base.tail).toBe(body);
+    expect(context.base.count).toBe(3);
+    expect(context.base.largestKey).toBe('message_body');
+    expect(context.getMetadata('subject')).toBe('héllo');
+    expect(context.hasMetadata('helo')).toBe(false);
+    expect(context.getMetadataBytes('message_body')).toBe(body);
+    // The wire text: head, then the body right after its length.
+    const wire = Buffer.alloc(context.base.byteLength);
+    context.base.copyTo(wire, 0);
+    expect(wire.subarray(wire.length - body.length)).toEqual(body);
+    expect(wire.readUInt32LE(wire.length - body.length - 4)).toBe(body.length);
+  });
+
+  it('keeps later sets as changes stamped with versions, so a copy gets only what it has not seen', () => {
+    const context = HookContext.of('message_filtered', { a: '1', b: '2' });
+    expect([...context.changesSince(0)]).toEqual([]);
+    context.applyPluginChange('b', Buffer.from('two'));
+    const seen = context.version;
+    context.applyPluginChange('c', Buffer.from('3'));
+    context.setMetadata('a', 'one');
+    expect([...context.changesSince(seen)].map(([k, v]) => [k, Buffer.from(v).toString()])).toEqual([['c', '3'], ['a', 'one']]);
+    expect([...context.pluginChanges()].map(([k]) => k)).toEqual(['b', 'c']);
+    expect(context.toJSON()).toEqual({ a: 'one', b: 'two', c: '3' });
+    expect(context.size).toBe(3);
+  });
+});
