@@ -23,6 +23,9 @@ export const HOOK_NAMES = [
 
 export type HookName = (typeof HOOK_NAMES)[number];
 
+/** SMTP_HOOK_COUNT. */
+export const HOOK_COUNT = HOOK_NAMES.length;
+
 const HOOK_INDEX: ReadonlyMap<string, number> = new Map(HOOK_NAMES.map((name, index) => [name, index]));
 
 export function isHookName(name: string): name is HookName {

@@ -3,10 +3,10 @@ import { tmpdir } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { HOOK_NAMES, handlesHook, hookValue, type HookName } from '../abi/hooks.js';
-import { HostError, hostError, isHostError, type SmtpReply } from '../errors.js';
+import { HostError, hostError, isHostError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { HookContext } from '../plugin/hook-context.js';
-import { PluginInstance, type HookAction } from '../plugin/lifecycle.js';
+import { PluginInstance, type HookAction, type HookCallResult } from '../plugin/lifecycle.js';
 import { NATIVE_EXTENSIONS, WASM_EXTENSION, loadPluginFile } from '../plugin/load.js';
 import type { PluginsConfig } from '../config/plugins-config.js';
 import { DEFAULT_PLUGIN_OPTIONS, type OnErrorPolicy, type PluginOptions } from '../plugin/options.js';
@@ -50,17 +50,11 @@ export interface HookOutcome {
   readonly action: HookAction | 'error';
   readonly plugin?: string;
   readonly error?: HostError;
-  /** For an error: the reply its on_error policy asks for (tempfail 451, reject 554). */
-  readonly reply?: SmtpReply;
+  /** For an error: the failing plugin's on_error policy, which ended the chain (the reply policy turns it into a reply). */
+  readonly policy?: Exclude<OnErrorPolicy, 'continue'>;
   /** Plugins that failed and were skipped (on_error = "continue"): a security decision must not pass them by. */
   readonly skipped?: readonly string[];
 }
-
-/** The SMTP reply of each failure policy that refuses. */
-export const POLICY_REPLIES: Readonly<Record<Exclude<OnErrorPolicy, 'continue'>, SmtpReply>> = Object.freeze({
-  tempfail: { code: 451, enhanced: '4.3.0' },
-  reject: { code: 554, enhanced: '5.3.0' },
-});
 
 /** A loaded plugin with its options and its run of failures. */
 interface Entry {
@@ -389,45 +383,76 @@ export class PluginManager {
    * Runs `hook` through the enabled plugins that handle it, in load order,
    * until one stops or cancels. A plugin that fails follows its on_error
    * policy: continue (the chain goes on), tempfail or reject (the chain ends
-   * with an `error` outcome carrying the reply); after
+   * with an `error` outcome naming the policy); after
    * max_consecutive_failures failures in a row it is disabled.
    */
   async executeHook(hook: HookName, context: HookContext): Promise<HookOutcome> {
     if (context.hook !== hook) throw hostError('SMTP_E_HOOK_UNKNOWN', `executeHook(${hook}) was given a ${context.hook} context`);
-    const chain = this.#chains[hookValue(hook)]!;
-    let skipped: string[] | undefined;
-    for (const entry of chain) {
-      const { instance } = entry;
+    return this.runChain(context);
+  }
+
+  /**
+   * executeHook for the server's path: plugins that answer at once (native
+   * and sandboxed in this thread) are called one after another and the
+   * outcome comes back without a promise; a promise is returned only from
+   * the first plugin whose hooks run off the event loop.
+   */
+  runChain(context: HookContext): HookOutcome | Promise<HookOutcome> {
+    return this.#runFrom(this.#chains[context.hookValue]!, 0, context, undefined);
+  }
+
+  #runFrom(chain: readonly Entry[], from: number, context: HookContext, skipped: string[] | undefined): HookOutcome | Promise<HookOutcome> {
+    for (let index = from; index < chain.length; index++) {
+      const entry = chain[index]!;
       // The chain was taken before an earlier plugin's await: a plugin
       // disabled, unloaded or replaced meanwhile is skipped, not called.
-      if (instance.state !== 'enabled') continue;
-      let action: HookAction;
+      if (entry.instance.state !== 'enabled') continue;
       const started = this.#trace === null ? 0 : performance.now();
+      let result: HookCallResult | Promise<HookCallResult>;
       try {
-        const result = instance.executeHookAsync(context);
-        action = (result instanceof Promise ? await result : result).action;
-        entry.failures = 0;
-        if (this.#trace !== null) {
-          this.#logger[this.#trace]({ plugin: instance.name, hook, result: action, duration_us: Math.round((performance.now() - started) * 1000) }, 'hook call');
-        }
+        result = entry.instance.executeHookAsync(context);
       } catch (error) {
-        const coded = isHostError(error) ? error : hostError('SMTP_E_PLUGIN_HOOK_CODE', `plugin "${instance.name}": ${String(error)}`, error);
-        const policy = entry.options.onError;
-        this.#logger.error({ plugin: instance.name, hook, code: coded.code, err: coded.message, on_error: policy }, 'plugin hook failed');
-        // A limit the host enforced before the plugin ran is not the plugin's failure.
-        if (coded.code !== 'SMTP_E_METADATA_LIMIT') this.#countFailure(entry);
-        if (policy === 'continue') {
-          (skipped ??= []).push(instance.name);
-          continue;
-        }
-        return { action: 'error', plugin: instance.name, error: coded, reply: POLICY_REPLIES[policy] };
+        const failed = this.#failed(entry, context, error, skipped);
+        if ('action' in failed) return failed;
+        skipped = failed.skipped;
+        continue;
       }
-      if (action !== 'continue') {
-        this.#logger.debug({ plugin: instance.name, hook, action }, 'hook chain ended by plugin');
-        return skipped ? { action, plugin: instance.name, skipped } : { action, plugin: instance.name };
+      if (result instanceof Promise) {
+        return result.then(
+          ({ action }) => this.#answered(entry, context, action, started, skipped) ?? this.#runFrom(chain, index + 1, context, skipped),
+          (error: unknown) => {
+            const failed = this.#failed(entry, context, error, skipped);
+            return 'action' in failed ? failed : this.#runFrom(chain, index + 1, context, failed.skipped);
+          },
+        );
       }
+      const ended = this.#answered(entry, context, result.action, started, skipped);
+      if (ended !== null) return ended;
     }
     return skipped ? { action: 'continue', skipped } : CONTINUE;
+  }
+
+  /** A plugin answered: the outcome when it ended the chain, else null. */
+  #answered(entry: Entry, context: HookContext, action: HookAction, started: number, skipped: string[] | undefined): HookOutcome | null {
+    entry.failures = 0;
+    if (this.#trace !== null) {
+      this.#logger[this.#trace]({ plugin: entry.instance.name, hook: context.hook, result: action, duration_us: Math.round((performance.now() - started) * 1000) }, 'hook call');
+    }
+    if (action === 'continue') return null;
+    this.#logger.debug({ plugin: entry.instance.name, hook: context.hook, action }, 'hook chain ended by plugin');
+    return skipped ? { action, plugin: entry.instance.name, skipped } : { action, plugin: entry.instance.name };
+  }
+
+  /** A plugin failed: the error outcome when its policy ends the chain, else the plugins skipped so far (with it). */
+  #failed(entry: Entry, context: HookContext, error: unknown, skipped: string[] | undefined): HookOutcome | { skipped: string[] } {
+    const { instance } = entry;
+    const coded = isHostError(error) ? error : hostError('SMTP_E_PLUGIN_HOOK_CODE', `plugin "${instance.name}": ${String(error)}`, error);
+    const policy = entry.options.onError;
+    this.#logger.error({ plugin: instance.name, hook: context.hook, code: coded.code, err: coded.message, on_error: policy }, 'plugin hook failed');
+    // A limit the host enforced before the plugin ran is not the plugin's failure.
+    if (coded.code !== 'SMTP_E_METADATA_LIMIT') this.#countFailure(entry);
+    if (policy === 'continue') return { skipped: [...(skipped ?? []), instance.name] };
+    return { action: 'error', plugin: instance.name, error: coded, policy };
   }
 
   #countFailure(entry: Entry): void {

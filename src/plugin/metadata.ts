@@ -1,6 +1,6 @@
 import semver from 'semver';
 import { hostError } from '../errors.js';
-import { PluginFlag } from '../abi/hooks.js';
+import { HOOK_COUNT, PluginFlag } from '../abi/hooks.js';
 import type { PluginMetadata } from './plugin.js';
 
 /** Bounds on plugin metadata, in bytes of UTF-8 unless named otherwise. */
@@ -61,7 +61,7 @@ export function validateMetadata(raw: RawMetadata, path: string): PluginMetadata
     if (!NAME_PATTERN.test(depName)) fail('dependencies', `entry "${spec}" does not start with a plugin name`);
     if (semver.validRange(range) === null) fail('dependencies', `entry "${spec}" has an invalid semver range`);
   }
-  if (raw.handledHooks >> 19n !== 0n) fail('handled_hooks', `sets bits above the 19 hooks (0x${raw.handledHooks.toString(16)})`);
+  if (raw.handledHooks >> BigInt(HOOK_COUNT) !== 0n) fail('handled_hooks', `sets bits above the ${HOOK_COUNT} hooks (0x${raw.handledHooks.toString(16)})`);
   if ((raw.flags & ~KNOWN_FLAGS) !== 0n) fail('flags', `sets bits this host does not know (0x${raw.flags.toString(16)})`);
   return Object.freeze({
     name,

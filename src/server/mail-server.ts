@@ -1,7 +1,6 @@
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import type { Readable } from 'node:stream';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerSession } from 'smtp-server';
 import { handlesHook, type HookName } from '../abi/hooks.js';
 import type { AppConfig } from '../config/config.js';
@@ -11,17 +10,18 @@ import { isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { HotReloader } from '../manager/hot-reload.js';
 import { PluginManager } from '../manager/plugin-manager.js';
-import type { HookContext, MetadataValue } from '../plugin/hook-context.js';
+import type { MetadataFields } from '../plugin/metadata-wire.js';
 import type { PluginInstance } from '../plugin/lifecycle.js';
 import { DEFAULT_SANDBOX_LIMITS } from '../plugin/options.js';
-import { quarantineFolder, Spool, type SpooledMessage } from '../storage/spool.js';
+import { Spool, type SpooledMessage } from '../storage/spool.js';
 import { SERVER_VERSION } from '../version.js';
-import { HookRunner, QUARANTINE_KEY, QUARANTINE_PATH_KEY, QUARANTINE_PATH_REFUSED, replyError, type Refusal } from './hook-runner.js';
+import { BODY_HOOKS } from './hook-table.js';
+import { HookRunner, andThen } from './hook-runner.js';
 import { HookedSMTPServer } from './hooked-smtp-server.js';
-import { checkHeaders } from './message-headers.js';
+import { MessagePipeline } from './message-pipeline.js';
+import { REPLIES, errorReply, replyError, type Refusal } from './reply-policy.js';
+import { domainOf, sessionFields } from './session-fields.js';
 
-/** The hooks whose context carries message_body. */
-const MESSAGE_BODY_HOOKS: readonly HookName[] = ['message_received', 'message_validated', 'message_filtered'];
 /**
  * Sandbox memory per byte of the largest message: the encoded copy and the
  * guest's own copy live side by side while loading, and the guest allocator
@@ -33,23 +33,13 @@ const SANDBOX_MEMORY_PER_MESSAGE_BYTE = 4;
 /** How long stop() lets open sessions finish before closing them. */
 const CLOSE_TIMEOUT_MS = 5000;
 
-type Metadata = Record<string, MetadataValue | undefined>;
-
-function domainOf(address: string): string {
-  const at = address.lastIndexOf('@');
-  return at < 0 ? '' : address.slice(at + 1).toLowerCase();
-}
-
-/** Keys a message-stage plugin set, carried to the later stages (the filter verdicts reach message_stored). */
-function carried(context: HookContext | null, into: Metadata): void {
-  if (context === null) return;
-  for (const [key, value] of context.pluginChanges()) if (key !== 'message_body') into[key] = value;
-}
+type Callback<T> = (err?: Error | null, result?: T) => void;
 
 /**
  * The mail server: smtp-server with every one of the guide's 19 hooks fired
- * where its name says, a durable spool before the 250 reply, and delivery.
- * See docs/hooks.md for each hook's metadata and what stop and cancel do.
+ * where its name says (src/server/hook-table.ts), a durable spool before the
+ * 250 reply, and delivery. Sessions answer smtp-server's callbacks; the
+ * message itself goes through the MessagePipeline. See docs/hooks.md.
  */
 export class MailServer {
   #config: AppConfig;
@@ -58,10 +48,9 @@ export class MailServer {
   readonly #hooks: HookRunner;
   readonly #spool: Spool | null;
   readonly #queue: DeliveryQueue | null;
+  readonly #pipeline: MessagePipeline;
   #smtp: HookedSMTPServer | null = null;
   readonly #reloader: HotReloader | null;
-  /** Every hook event is logged, handled or not (log_hook_calls). */
-  readonly #traced: boolean;
   #port = 0;
 
   constructor(config: AppConfig, logger: Logger) {
@@ -78,8 +67,7 @@ export class MailServer {
       copyNative: true,
     });
     this.#reloader = config.plugins.hotReload ? new HotReloader(this.#manager, logger) : null;
-    this.#traced = config.server.logHookCalls;
-    this.#hooks = new HookRunner(this.#manager, logger, this.#traced);
+    this.#hooks = new HookRunner(this.#manager, logger, config.server.logHookCalls);
     const { storage, delivery } = config;
     this.#spool = storage.spool === 'disk' ? new Spool({ dir: storage.spoolDir, fsync: storage.fsync, groupCommitMs: storage.groupCommitMs, logger }) : null;
     this.#queue = this.#spool === null
@@ -99,6 +87,14 @@ export class MailServer {
             this.#logger.error({ spool_id: message.id, reason }, 'message bounced');
           },
         });
+    this.#pipeline = new MessagePipeline({
+      hostname: config.server.hostname,
+      quarantineDir: storage.quarantineDir,
+      hooks: this.#hooks,
+      logger,
+      spool: this.#spool,
+      queue: this.#queue,
+    });
   }
 
   get manager(): PluginManager {
@@ -114,9 +110,14 @@ export class MailServer {
     return this.#port;
   }
 
-  #serverMetadata(): Metadata {
+  #serverFields(): MetadataFields {
     const { server } = this.#config;
     return { hostname: server.hostname, host: server.host, port: String(this.#port || server.port), version: SERVER_VERSION };
+  }
+
+  /** Runs a notification hook and waits for it (start, stop, reload). */
+  async #fire(hook: HookName, fields: () => MetadataFields): Promise<void> {
+    await this.#hooks.run(hook, fields);
   }
 
   /**
@@ -128,7 +129,7 @@ export class MailServer {
   #warnSmallSandboxes(loaded: readonly PluginInstance[]): void {
     const messageBytes = this.#config.server.maxMessageBytes;
     for (const instance of loaded) {
-      if (instance.plugin.kind === 'native' || !MESSAGE_BODY_HOOKS.some((hook) => handlesHook(instance.plugin.metadata.handledHooks, hook))) continue;
+      if (instance.plugin.kind === 'native' || !BODY_HOOKS.some((hook) => handlesHook(instance.plugin.metadata.handledHooks, hook))) continue;
       const entry = this.#config.plugins.plugins.find((each) => each.name === instance.name);
       const limits = entry?.options.limits ?? DEFAULT_SANDBOX_LIMITS;
       const memoryNeeded = Math.ceil((SANDBOX_MEMORY_PER_MESSAGE_BYTE * messageBytes) / 2 ** 20);
@@ -146,15 +147,15 @@ export class MailServer {
     this.#logger.info({ loaded: loaded.map((p) => `${p.name}@${p.plugin.metadata.version} (${p.plugin.kind})`), failed: failed.length }, 'plugins loaded');
     this.#warnSmallSandboxes(loaded);
     this.#reloader?.start();
-    await this.#hooks.run('config_loaded', { config_path: this.#config.file ?? '(embedded default)' });
-    await this.#hooks.run('server_starting', this.#serverMetadata());
+    await this.#fire('config_loaded', () => ({ config_path: this.#config.file ?? '(embedded default)' }));
+    await this.#fire('server_starting', () => this.#serverFields());
     if (this.#spool) {
       await this.#spool.open();
       const recovered = await this.#queue!.recover();
       if (recovered > 0) this.#logger.info({ messages: recovered }, 'delivering what the spool held at start');
     }
     const smtp = new HookedSMTPServer(this.#smtpOptions(), {
-      active: () => this.#wants('command_received'),
+      active: () => this.#hooks.wants('command_received'),
       check: (session, command, line) => this.#commandReceived(session, command, line),
     });
     smtp.on('error', (err: Error) => this.#logger.warn({ err: err.message }, 'smtp session error'));
@@ -164,19 +165,19 @@ export class MailServer {
     await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err))]);
     this.#port = (server.address() as AddressInfo).port;
     this.#logger.info({ host: this.#config.server.host, port: this.#port, test_mode: this.#config.testMode }, 'listening');
-    await this.#hooks.run('server_started', this.#serverMetadata());
+    await this.#fire('server_started', () => this.#serverFields());
     return this.#port;
   }
 
   /** Stops accepting, lets sessions in flight finish, then tears down. */
   async stop(): Promise<void> {
-    await this.#hooks.run('server_stopping', this.#serverMetadata());
+    await this.#fire('server_stopping', () => this.#serverFields());
     const smtp = this.#smtp;
     this.#smtp = null;
     if (smtp) await new Promise<void>((done) => smtp.close(() => done()));
     await this.#queue?.stop();
     await this.#reloader?.stop();
-    await this.#hooks.run('server_stopped', this.#serverMetadata());
+    await this.#fire('server_stopped', () => this.#serverFields());
     this.#manager.deinit();
     this.#logger.info('stopped');
   }
@@ -204,20 +205,16 @@ export class MailServer {
       }
     }
     this.#config = Object.freeze({ ...next, server: this.#config.server, storage: this.#config.storage, delivery: this.#config.delivery });
-    await this.#hooks.run('config_changed', { config_path: next.file ?? '(embedded default)', changed_plugins: changed.join(',') });
+    await this.#fire('config_changed', () => ({ config_path: next.file ?? '(embedded default)', changed_plugins: changed.join(',') }));
     this.#logger.info({ changed_plugins: changed }, 'config reloaded');
     return changed;
-  }
-
-  /** Whether firing `hook` does anything: a plugin handles it, or every hook is logged. */
-  #wants(hook: HookName): boolean {
-    return this.#traced || this.#hooks.handles(hook);
   }
 
   #smtpOptions(): ConstructorParameters<typeof HookedSMTPServer>[0] {
     const { server } = this.#config;
     const tls = server.tlsKey !== null && server.tlsCert !== null;
     const disabled = [...(tls ? [] : ['STARTTLS']), ...(server.auth ? [] : ['AUTH'])];
+    const hooks = this.#hooks;
     return {
       name: server.hostname,
       banner: 'smtp-plugin-host',
@@ -231,198 +228,100 @@ export class MailServer {
       authMethods: [...server.authMethods],
       authOptional: !server.authRequired,
       allowInsecureAuth: server.authInsecure,
-      // A hook no plugin handles answers at once: no promise, no context.
-      onConnect: (session, callback) => (this.#wants('connection_opened') ? this.#settle(this.#connectionOpened(session), callback) : callback()),
-      onSecure: (socket, session, callback) => this.#settle(this.#connectionUpgraded(socket, session), callback),
-      onAuth: (auth, session, callback) => this.#settle(this.#authenticate(auth, session), callback),
-      onMailFrom: (address, session, callback) => (this.#wants('command_validated') ? this.#settle(this.#validated(session, 'MAIL', address), callback) : callback()),
-      onRcptTo: (address, session, callback) => (this.#wants('command_validated') ? this.#settle(this.#validated(session, 'RCPT', address), callback) : callback()),
-      onData: (stream, session, callback) => this.#settle(this.#message(stream, session), callback),
+      // A hook no plugin handles answers at once; one whose plugins all answer at once, too.
+      onConnect: (session, callback) => (hooks.wants('connection_opened') ? this.#answer(() => this.#connectionOpened(session), callback) : callback()),
+      onSecure: (socket, session, callback) => (hooks.wants('connection_upgraded') ? this.#answer(() => this.#connectionUpgraded(socket, session), callback) : callback()),
+      onAuth: (auth, session, callback) => this.#answer(() => this.#authenticate(auth, session), callback),
+      onMailFrom: (address, session, callback) => (hooks.wants('command_validated') ? this.#answer(() => this.#validated(session, 'MAIL', address), callback) : callback()),
+      onRcptTo: (address, session, callback) => (hooks.wants('command_validated') ? this.#answer(() => this.#validated(session, 'RCPT', address), callback) : callback()),
+      onData: (stream, session, callback) => this.#answer(() => this.#pipeline.receive(stream, session), callback),
       onClose: (session) => {
-        this.#hooks.run('connection_closed', this.#sessionMetadata(session)).catch((err: unknown) => this.#logger.error({ err: String(err) }, 'connection_closed hook failed'));
+        if (hooks.wants('connection_closed')) hooks.notify('connection_closed', () => sessionFields(session));
       },
     };
   }
 
-  /** Bridges a promise to smtp-server's callback; a refusal becomes its reply, an internal failure a 451. */
-  #settle<T>(work: Promise<T>, callback: (err?: Error | null, result?: T) => void): void {
-    work.then(
-      (result) => callback(null, result),
-      (error: unknown) => {
-        if (error instanceof Error && 'responseCode' in error) return callback(error);
-        this.#logger.error({ err: String(error), code: isHostError(error) ? error.code : undefined }, 'internal error in a session');
-        callback(replyError({ code: 451, text: '4.3.0 Temporary server error, try again later' }));
-      },
-    );
+  /**
+   * Answers smtp-server's callback with what `work` gives: at once when it
+   * needs no promise, else when it settles. A refusal becomes its reply; any
+   * other failure is logged and answered by the reply policy.
+   */
+  #answer<T>(work: () => T | Promise<T>, callback: Callback<T>): void {
+    const failed = (error: unknown): void => {
+      if (error instanceof Error && 'responseCode' in error) return callback(error);
+      this.#logger.error({ err: String(error), code: isHostError(error) ? error.code : undefined }, 'internal error in a session');
+      callback(replyError(errorReply(error)));
+    };
+    let result: T | Promise<T>;
+    try {
+      result = work();
+    } catch (error) {
+      return failed(error);
+    }
+    if (result instanceof Promise) result.then((settled) => callback(null, settled), failed);
+    else callback(null, result);
   }
 
-  #refuse(hook: HookName, refusal: Refusal, session: SMTPServerSession): never {
+  #refuse(hook: HookName, refusal: Refusal, session: { id: string }): never {
     this.#logger.info({ hook, plugin: refusal.plugin, reason: refusal.reason, code: refusal.code, session: session.id }, 'refused');
     throw replyError(refusal);
   }
 
-  #sessionMetadata(session: SMTPServerSession): Metadata {
-    return {
-      session_id: session.id,
-      remote_ip: session.remoteAddress,
-      client_hostname: session.clientHostname,
-      helo: session.hostNameAppearsAs || undefined,
-      username: typeof session.user === 'string' ? session.user : undefined,
-    };
-  }
-
-  async #connectionOpened(session: SMTPServerSession): Promise<void> {
-    const { refusal } = await this.#hooks.run('connection_opened', { ...this.#sessionMetadata(session), remote_port: String(session.remotePort) }, true);
-    if (refusal) this.#refuse('connection_opened', refusal, session);
-  }
-
-  async #connectionUpgraded(socket: unknown, session: SMTPServerSession): Promise<void> {
-    const tls = socket as { getProtocol?(): string | null; getCipher?(): { name: string } };
-    await this.#hooks.run('connection_upgraded', {
-      ...this.#sessionMetadata(session),
-      tls_protocol: tls.getProtocol?.() ?? undefined,
-      tls_cipher: tls.getCipher?.().name,
+  #connectionOpened(session: SMTPServerSession): void | Promise<void> {
+    return andThen(this.#hooks.run('connection_opened', () => ({ ...sessionFields(session), remote_port: String(session.remotePort) })), ({ refusal }) => {
+      if (refusal) this.#refuse('connection_opened', refusal, session);
     });
   }
 
+  #connectionUpgraded(socket: unknown, session: SMTPServerSession): void | Promise<void> {
+    const tls = socket as { getProtocol?(): string | null; getCipher?(): { name: string } };
+    return andThen(
+      this.#hooks.run('connection_upgraded', () => ({ ...sessionFields(session), tls_protocol: tls.getProtocol?.() ?? undefined, tls_cipher: tls.getCipher?.().name })),
+      () => undefined,
+    );
+  }
+
   async #commandReceived(session: { id: string; remoteAddress: string }, command: string, line: string): Promise<{ code: number; text: string } | undefined> {
-    const { refusal } = await this.#hooks.run('command_received', { session_id: session.id, remote_ip: session.remoteAddress, command, line }, true);
+    const { refusal } = await this.#hooks.run('command_received', () => ({ session_id: session.id, remote_ip: session.remoteAddress, command, line }));
     if (refusal) this.#logger.info({ hook: 'command_received', plugin: refusal.plugin, command, code: refusal.code }, 'refused');
     return refusal ?? undefined;
   }
 
   async #authenticate(auth: SMTPServerAuthentication, session: SMTPServerSession): Promise<{ user: string }> {
-    const base = { ...this.#sessionMetadata(session), method: auth.method, username: auth.username ?? '' };
+    const base = { ...sessionFields(session), method: auth.method, username: auth.username ?? '' };
     if (!this.#hooks.handles('auth_started')) {
       // With no plugin to check credentials, nobody can log in.
       this.#logger.warn({ session: session.id }, 'AUTH refused: no enabled plugin handles auth_started');
-      await this.#hooks.run('auth_failed', { ...base, reason: 'no authentication plugin' });
-      throw replyError({ code: 535, text: '5.7.8 Authentication credentials invalid' });
+      await this.#fire('auth_failed', () => ({ ...base, reason: 'no authentication plugin' }));
+      throw replyError(REPLIES.authInvalid);
     }
-    const { refusal } = await this.#hooks.run('auth_started', { ...base, password: auth.password ?? '' }, true);
+    const { outcome, refusal } = await this.#hooks.run('auth_started', () => ({ ...base, password: auth.password ?? '' }));
+    if (refusal === null && outcome.skipped !== undefined) {
+      // An authentication plugin that failed cannot have approved the password, whatever its on_error.
+      await this.#fire('auth_failed', () => ({ ...base, reason: 'error' }));
+      this.#refuse('auth_started', { ...REPLIES.authTemporary, plugin: outcome.skipped[0], reason: 'error' }, session);
+    }
     if (refusal) {
-      await this.#hooks.run('auth_failed', { ...base, reason: refusal.reason });
+      await this.#fire('auth_failed', () => ({ ...base, reason: refusal.reason }));
       this.#refuse('auth_started', refusal, session);
     }
-    await this.#hooks.run('auth_completed', base);
+    await this.#fire('auth_completed', () => base);
     return { user: auth.username ?? '' };
   }
 
-  async #validated(session: SMTPServerSession, command: 'MAIL' | 'RCPT', address: SMTPServerAddress): Promise<void> {
-    const sender = command === 'MAIL' ? address.address : session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-    const metadata: Metadata = { ...this.#sessionMetadata(session), command, sender, sender_domain: domainOf(sender) };
-    if (command === 'RCPT') Object.assign(metadata, { recipient: address.address, recipient_domain: domainOf(address.address) });
-    const { refusal } = await this.#hooks.run('command_validated', metadata, true);
-    if (refusal) this.#refuse('command_validated', refusal, session);
-  }
-
-  /** Reads DATA into memory within the size limit; rejects when the client went away mid-message. */
-  async #read(stream: Readable & { sizeExceeded?: boolean }): Promise<Buffer | null> {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    stream.on('data', (chunk: Buffer) => {
-      if (stream.sizeExceeded) return;
-      chunks.push(chunk);
-      size += chunk.length;
-    });
-    await new Promise<void>((done, fail) => {
-      stream.once('end', done);
-      stream.once('error', fail);
-    });
-    return stream.sizeExceeded ? null : Buffer.concat(chunks, size);
-  }
-
-  async #message(stream: Readable, session: SMTPServerSession): Promise<string> {
-    const raw = await this.#read(stream);
-    // smtp-server answers 552 itself for a message over the size limit.
-    if (raw === null) throw replyError({ code: 552, text: '5.3.4 Message too big' });
-    const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-    const recipients = session.envelope.rcptTo.map((r) => r.address);
-    const headers = checkHeaders(raw);
-    const messageId = headers.messageId ?? `<${Date.now().toString(36)}.${session.id}@${this.#config.server.hostname}>`;
-    // Built only when some hook will see it: the common no-plugin path skips it.
-    let built: Metadata | null = null;
-    const metadata = (): Metadata =>
-      (built ??= {
-        ...this.#sessionMetadata(session),
-        sender,
-        sender_domain: domainOf(sender),
-        recipients: recipients.join(','),
-        recipient: recipients[0],
-        recipient_count: String(recipients.length),
-        message_id: messageId,
-        subject: headers.subject ?? undefined,
-        header_from: headers.from ?? undefined,
-        size: String(raw.length),
-      });
-    let quarantined = false;
-    let quarantinePath: string | undefined;
-    for (const hook of ['message_received', 'message_validated', 'message_filtered'] as const) {
-      if (hook === 'message_validated' && headers.problem !== null) {
-        this.#logger.info({ session: session.id, problem: headers.problem }, 'message refused by header checks');
-        throw replyError({ code: 550, text: `5.6.0 Malformed message headers: ${headers.problem}` });
-      }
-      if (!this.#wants(hook)) continue;
-      const { context, refusal } = await this.#hooks.run(hook, { ...metadata(), message_body: raw }, true);
-      carried(context, metadata());
-      if (!quarantined && context?.getMetadata(QUARANTINE_KEY) === 'true') {
-        quarantined = true;
-        quarantinePath = context.getMetadata(QUARANTINE_PATH_KEY);
-      }
-      // A cancel that asks for quarantine means "not to the mailbox", not "refuse".
-      if (refusal && !(quarantined && refusal.reason !== 'error')) this.#refuse(hook, refusal, session);
-      if (quarantined) break;
-    }
-    if (this.#spool === null) return '2.0.0 Ok: accepted';
-    const envelope = { from: sender, to: recipients };
-    const stored = await this.#spool.store(envelope, raw, { message_id: messageId });
-    if (quarantined) {
-      let path: string;
-      try {
-        path = await this.#quarantine(stored, quarantinePath, { message_id: messageId, session_id: session.id });
-      } catch (error) {
-        // Left in the spool, a quarantined message would be delivered at the next start.
-        await this.#spool.remove(stored.id);
-        throw error;
-      }
-      if (this.#wants('message_stored')) await this.#hooks.run('message_stored', { ...metadata(), spool_id: stored.id, message_path: path, quarantined: 'true' });
-      this.#logger.info({ spool_id: stored.id, message_id: messageId }, 'message quarantined');
-      return `2.0.0 Ok: queued as ${stored.id}`;
-    }
-    if (this.#wants('message_stored')) await this.#hooks.run('message_stored', { ...metadata(), spool_id: stored.id, message_path: stored.path, quarantined: 'false' });
-    this.#queue!.enqueue(stored);
-    return `2.0.0 Ok: queued as ${stored.id}`;
-  }
-
-  /**
-   * Moves a stored message into quarantine: into the folder a plugin named
-   * (quarantine_path) when it lies inside quarantine_dir, else into
-   * quarantine_dir itself, with a warning. A folder that cannot be written
-   * falls back the same way, so the plugin's choice never loses the message.
-   */
-  async #quarantine(stored: SpooledMessage, requested: string | undefined, reason: Record<string, string>): Promise<string> {
-    const spool = this.#spool!;
-    const base = this.#config.storage.quarantineDir;
-    if (requested === undefined) return spool.quarantine(stored, base, reason);
-    const warn = (why: string): void => {
-      this.#logger.warn({ code: QUARANTINE_PATH_REFUSED, spool_id: stored.id, quarantine_path: requested, quarantine_dir: base, why }, 'quarantine_path refused: the message is kept in quarantine_dir');
+  #validated(session: SMTPServerSession, command: 'MAIL' | 'RCPT', address: SMTPServerAddress): void | Promise<void> {
+    const fields = (): MetadataFields => {
+      const sender = command === 'MAIL' ? address.address : session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+      const base = { ...sessionFields(session), command, sender, sender_domain: domainOf(sender) };
+      return command === 'RCPT' ? { ...base, recipient: address.address, recipient_domain: domainOf(address.address) } : base;
     };
-    const withPath = { ...reason, quarantine_path: requested };
-    const folder = await quarantineFolder(base, requested);
-    if (folder.refused !== null) {
-      warn(folder.refused);
-    } else {
-      try {
-        return await spool.quarantine(stored, folder.dir, withPath);
-      } catch (error) {
-        warn(`cannot write there: ${(error as Error).message}`);
-      }
-    }
-    return spool.quarantine(stored, base, withPath);
+    return andThen(this.#hooks.run('command_validated', fields), ({ refusal }) => {
+      if (refusal) this.#refuse('command_validated', refusal, session);
+    });
   }
 
   async #delivered(message: SpooledMessage, recipient: string, detail: { mode: string; path?: string }): Promise<void> {
-    await this.#hooks.run('message_delivered', {
+    await this.#fire('message_delivered', () => ({
       spool_id: message.id,
       message_id: message.extra.message_id,
       sender: message.envelope.from,
@@ -432,6 +331,6 @@ export class MailServer {
       size: String(message.size),
       delivery_mode: detail.mode,
       delivered_path: detail.path,
-    });
+    }));
   }
 }

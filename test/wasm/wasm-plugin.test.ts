@@ -11,6 +11,7 @@ import { loadWasmPlugin } from '../../src/wasm/wasm-plugin.js';
 import { wasmFixture } from '../helpers/fixtures.js';
 import { buildModule, metadataData, pluginFunctions, type ModuleSpec } from '../helpers/wasm-module.js';
 import { expectCode } from '../helpers/expect-code.js';
+import { chainRefusal } from '../../src/server/reply-policy.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'wasm-bad-'));
 function moduleFile(name: string, spec: ModuleSpec | Uint8Array | string): string {
@@ -139,7 +140,8 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
     const strict = new PluginManager({ directory: tmpdir() });
     strict.loadPlugin(wasmFixture('sandbox_probe'), '{}', resolvePluginOptions({ limits: { hookTimeoutMs: 30 } }));
     const outcome = await strict.executeHook('message_received', loop());
-    expect(outcome).toMatchObject({ action: 'error', plugin: 'sandbox-probe', reply: { code: 451, enhanced: '4.3.0' } });
+    expect(outcome).toMatchObject({ action: 'error', plugin: 'sandbox-probe', policy: 'tempfail' });
+    expect(chainRefusal('message_received', outcome, null)).toMatchObject({ code: 451, text: '4.3.0 Temporary plugin failure, try again later', plugin: 'sandbox-probe' });
     expect(outcome.error?.code).toBe('SMTP_E_WASM_DEADLINE');
     strict.deinit();
   });
