@@ -94,6 +94,12 @@ export class HookContext {
     return change !== undefined ? change.value : this.base.fields[key];
   }
 
+  /** A key as set after the event was encoded (by a plugin, or the host), as text; undefined when it was not. */
+  changed(key: string): string | undefined {
+    const value = this.#changes?.get(key)?.value;
+    return value === undefined || typeof value === 'string' ? value : utf8.decode(value);
+  }
+
   /** The value as UTF-8 text (invalid bytes become U+FFFD), or undefined. */
   getMetadata(key: string): string | undefined {
     const value = this.#raw(key);

@@ -28,8 +28,37 @@ export function scratchBuffer(bytes: number): Buffer {
 /** UTF-8 needs at most three bytes per UTF-16 unit. */
 const UTF8_BYTES_PER_UNIT_MAX = 3;
 
+/** Below this many UTF-16 units, a string is written byte by byte in JS: cheaper than a call into Buffer#write. */
+const INLINE_WRITE_UNITS_MAX = 64;
+
+/**
+ * Writes `text` as UTF-8 at `at`; returns the bytes written. The keys and
+ * most values the host sends are short ASCII: they are copied in JS, which
+ * costs a fraction of Buffer#write's call into C++ per string.
+ */
+function writeText(buf: Buffer, text: string, at: number): number {
+  const units = text.length;
+  if (units <= INLINE_WRITE_UNITS_MAX) {
+    let i = 0;
+    for (; i < units; i++) {
+      const unit = text.charCodeAt(i);
+      if (unit >= 0x80) break;
+      buf[at + i] = unit;
+    }
+    if (i === units) return units;
+  }
+  return buf.write(text, at, 'utf8');
+}
+
 function bytesOf(value: MetadataValue): Uint8Array {
   return typeof value === 'string' ? Buffer.from(value, 'utf8') : value;
+}
+
+/** The longest key and value of an encoding, in bytes, and the key of the longest value: what a sandbox's bounds are checked against. */
+interface Maxima {
+  readonly keyBytesMax: number;
+  readonly valueBytesMax: number;
+  readonly largestKey: string;
 }
 
 /**
@@ -45,13 +74,17 @@ export class EncodedMetadata {
   readonly tail: Buffer | null;
   /** Keys encoded. */
   readonly count: number;
-  /** The longest key and value, in bytes, and the key of the longest value: what a sandbox's bounds are checked against. */
   readonly keyBytesMax: number;
   readonly valueBytesMax: number;
   readonly largestKey: string;
+  /** The keys as given (null: decode them from the bytes when asked). */
   #fields: MetadataFields | null;
+  /** An encoding these bytes start with, whose keys are not in #fields. */
+  readonly #prefix: EncodedMetadata | null;
+  /** The bytes the tail's key and length take at the end of `head`. */
+  readonly #tailEntryBytes: number;
 
-  constructor(head: Buffer, tail: Buffer | null, count: number, maxima: { keyBytesMax: number; valueBytesMax: number; largestKey: string }, fields: MetadataFields | null) {
+  constructor(head: Buffer, tail: Buffer | null, count: number, maxima: Maxima, fields: MetadataFields | null, prefix: EncodedMetadata | null = null, tailEntryBytes = 0) {
     this.head = head;
     this.tail = tail;
     this.count = count;
@@ -59,15 +92,22 @@ export class EncodedMetadata {
     this.valueBytesMax = maxima.valueBytesMax;
     this.largestKey = maxima.largestKey;
     this.#fields = fields;
+    this.#prefix = prefix;
+    this.#tailEntryBytes = tailEntryBytes;
   }
 
   get byteLength(): number {
     return this.head.length + (this.tail === null ? 0 : this.tail.length);
   }
 
-  /** The keys as the host gave them (decoded from the bytes, once, when the event came over a wire). */
+  /** The keys as the host gave them (merged with a prefix's, or decoded from the bytes, once, when asked). */
   get fields(): MetadataFields {
-    this.#fields ??= decodeFields(this.head, this.tail);
+    if (this.#fields === null) this.#fields = decodeFields(this.head, this.tail);
+    else if (this.#prefix !== null) {
+      const merged: Record<string, MetadataValue | undefined> = { ...this.#prefix.fields };
+      for (const key in this.#fields) if (this.#fields[key] !== undefined) merged[key] = this.#fields[key]!;
+      this.#fields = merged;
+    }
     return this.#fields;
   }
 
@@ -77,17 +117,56 @@ export class EncodedMetadata {
     if (this.tail !== null) target.set(this.tail, offset + this.head.length);
     return this.byteLength;
   }
+
+  /** The same keys without the tail's (the message's keys without its body): a view, nothing is re-encoded. */
+  withoutTail(): EncodedMetadata {
+    if (this.tail === null) return this;
+    const head = this.head.subarray(0, this.head.length - this.#tailEntryBytes);
+    return new EncodedMetadata(head, null, this.count - 1, measure(head), null);
+  }
+}
+
+/** The maxima of an encoding, read from its lengths. */
+function measure(head: Buffer): Maxima {
+  let at = 0;
+  let keyBytesMax = 0;
+  let valueBytesMax = -1;
+  let largestAt = -1;
+  let largestLen = 0;
+  while (at < head.length) {
+    const keyLen = head.readUInt32LE(at);
+    const valueLen = head.readUInt32LE(at + 4 + keyLen);
+    if (keyLen > keyBytesMax) keyBytesMax = keyLen;
+    if (valueLen > valueBytesMax) {
+      valueBytesMax = valueLen;
+      largestAt = at + 4;
+      largestLen = keyLen;
+    }
+    at += 8 + keyLen + valueLen;
+  }
+  return { keyBytesMax, valueBytesMax: Math.max(0, valueBytesMax), largestKey: largestAt < 0 ? '' : head.toString('utf8', largestAt, largestAt + largestLen) };
 }
 
 export const EMPTY_METADATA = new EncodedMetadata(Buffer.alloc(0), null, 0, { keyBytesMax: 0, valueBytesMax: 0, largestKey: '' }, Object.freeze({}));
 
+function writeU32(buf: Buffer, value: number, at: number): void {
+  buf[at] = value & 0xff;
+  buf[at + 1] = (value >>> 8) & 0xff;
+  buf[at + 2] = (value >>> 16) & 0xff;
+  buf[at + 3] = value >>> 24;
+}
+
 /**
- * Encodes `fields` (undefined values skipped) in one pass. With `tailKey`,
+ * Encodes `fields` (undefined values skipped), after `prefix` when given (an
+ * encoding made once and shared: a session's keys, a message's keys; it
+ * must have no tail, and `fields` must not repeat its keys). With `tailKey`,
  * that key's value goes last and, when it is bytes, is referenced as the
- * tail instead of copied.
+ * tail instead of copied. This runs for every hook event a plugin handles:
+ * one pass sizes the buffer and one fills it, writing short ASCII text and
+ * the lengths byte by byte.
  */
-export function encodeFields(fields: MetadataFields, tailKey?: string): EncodedMetadata {
-  let estimate = 0;
+export function encodeFields(fields: MetadataFields, tailKey?: string, prefix?: EncodedMetadata): EncodedMetadata {
+  let estimate = prefix === undefined ? 0 : prefix.head.length;
   for (const key in fields) {
     const value = fields[key];
     if (value === undefined || key === tailKey) continue;
@@ -100,43 +179,56 @@ export function encodeFields(fields: MetadataFields, tailKey?: string): EncodedM
   let at = 0;
   let count = 0;
   let keyBytesMax = 0;
-  let valueBytesMax = 0;
+  let valueBytesMax = -1;
   let largestKey = '';
-  const writeKey = (key: string): void => {
-    const keyLen = buf.write(key, at + 4, 'utf8');
-    buf.writeUInt32LE(keyLen, at);
-    at += 4 + keyLen;
-    if (keyLen > keyBytesMax) keyBytesMax = keyLen;
-    count++;
-  };
-  const noteValue = (key: string, valueLen: number): void => {
-    if (valueLen > valueBytesMax || largestKey === '') {
-      valueBytesMax = valueLen;
-      largestKey = key;
+  if (prefix !== undefined) {
+    buf.set(prefix.head, 0);
+    at = prefix.head.length;
+    count = prefix.count;
+    keyBytesMax = prefix.keyBytesMax;
+    if (prefix.count > 0) {
+      valueBytesMax = prefix.valueBytesMax;
+      largestKey = prefix.largestKey;
     }
-  };
+  }
   for (const key in fields) {
     const value = fields[key];
     if (value === undefined || key === tailKey) continue;
-    writeKey(key);
+    const keyLen = writeText(buf, key, at + 4);
+    writeU32(buf, keyLen, at);
+    at += 4 + keyLen;
     let valueLen: number;
     if (typeof value === 'string') {
-      valueLen = value.length === 0 ? 0 : buf.write(value, at + 4, 'utf8');
+      valueLen = writeText(buf, value, at + 4);
     } else {
       valueLen = value.byteLength;
       buf.set(value, at + 4);
     }
-    buf.writeUInt32LE(valueLen, at);
+    writeU32(buf, valueLen, at);
     at += 4 + valueLen;
-    noteValue(key, valueLen);
+    count++;
+    if (keyLen > keyBytesMax) keyBytesMax = keyLen;
+    if (valueLen > valueBytesMax) {
+      valueBytesMax = valueLen;
+      largestKey = key;
+    }
   }
+  let tailEntryBytes = 0;
   if (tail !== null) {
-    writeKey(tailKey!);
-    buf.writeUInt32LE(tail.length, at);
-    at += 4;
-    noteValue(tailKey!, tail.length);
+    const keyLen = writeText(buf, tailKey!, at + 4);
+    writeU32(buf, keyLen, at);
+    writeU32(buf, tail.length, at + 4 + keyLen);
+    tailEntryBytes = 8 + keyLen;
+    at += tailEntryBytes;
+    count++;
+    if (keyLen > keyBytesMax) keyBytesMax = keyLen;
+    if (tail.length > valueBytesMax) {
+      valueBytesMax = tail.length;
+      largestKey = tailKey!;
+    }
   }
-  return new EncodedMetadata(buf.subarray(0, at), tail, count, { keyBytesMax, valueBytesMax, largestKey }, fields);
+  const maxima = { keyBytesMax, valueBytesMax: Math.max(0, valueBytesMax), largestKey };
+  return new EncodedMetadata(buf.subarray(0, at), tail, count, maxima, fields, prefix ?? null, tailEntryBytes);
 }
 
 /** Takes wire bytes as they came (from another thread) as an event's encoding; the fields are decoded only if asked for. */
@@ -226,11 +318,11 @@ function encodedLength(entries: readonly (readonly [string, MetadataValue])[]): 
 export function writeEntries(entries: readonly (readonly [string, MetadataValue])[], target: Buffer, offset: number): number {
   let at = offset;
   for (const [key, value] of entries) {
-    const keyLen = target.write(key, at + 4, 'utf8');
-    target.writeUInt32LE(keyLen, at);
+    const keyLen = writeText(target, key, at + 4);
+    writeU32(target, keyLen, at);
     at += 4 + keyLen;
     const bytes = bytesOf(value);
-    target.writeUInt32LE(bytes.byteLength, at);
+    writeU32(target, bytes.byteLength, at);
     target.set(bytes, at + 4);
     at += 4 + bytes.byteLength;
   }

@@ -3,7 +3,8 @@ import type { HookName } from '../abi/hooks.js';
 import type { Logger } from '../log.js';
 import type { HookOutcome, PluginManager } from '../manager/plugin-manager.js';
 import { HookContext } from '../plugin/hook-context.js';
-import type { MetadataFields } from '../plugin/metadata-wire.js';
+import type { MetadataValue } from '../plugin/hook-context.js';
+import { EncodedMetadata, encodeFields, type MetadataFields } from '../plugin/metadata-wire.js';
 import { BODY_KEY, hookSpec } from './hook-table.js';
 import { chainRefusal, type Refusal } from './reply-policy.js';
 
@@ -53,16 +54,20 @@ export class HookRunner {
   }
 
   /**
-   * Runs `hook`; `fields` builds its keys, called only when a plugin handles
-   * the hook. Gating hooks (the hook table says which) can refuse.
+   * Runs `hook`; `event` gives its keys (as fields, or already encoded),
+   * called only when a plugin handles the hook. `carried` are keys earlier
+   * stages' plugins set, added on top. Gating hooks (the hook table says
+   * which) can refuse.
    */
-  run(hook: HookName, fields: () => MetadataFields): HookResult | Promise<HookResult> {
+  run(hook: HookName, event: () => MetadataFields | EncodedMetadata, carried?: Iterable<readonly [string, MetadataValue]>): HookResult | Promise<HookResult> {
     if (!this.#manager.handles(hook)) {
       if (this.#trace) this.#logger.info({ hook, handled: false, outcome: 'continue', duration_us: 0 }, 'hook');
       return NOTHING;
     }
     const started = this.#trace ? performance.now() : 0;
-    const context = HookContext.of(hook, fields(), hookSpec(hook).body ? BODY_KEY : undefined);
+    const made = event();
+    const context = new HookContext(hook, undefined, made instanceof EncodedMetadata ? made : encodeFields(made, hookSpec(hook).body ? BODY_KEY : undefined));
+    if (carried !== undefined) for (const [key, value] of carried) context.setMetadata(key, value);
     const outcome = this.#manager.runChain(context);
     if (outcome instanceof Promise) return outcome.then((settled) => this.#result(hook, context, settled, started));
     return this.#result(hook, context, outcome, started);
@@ -81,7 +86,7 @@ export class HookRunner {
   }
 
   /** Runs a notification hook whose outcome nobody waits for; a failure is logged. */
-  notify(hook: HookName, fields: () => MetadataFields): void {
+  notify(hook: HookName, fields: () => MetadataFields | EncodedMetadata): void {
     try {
       const result = this.run(hook, fields);
       if (result instanceof Promise) result.catch((error: unknown) => this.#logger.error({ hook, err: String(error) }, 'hook failed'));

@@ -10,7 +10,7 @@ import { isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { HotReloader } from '../manager/hot-reload.js';
 import { PluginManager } from '../manager/plugin-manager.js';
-import type { MetadataFields } from '../plugin/metadata-wire.js';
+import type { EncodedMetadata, MetadataFields } from '../plugin/metadata-wire.js';
 import type { PluginInstance } from '../plugin/lifecycle.js';
 import { DEFAULT_SANDBOX_LIMITS } from '../plugin/options.js';
 import { Spool, type SpooledMessage } from '../storage/spool.js';
@@ -20,7 +20,7 @@ import { HookRunner, andThen } from './hook-runner.js';
 import { HookedSMTPServer } from './hooked-smtp-server.js';
 import { MessagePipeline } from './message-pipeline.js';
 import { REPLIES, errorReply, replyError, type Refusal } from './reply-policy.js';
-import { domainOf, sessionFields } from './session-fields.js';
+import { domainOf, sessionEncoding, sessionEvent, sessionFields } from './session-fields.js';
 
 /**
  * Sandbox memory per byte of the largest message: the encoded copy and the
@@ -236,7 +236,7 @@ export class MailServer {
       onRcptTo: (address, session, callback) => (hooks.wants('command_validated') ? this.#answer(() => this.#validated(session, 'RCPT', address), callback) : callback()),
       onData: (stream, session, callback) => this.#answer(() => this.#pipeline.receive(stream, session), callback),
       onClose: (session) => {
-        if (hooks.wants('connection_closed')) hooks.notify('connection_closed', () => sessionFields(session));
+        if (hooks.wants('connection_closed')) hooks.notify('connection_closed', () => sessionEncoding(session));
       },
     };
   }
@@ -268,7 +268,7 @@ export class MailServer {
   }
 
   #connectionOpened(session: SMTPServerSession): void | Promise<void> {
-    return andThen(this.#hooks.run('connection_opened', () => ({ ...sessionFields(session), remote_port: String(session.remotePort) })), ({ refusal }) => {
+    return andThen(this.#hooks.run('connection_opened', () => sessionEvent(session, { remote_port: String(session.remotePort) })), ({ refusal }) => {
       if (refusal) this.#refuse('connection_opened', refusal, session);
     });
   }
@@ -276,7 +276,7 @@ export class MailServer {
   #connectionUpgraded(socket: unknown, session: SMTPServerSession): void | Promise<void> {
     const tls = socket as { getProtocol?(): string | null; getCipher?(): { name: string } };
     return andThen(
-      this.#hooks.run('connection_upgraded', () => ({ ...sessionFields(session), tls_protocol: tls.getProtocol?.() ?? undefined, tls_cipher: tls.getCipher?.().name })),
+      this.#hooks.run('connection_upgraded', () => sessionEvent(session, { tls_protocol: tls.getProtocol?.() ?? undefined, tls_cipher: tls.getCipher?.().name })),
       () => undefined,
     );
   }
@@ -310,10 +310,12 @@ export class MailServer {
   }
 
   #validated(session: SMTPServerSession, command: 'MAIL' | 'RCPT', address: SMTPServerAddress): void | Promise<void> {
-    const fields = (): MetadataFields => {
+    const fields = (): EncodedMetadata => {
       const sender = command === 'MAIL' ? address.address : session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-      const base = { ...sessionFields(session), command, sender, sender_domain: domainOf(sender) };
-      return command === 'RCPT' ? { ...base, recipient: address.address, recipient_domain: domainOf(address.address) } : base;
+      const event: MetadataFields = command === 'RCPT'
+        ? { command, sender, sender_domain: domainOf(sender), recipient: address.address, recipient_domain: domainOf(address.address) }
+        : { command, sender, sender_domain: domainOf(sender) };
+      return sessionEvent(session, event);
     };
     return andThen(this.#hooks.run('command_validated', fields), ({ refusal }) => {
       if (refusal) this.#refuse('command_validated', refusal, session);

@@ -4,13 +4,13 @@ import type { ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { DeliveryQueue } from '../delivery/delivery-queue.js';
 import type { MetadataValue } from '../plugin/hook-context.js';
-import type { MetadataFields } from '../plugin/metadata-wire.js';
+import { encodeFields, type EncodedMetadata } from '../plugin/metadata-wire.js';
 import { quarantineFolder, type Spool, type SpooledMessage } from '../storage/spool.js';
 import { BODY_HOOKS, BODY_KEY } from './hook-table.js';
 import { HookRunner, QUARANTINE_KEY, QUARANTINE_PATH_KEY } from './hook-runner.js';
 import { checkHeaders } from './message-headers.js';
 import { REPLIES, acceptedText, malformedHeaders, replyError, type Refusal } from './reply-policy.js';
-import { domainOf, sessionFields } from './session-fields.js';
+import { domainOf, sessionEvent } from './session-fields.js';
 
 /** The code logged (a warning: the message is still kept) when a quarantine_path is refused. */
 export const QUARANTINE_PATH_REFUSED: ErrorCode = 'SMTP_E_QUARANTINE_PATH';
@@ -25,13 +25,15 @@ export interface MessagePipelineOptions {
   readonly queue: DeliveryQueue | null;
 }
 
-type Fields = Record<string, MetadataValue | undefined>;
-
 /** Where a message stands between its stages. */
 interface InFlight {
   readonly session: SMTPServerSession;
   readonly raw: Buffer;
-  readonly fields: Fields;
+  readonly messageId: string;
+  /** The message's keys and body, encoded once (when a plugin wants them): every stage's context starts from these bytes. */
+  encoded: EncodedMetadata | null;
+  /** Keys plugins set at earlier stages: carried to the later ones (the filter verdicts reach message_stored). */
+  readonly carried: Map<string, MetadataValue>;
   quarantined: boolean;
   quarantinePath: string | undefined;
 }
@@ -57,57 +59,64 @@ export class MessagePipeline {
     const headers = checkHeaders(raw);
     const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     const recipients = session.envelope.rcptTo.map((r) => r.address);
-    const fields: Fields = {
-      ...sessionFields(session),
-      sender,
-      sender_domain: domainOf(sender),
-      recipients: recipients.join(','),
-      recipient: recipients[0],
-      recipient_count: String(recipients.length),
-      message_id: headers.messageId ?? `<${Date.now().toString(36)}.${session.id}@${this.#options.hostname}>`,
-      subject: headers.subject ?? undefined,
-      header_from: headers.from ?? undefined,
-      size: String(raw.length),
-    };
-    const message: InFlight = { session, raw, fields, quarantined: false, quarantinePath: undefined };
+    const messageId = headers.messageId ?? `<${Date.now().toString(36)}.${session.id}@${this.#options.hostname}>`;
+    const message: InFlight = { session, raw, messageId, encoded: null, carried: new Map(), quarantined: false, quarantinePath: undefined };
+    const encoded = (): EncodedMetadata =>
+      (message.encoded ??= sessionEvent(
+        session,
+        {
+          sender,
+          sender_domain: domainOf(sender),
+          recipients: recipients.join(','),
+          recipient: recipients[0],
+          recipient_count: String(recipients.length),
+          message_id: messageId,
+          subject: headers.subject ?? undefined,
+          header_from: headers.from ?? undefined,
+          size: String(raw.length),
+          [BODY_KEY]: raw,
+        },
+        BODY_KEY,
+      ));
+    const { hooks } = this.#options;
     for (const hook of BODY_HOOKS) {
       if (hook === 'message_validated' && headers.problem !== null) this.#refuseHeaders(session, headers.problem);
-      if (!this.#options.hooks.wants(hook)) continue;
-      const result = this.#options.hooks.run(hook, () => ({ ...fields, [BODY_KEY]: raw }));
+      if (!hooks.wants(hook)) continue;
+      const result = hooks.run(hook, encoded, message.carried);
       const { context, refusal } = result instanceof Promise ? await result : result;
       if (context !== null) {
-        // Keys a plugin set are carried to the later stages (the filter verdicts reach message_stored).
-        for (const [key, value] of context.pluginChanges()) if (key !== BODY_KEY) fields[key] = value;
-        if (!message.quarantined && context.getMetadata(QUARANTINE_KEY) === 'true') {
+        for (const [key, value] of context.pluginChanges()) if (key !== BODY_KEY) message.carried.set(key, value);
+        if (!message.quarantined && context.changed(QUARANTINE_KEY) === 'true') {
           message.quarantined = true;
-          message.quarantinePath = context.getMetadata(QUARANTINE_PATH_KEY);
+          message.quarantinePath = context.changed(QUARANTINE_PATH_KEY);
         }
       }
       // A cancel that asks for quarantine means "not to the mailbox", not "refuse".
       if (refusal && !(message.quarantined && refusal.reason !== 'error')) this.#refuse(hook, refusal, session);
       if (message.quarantined) break;
     }
-    return this.#keep(message, { from: sender, to: recipients });
+    return this.#keep(message, { from: sender, to: recipients }, encoded);
   }
 
   /** Stores the message (or drops it, without a spool), fires message_stored, and queues it for delivery. */
-  async #keep(message: InFlight, envelope: { from: string; to: readonly string[] }): Promise<string> {
+  async #keep(message: InFlight, envelope: { from: string; to: readonly string[] }, encoded: () => EncodedMetadata): Promise<string> {
     const { spool, queue, hooks } = this.#options;
     if (spool === null) return acceptedText(null);
-    const stored = await spool.store(envelope, message.raw, { message_id: String(message.fields.message_id) });
+    const stored = await spool.store(envelope, message.raw, { message_id: message.messageId });
     let path = stored.path;
     if (message.quarantined) {
       try {
-        path = await this.#quarantine(spool, stored, message.quarantinePath, { message_id: String(message.fields.message_id), session_id: message.session.id });
+        path = await this.#quarantine(spool, stored, message.quarantinePath, { message_id: message.messageId, session_id: message.session.id });
       } catch (error) {
         // Left in the spool, a quarantined message would be delivered at the next start.
         await spool.remove(stored.id);
         throw error;
       }
-      this.#options.logger.info({ spool_id: stored.id, message_id: message.fields.message_id }, 'message quarantined');
+      this.#options.logger.info({ spool_id: stored.id, message_id: message.messageId }, 'message quarantined');
     }
     if (hooks.wants('message_stored')) {
-      const stage = hooks.run('message_stored', (): MetadataFields => ({ ...message.fields, spool_id: stored.id, message_path: path, quarantined: String(message.quarantined) }));
+      const storedEvent = (): EncodedMetadata => encodeFields({ spool_id: stored.id, message_path: path, quarantined: String(message.quarantined) }, undefined, encoded().withoutTail());
+      const stage = hooks.run('message_stored', storedEvent, message.carried);
       if (stage instanceof Promise) await stage;
     }
     if (!message.quarantined) queue!.enqueue(stored);

@@ -64,9 +64,9 @@ export function acceptedText(spoolId: string | null): string {
 
 /** Reads a plugin-chosen reply; an invalid code falls back to the default. */
 function chosenReply(context: HookContext, fallback: DefaultRefusal): Reply {
-  const codeText = context.getMetadata(REPLY_CODE_KEY);
+  const codeText = context.changed(REPLY_CODE_KEY);
   const code = codeText !== undefined && /^[45][0-9][0-9]$/.test(codeText) ? Number(codeText) : fallback.code;
-  const raw = context.getMetadata(REPLY_TEXT_KEY);
+  const raw = context.changed(REPLY_TEXT_KEY);
   const text = raw === undefined ? undefined : raw.replace(/[\r\n\0]+/g, ' ').trim().slice(0, REPLY_TEXT_CHARS_MAX);
   if (text !== undefined && text !== '') return { code, text };
   const enhanced = code === fallback.code ? fallback.enhanced : `${String(code)[0]}.7.1`;
