@@ -7,7 +7,7 @@ import { SMTPServer } from 'smtp-server';
 import { loadConfig } from '../dist/src/config/config.js';
 import { silentLogger } from '../dist/src/log.js';
 import { MailServer } from '../dist/src/server/mail-server.js';
-import { workersStopped } from '../dist/src/wasm/worker-plugin.js';
+import { backendsStopped } from '../dist/src/plugin/backends.js';
 
 const [mode, config] = process.argv.slice(2);
 let stop;
@@ -29,7 +29,7 @@ if (mode === 'bare') {
   stop = async () => {
     await server.stop();
     // Sandbox workers must be gone before the process exits.
-    await workersStopped();
+    await backendsStopped();
   };
 }
 process.on('SIGTERM', async () => {

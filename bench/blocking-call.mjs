@@ -8,18 +8,17 @@
 import { createServer } from 'node:net';
 import { HookContext } from '../dist/src/plugin/hook-context.js';
 import { PluginInstance } from '../dist/src/plugin/lifecycle.js';
-import { loadPluginFile } from '../dist/src/plugin/load.js';
+import { backendsStopped, openPlugin } from '../dist/src/plugin/backends.js';
 import { resolvePluginOptions } from '../dist/src/plugin/options.js';
-import { workersStopped } from '../dist/src/wasm/worker-plugin.js';
 import { buildFixture, median } from './_support.mjs';
 
 const CALLS_PER_ROUND = 2_000;
 const ROUNDS = 7;
 
-function start(file, options) {
-  const instance = new PluginInstance(loadPluginFile(file, { options: resolvePluginOptions(options) }));
-  instance.init('{}');
-  instance.enable();
+async function start(file, options) {
+  const instance = new PluginInstance(await openPlugin(file, { options: resolvePluginOptions(options) }));
+  await instance.init('{}');
+  await instance.enable();
   return instance;
 }
 
@@ -53,16 +52,16 @@ export async function run() {
   const readSet = await buildFixture('read_set');
   const netProbe = await buildFixture('net_probe');
   const peers = {
-    'native, event loop thread': start(readSet.native, { blocking: false }),
-    'native, koffi pool thread (blocking)': start(readSet.native, { blocking: true }),
-    'sandboxed, event loop thread': start(readSet.wasm, { blocking: false }),
-    'sandboxed, own worker thread (blocking)': start(readSet.wasm, { blocking: true }),
+    'native, event loop thread': await start(readSet.native, { blocking: false }),
+    'native, koffi pool thread (blocking)': await start(readSet.native, { blocking: true }),
+    'sandboxed, event loop thread': await start(readSet.wasm, { blocking: false }),
+    'sandboxed, own worker thread (blocking)': await start(readSet.wasm, { blocking: true }),
   };
   const samples = Object.fromEntries(Object.keys(peers).map((name) => [name, []]));
   for (let round = 0; round < ROUNDS; round++) {
     for (const [name, instance] of Object.entries(peers)) samples[name].push(await timeAwaited(instance, CALLS_PER_ROUND));
   }
-  for (const instance of Object.values(peers)) instance.shutdown();
+  for (const instance of Object.values(peers)) await instance.shutdown();
 
   const server = createServer((socket) => socket.on('data', () => setTimeout(() => socket.write('ok\n'), 50)));
   await new Promise((done) => server.listen(0, '127.0.0.1', done));
@@ -72,10 +71,10 @@ export async function run() {
     const instance = start(file, { allowConnect: [address] });
     const { ticks, elapsed } = await ticksDuringWait(instance, address);
     waits.push([name, elapsed.toFixed(0), String(ticks)]);
-    instance.shutdown();
+    await instance.shutdown();
   }
   server.close();
-  await workersStopped();
+  await backendsStopped();
 
   const base = median(samples['native, event loop thread']);
   return {

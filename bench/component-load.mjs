@@ -5,7 +5,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import { COMPONENT_CACHE_DIR, contentHash } from '../dist/src/component/transpile.js';
-import { loadPluginFile } from '../dist/src/plugin/load.js';
+import { backendsStopped, openPlugin } from '../dist/src/plugin/backends.js';
 import { BUILD_DIR, PROJECT_ROOT } from '../dist/src/paths.js';
 import { buildPlugin } from '../dist/src/toolchain/build.js';
 import { median } from './_support.mjs';
@@ -17,17 +17,17 @@ export async function run() {
   const file = await buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'js', 'spam_filter.js'), target: 'component', output: join(BUILD_DIR, 'bench', 'spam_filter.component.wasm') });
   const buildMs = Number(process.hrtime.bigint() - started) / 1e6;
   const cache = join(COMPONENT_CACHE_DIR, contentHash(readFileSync(file)));
-  const load = () => {
+  const load = async () => {
     const t = process.hrtime.bigint();
-    loadPluginFile(file).unload();
+    await (await openPlugin(file)).unload();
     return Number(process.hrtime.bigint() - t) / 1e6;
   };
   const cold = [];
   const cached = [];
   for (let round = 0; round < ROUNDS; round++) {
     rmSync(cache, { recursive: true, force: true });
-    cold.push(load());
-    cached.push(load());
+    cold.push(await load());
+    cached.push(await load());
   }
   return {
     title: 'Component load: transpile cold and cached',

@@ -15,11 +15,10 @@
 import { join } from 'node:path';
 import { HookContext } from '../dist/src/plugin/hook-context.js';
 import { PluginInstance } from '../dist/src/plugin/lifecycle.js';
-import { loadPluginFile } from '../dist/src/plugin/load.js';
+import { backendsStopped, openPlugin } from '../dist/src/plugin/backends.js';
 import { resolvePluginOptions } from '../dist/src/plugin/options.js';
 import { buildPlugin } from '../dist/src/toolchain/build.js';
 import { BUILD_DIR, PROJECT_ROOT } from '../dist/src/paths.js';
-import { workersStopped } from '../dist/src/wasm/worker-plugin.js';
 import { buildExample, buildFixture, fmt, median, percentile } from './_support.mjs';
 import { profileInProcess, profileMarkdown } from './_profile.mjs';
 
@@ -95,10 +94,10 @@ const plainJs = {
   },
 };
 
-function start(file, options = {}) {
-  const instance = new PluginInstance(loadPluginFile(file, { options: resolvePluginOptions(options) }));
-  instance.init(JSON.stringify(options.config ?? {}));
-  instance.enable();
+async function start(file, options = {}) {
+  const instance = new PluginInstance(await openPlugin(file, { options: resolvePluginOptions(options) }));
+  await instance.init(JSON.stringify(options.config ?? {}));
+  await instance.enable();
   return instance;
 }
 
@@ -152,16 +151,16 @@ export async function run() {
   const spamConfig = { spam_threshold: 5.0, whitelist: ['trusted.example'] };
   const peers = [
     { name: 'plain JS function', kind: 'js', readSet: plainJs.readSet, spam: plainJs.spam },
-    { name: 'native plugin (koffi)', kind: 'native', readSet: start(readSet.native), spam: start(spam.native, { config: spamConfig }) },
-    { name: 'sandboxed, in-thread (wasm, deadline on)', kind: 'sandboxed', readSet: start(readSet.wasm), spam: start(spam.wasm, { config: spamConfig }) },
+    { name: 'native plugin (koffi)', kind: 'native', readSet: await start(readSet.native), spam: await start(spam.native, { config: spamConfig }) },
+    { name: 'sandboxed, in-thread (wasm, deadline on)', kind: 'sandboxed', readSet: await start(readSet.wasm), spam: await start(spam.wasm, { config: spamConfig }) },
     {
       name: 'sandboxed with a socket grant (own worker thread)',
       kind: 'worker',
       awaited: true,
-      readSet: start(readSet.wasm, { allowConnect: [UNUSED_GRANT] }),
-      spam: start(spam.wasm, { allowConnect: [UNUSED_GRANT], config: spamConfig }),
+      readSet: await start(readSet.wasm, { allowConnect: [UNUSED_GRANT] }),
+      spam: await start(spam.wasm, { allowConnect: [UNUSED_GRANT], config: spamConfig }),
     },
-    { name: 'component plugin (JavaScript via jco, deadline on)', kind: 'component', readSet: start(component), spam: null },
+    { name: 'component plugin (JavaScript via jco, deadline on)', kind: 'component', readSet: await start(component), spam: null },
   ];
   const body = messageBody();
   const seen = readSetContext();
@@ -221,7 +220,7 @@ export async function run() {
     peer.readSet.shutdown?.();
     peer.spam?.shutdown?.();
   }
-  await workersStopped();
+  await backendsStopped();
 
   const cell = (s) => (s === null ? ['-', '-'] : [fmt(s.median), fmt(s.p99)]);
   const js = stats.get(peers[0].name);

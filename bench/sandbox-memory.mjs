@@ -2,7 +2,7 @@
 // 50 times (each load compiles, instruments and instantiates) and reports the
 // RSS growth per instance, after a GC where --expose-gc allows one.
 import { join } from 'node:path';
-import { loadPluginFile } from '../dist/src/plugin/load.js';
+import { backendsStopped, openPlugin } from '../dist/src/plugin/backends.js';
 import { PROJECT_ROOT } from '../dist/src/paths.js';
 import { buildFixture } from './_support.mjs';
 
@@ -14,12 +14,12 @@ export async function run() {
     globalThis.gc?.();
     return process.memoryUsage().rss;
   };
-  const kept = [loadPluginFile(wasm)];
-  kept[0].init('{}');
+  const kept = [await openPlugin(wasm)];
+  await kept[0].init('{}');
   const before = rss();
   for (let i = 1; i <= INSTANCES; i++) {
-    const plugin = loadPluginFile(wasm);
-    plugin.init('{}');
+    const plugin = await openPlugin(wasm);
+    await plugin.init('{}');
     kept.push(plugin);
   }
   const perInstance = (rss() - before) / INSTANCES;

@@ -3,7 +3,7 @@
 // loop) runs in the module as built and in the instrumented module the host
 // runs, interleaved; the ratio is the cost of the loop-header budget check.
 import { readFileSync } from 'node:fs';
-import { instrument } from '../dist/src/wasm/instrument.js';
+import { instrument } from '../dist/src/sandbox/instrument.js';
 import { buildFixture, median } from './_support.mjs';
 
 const ROUNDS = 7;

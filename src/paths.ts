@@ -20,7 +20,7 @@ export const ZIG_MODULE_ROOT = join(ABI_DIR, 'zig', 'smtp-server.zig');
 export const ZIG_HOST_MODULE_ROOT = join(ABI_DIR, 'zig', 'metadata_host.zig');
 export const TOOLCHAIN_DIR = join(PROJECT_ROOT, '.toolchain');
 export const BUILD_DIR = join(PROJECT_ROOT, 'build');
-export const RUNTIME_SOURCE = join(PROJECT_ROOT, 'src', 'native', 'host_runtime.zig');
+export const RUNTIME_SOURCE = join(PROJECT_ROOT, 'src', 'runtime', 'host_runtime.zig');
 
 /** lib<name>.so, lib<name>.dylib or <name>.dll, as Zig names a dynamic library. */
 export function sharedLibraryName(name: string, platform: NodeJS.Platform = process.platform): string {

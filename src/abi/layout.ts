@@ -2,7 +2,7 @@ import koffi from 'koffi';
 
 /**
  * koffi mirrors of the structs in abi/smtp_plugin.h. Function pointers are
- * typed `void *` here: the host calls them through src/native/host-runtime.ts.
+ * typed `void *` here: the host calls them through src/runtime/host-runtime.ts.
  * test/abi/layout.test.ts checks every size and offset against the header.
  */
 export const AllocatorStruct = koffi.struct('smtp_allocator', {

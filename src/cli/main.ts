@@ -18,7 +18,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'plugin':
         return await pluginCommand(rest);
       case 'plugins':
-        return pluginsCommand(rest);
+        return await pluginsCommand(rest);
       case '--version':
         process.stdout.write(`${SERVER_VERSION}\n`);
         return 0;

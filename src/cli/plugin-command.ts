@@ -4,12 +4,11 @@ import { HOOK_NAMES, formatAbiVersion, isHookName } from '../abi/hooks.js';
 import { hostError } from '../errors.js';
 import { HookContext } from '../plugin/hook-context.js';
 import { PluginInstance } from '../plugin/lifecycle.js';
-import { loadPluginFile } from '../plugin/load.js';
+import { backendsStopped, openPlugin } from '../plugin/backends.js';
 import { resolvePluginOptions } from '../plugin/options.js';
 import { createLogger } from '../log.js';
 import { metadataToJson } from '../plugin/metadata.js';
 import { BUILD_TARGETS, OPTIMIZE_MODES, buildPlugin, testPlugin, type BuildTarget, type OptimizeMode } from '../toolchain/build.js';
-import { workersStopped } from '../wasm/worker-plugin.js';
 
 export const PLUGIN_USAGE = `usage:
   smtp-server plugin build FILE.zig [--target native|wasm] [-o OUT] [--zig VERSION] [--optimize MODE]
@@ -62,14 +61,15 @@ function test(args: string[]): number {
   return testPlugin(onePositional(positionals, 'test'), values.zig);
 }
 
-function info(args: string[]): number {
+async function info(args: string[]): Promise<number> {
   const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
-  const plugin = loadPluginFile(onePositional(positionals, 'info'), { logger: createLogger() });
+  const plugin = await openPlugin(onePositional(positionals, 'info'), { logger: createLogger() });
   try {
     const out = { file: plugin.path, kind: plugin.kind, abi_version: formatAbiVersion(plugin.abiVersion), ...metadataToJson(plugin.metadata, HOOK_NAMES) };
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
   } finally {
-    plugin.unload();
+    await plugin.unload();
+    await backendsStopped();
   }
   return 0;
 }
@@ -113,15 +113,15 @@ async function call(args: string[]): Promise<number> {
     const [key, path] = splitPair(pair, '--meta-file');
     context.setMetadata(key, readFileSync(path));
   }
-  const instance = new PluginInstance(loadPluginFile(file, { options, logger: createLogger() }));
+  const instance = new PluginInstance(await openPlugin(file, { options, logger: createLogger() }));
   try {
-    instance.init(configJson);
-    instance.enable();
+    await instance.init(configJson);
+    await instance.enable();
     const { code } = await instance.executeHookAsync(context);
     process.stdout.write(`${JSON.stringify({ code, cancel: context.cancel, metadata: context.toJSON() })}\n`);
   } finally {
-    instance.shutdown();
-    await workersStopped();
+    await instance.shutdown();
+    await backendsStopped();
   }
   return 0;
 }

@@ -15,7 +15,7 @@ export const PLUGINS_USAGE = `  smtp-server plugins order [--config FILE]`;
  * initialised and enabled in, and why each stands where it does, or the
  * resolution error. Plugins are opened to read their metadata, not inited.
  */
-export function pluginsCommand(args: string[]): number {
+export async function pluginsCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub !== 'order') throw hostError('SMTP_E_CLI_USAGE', `usage:\n${PLUGINS_USAGE}`);
   const { values } = parseArgs({ args: rest, options: { config: { type: 'string' } } });
@@ -23,7 +23,7 @@ export function pluginsCommand(args: string[]): number {
   const config = loadConfig(values.config ?? (existsSync(bundled) ? bundled : null));
   const manager = new PluginManager({ directory: config.plugins.directory, wasmDirectory: config.plugins.wasmDirectory, logger: createLogger({ level: 'warn' }) });
   const entries = config.plugins.plugins.filter((entry) => entry.enabled);
-  const { order, versions } = manager.resolveOrder(entries.map((entry) => ({ path: entry.file, config: entry.config, options: entry.options })));
+  const { order, versions } = await manager.resolveOrder(entries.map((entry) => ({ path: entry.file, config: entry.config, options: entry.options })));
   for (const line of formatOrder(order, versions)) process.stdout.write(`${line}\n`);
   return 0;
 }

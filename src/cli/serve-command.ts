@@ -6,7 +6,7 @@ import { hostError, isHostError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { PROJECT_ROOT } from '../paths.js';
 import { MailServer } from '../server/mail-server.js';
-import { workersStopped } from '../wasm/worker-plugin.js';
+import { backendsStopped } from '../plugin/backends.js';
 
 export const SERVE_USAGE = `  smtp-server [--config FILE] [--plugin-dir DIR] [--port N] [--test-mode]`;
 
@@ -72,6 +72,6 @@ export async function serveCommand(args: string[]): Promise<number> {
   await server.stop();
   // Sandbox workers must be gone before the process exits (a worker with
   // koffi loaded crashes an exit that races its teardown).
-  await workersStopped();
+  await backendsStopped();
   return 0;
 }

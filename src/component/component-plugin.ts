@@ -9,8 +9,8 @@ import type { HookContext } from '../plugin/hook-context.js';
 import { validateMetadata } from '../plugin/metadata.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
 import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
-import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME, instrument } from '../wasm/instrument.js';
-import { BUDGET_ITERATIONS, DeadlineExceeded, classifySandboxError } from '../wasm/sandbox-errors.js';
+import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME, instrument } from '../sandbox/instrument.js';
+import { BUDGET_ITERATIONS, DeadlineExceeded, classifySandboxError } from '../sandbox/sandbox-errors.js';
 import { transpiled } from './transpile.js';
 
 /** The interfaces a component may import: the world's own. Nothing from WASI. */
@@ -64,6 +64,7 @@ const STATUS = ['ok', 'no-memory', 'too-large', 'invalid'] as const;
  */
 class ComponentPlugin implements Plugin {
   readonly kind = 'component' as const;
+  readonly backend = 'component' as const;
   readonly path: string;
   readonly abiVersion = ABI_VERSION;
   readonly metadata: PluginMetadata;

@@ -1,6 +1,6 @@
 import { closeSync, openSync, readFileSync, readSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, extname, join, resolve } from 'node:path';
-import { isComponent } from '../component/component-plugin.js';
+import { fileKind } from '../plugin/backends.js';
 import { isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { PluginManager } from './plugin-manager.js';
@@ -38,7 +38,7 @@ export function looksComplete(path: string): boolean {
     if (!magic.equals(WASM_MAGIC)) return false;
     const bytes = readFileSync(path);
     // WebAssembly.validate knows core modules only; loading checks a component.
-    return isComponent(bytes) || WebAssembly.validate(bytes);
+    return fileKind(path) === 'component' || WebAssembly.validate(bytes);
   }
   return process.platform !== 'linux' || magic.equals(ELF_MAGIC);
 }
@@ -124,7 +124,7 @@ export class HotReloader {
         return;
       }
       const started = Date.now();
-      const next = this.#manager.replacePlugin(name);
+      const next = await this.#manager.replacePlugin(name);
       this.#logger.info({ plugin: name, path: basename(path), dir: dirname(path), version: next.plugin.metadata.version, ms: Date.now() - started }, 'plugin hot-reloaded');
     } catch (error) {
       this.#logger.error({ plugin: name, path, code: isHostError(error) ? error.code : undefined, err: (error as Error).message }, 'hot reload failed; the old build keeps serving');

@@ -1,5 +1,4 @@
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { HOOK_NAMES, handlesHook, hookValue, type HookName } from '../abi/hooks.js';
@@ -7,7 +6,7 @@ import { HostError, hostError, isHostError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { PluginInstance, type HookAction, type HookCallResult } from '../plugin/lifecycle.js';
-import { NATIVE_EXTENSIONS, WASM_EXTENSION, loadPluginFile } from '../plugin/load.js';
+import { NATIVE_EXTENSIONS, WASM_EXTENSION, openPlugin } from '../plugin/backends.js';
 import type { PluginsConfig } from '../config/plugins-config.js';
 import { DEFAULT_PLUGIN_OPTIONS, type OnErrorPolicy, type PluginOptions } from '../plugin/options.js';
 import { SERVER_VERSION } from '../version.js';
@@ -21,13 +20,6 @@ export interface PluginManagerOptions {
   readonly logger?: Logger;
   /** Log every plugin call (plugin, hook, result, duration): the guide's test mode. Otherwise at debug level. */
   readonly traceHooks?: boolean;
-  /**
-   * Load native libraries from a private copy: dlopen caches by path, so a
-   * reload (or a second server in the process) would share the old
-   * instance's globals, and a build that rewrites a mapped library would
-   * crash the server.
-   */
-  readonly copyNative?: boolean;
 }
 
 /** A plugin file to load, with what init and the policies need. */
@@ -97,11 +89,7 @@ export class PluginManager {
     this.wasmDirectory = options.wasmDirectory ?? (existsSync(sibling) ? sibling : undefined);
     this.#logger = options.logger ?? silentLogger();
     this.#trace = options.traceHooks === true ? 'info' : this.#logger.isLevelEnabled('debug') ? 'debug' : null;
-    this.#copyNative = options.copyNative === true;
   }
-
-  readonly #copyNative: boolean;
-  #copies: string | null = null;
 
   /** The level plugin calls are traced at, or null when they are not. */
   readonly #trace: 'info' | 'debug' | null;
@@ -111,21 +99,9 @@ export class PluginManager {
     return this.#chains[hookValue(hook)]!.length > 0;
   }
 
-  /** Opens a plugin file (metadata read, nothing initialised). */
-  #open(path: string, options: PluginOptions): PluginInstance {
-    const logger = this.#logger.child({ file: path });
-    if (!this.#copyNative || !NATIVE_EXTENSIONS.includes(extname(path).toLowerCase())) {
-      return new PluginInstance(loadPluginFile(path, { options, logger }));
-    }
-    this.#copies ??= mkdtempSync(join(tmpdir(), 'smtp-plugins-'));
-    const copy = join(this.#copies, `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}-${basename(path)}`);
-    copyFileSync(path, copy);
-    try {
-      return new PluginInstance(loadPluginFile(copy, { options, logger }));
-    } finally {
-      // Once mapped, the copy's name is not needed: unlinking leaves nothing behind.
-      rmSync(copy, { force: true });
-    }
+  /** Opens a plugin file with the backend it needs (metadata read, nothing initialised). */
+  async #open(path: string, options: PluginOptions): Promise<PluginInstance> {
+    return new PluginInstance(await openPlugin(path, { options, logger: this.#logger.child({ file: path }) }));
   }
 
   /** name -> version of the enabled plugins. */
@@ -140,8 +116,8 @@ export class PluginManager {
    * after checking its dependencies against the enabled plugins and its
    * server version bounds; on failure nothing stays loaded.
    */
-  loadPlugin(path: string, configJson = '{}', options: PluginOptions = DEFAULT_PLUGIN_OPTIONS): PluginInstance {
-    const report = this.loadPlugins([{ path, config: configJson, options }]);
+  async loadPlugin(path: string, configJson = '{}', options: PluginOptions = DEFAULT_PLUGIN_OPTIONS): Promise<PluginInstance> {
+    const report = await this.loadPlugins([{ path, config: configJson, options }]);
     if (report.failed.length > 0) throw report.failed[0]!.error;
     return report.loaded[0]!;
   }
@@ -154,14 +130,14 @@ export class PluginManager {
    * out of range, failed, or on a cycle, is refused with a coded error naming
    * it, and so are the plugins that depend on it; the others load.
    */
-  loadPlugins(specs: readonly PluginSpec[]): LoadReport {
+  async loadPlugins(specs: readonly PluginSpec[]): Promise<LoadReport> {
     const loaded: PluginInstance[] = [];
     const failed: { path: string; error: HostError }[] = [];
-    const refuse = (instance: PluginInstance | null, path: string, error: HostError): void => {
+    const refuse = async (instance: PluginInstance | null, path: string, error: HostError): Promise<void> => {
       this.#logger.error({ plugin: instance?.name, path, code: error.code, err: error.message }, 'plugin refused');
       failed.push({ path, error });
       try {
-        instance?.shutdown();
+        await instance?.shutdown();
       } catch {
         // A plugin failing to shut down is already out of the chain.
       }
@@ -173,23 +149,23 @@ export class PluginManager {
       try {
         JSON.parse(config);
       } catch (cause) {
-        refuse(null, spec.path, hostError('SMTP_E_PLUGIN_CONFIG', `${spec.path}: config is not JSON (${(cause as Error).message})`, cause));
+        await refuse(null, spec.path, hostError('SMTP_E_PLUGIN_CONFIG', `${spec.path}: config is not JSON (${(cause as Error).message})`, cause));
         continue;
       }
       let instance: PluginInstance;
       try {
-        instance = this.#open(spec.path, options);
+        instance = await this.#open(spec.path, options);
       } catch (error) {
-        refuse(null, spec.path, coded(error, spec.path));
+        await refuse(null, spec.path, coded(error, spec.path));
         continue;
       }
       if (spec.name !== undefined && spec.name !== instance.name) {
-        refuse(instance, spec.path, hostError('SMTP_E_CONFIG', `${spec.path}: the config entry is named "${spec.name}" but the plugin is "${instance.name}"`));
+        await refuse(instance, spec.path, hostError('SMTP_E_CONFIG', `${spec.path}: the config entry is named "${spec.name}" but the plugin is "${instance.name}"`));
         continue;
       }
       const existing = this.get(instance.name) ?? pending.find((p) => p.instance.name === instance.name)?.instance;
       if (existing) {
-        refuse(instance, spec.path, hostError('SMTP_E_PLUGIN_DUPLICATE', `${spec.path}: a plugin named "${instance.name}" is already loaded from ${existing.plugin.path}`));
+        await refuse(instance, spec.path, hostError('SMTP_E_PLUGIN_DUPLICATE', `${spec.path}: a plugin named "${instance.name}" is already loaded from ${existing.plugin.path}`));
         continue;
       }
       pending.push({ instance, spec, config, options });
@@ -206,7 +182,7 @@ export class PluginManager {
         const dropped = new Set(error.plugins.flatMap((name) => [name, ...dependentsOf(name, nodes)]));
         for (const item of pending.filter((p) => dropped.has(p.instance.name))) {
           const because = error.plugins.includes(item.instance.name) ? error : hostError('SMTP_E_PLUGIN_DEPENDENCY', `plugin "${item.instance.name}" depends on a refused plugin: ${error.message}`);
-          refuse(item.instance, item.spec.path, because);
+          await refuse(item.instance, item.spec.path, because);
         }
         pending = pending.filter((p) => !dropped.has(p.instance.name));
       }
@@ -217,10 +193,10 @@ export class PluginManager {
       try {
         // A dependency that failed to start just now is not running: refuse in turn.
         checkDependencies(nodeOf(item.instance), this.#running(), SERVER_VERSION);
-        item.instance.init(item.config);
-        item.instance.enable();
+        await item.instance.init(item.config);
+        await item.instance.enable();
       } catch (error) {
-        refuse(item.instance, item.spec.path, coded(error, item.spec.path));
+        await refuse(item.instance, item.spec.path, coded(error, item.spec.path));
         continue;
       }
       this.#entries.push({ instance: item.instance, options: item.options, source: item.spec.path, config: item.config, failures: 0 });
@@ -236,7 +212,7 @@ export class PluginManager {
    * .wasm modules, each sorted by name) that is not loaded yet, in
    * dependency order. `configs` maps file names to their JSON config.
    */
-  loadAllPlugins(configs: Readonly<Record<string, string>> = {}, accept: (path: string) => boolean = () => true): LoadReport {
+  loadAllPlugins(configs: Readonly<Record<string, string>> = {}, accept: (path: string) => boolean = () => true): Promise<LoadReport> {
     const present = new Set(this.#entries.map(({ source }) => resolve(source)));
     const list = (dir: string | undefined, wanted: (extension: string) => boolean): string[] =>
       dir === undefined ? [] : readdirSync(dir).filter((file) => wanted(extname(file).toLowerCase())).sort().map((file) => join(dir, file));
@@ -252,24 +228,25 @@ export class PluginManager {
    * native or sandboxed build as configured, in dependency order (ties in
    * config order); with auto_load, then every other plugin file found.
    */
-  loadFromConfig(config: PluginsConfig): LoadReport {
+  async loadFromConfig(config: PluginsConfig): Promise<LoadReport> {
     if (!config.enabled) return { loaded: [], failed: [] };
-    const report = this.loadPlugins(config.plugins.filter((entry) => entry.enabled).map((entry) => ({ path: entry.file, name: entry.name, config: entry.config, options: entry.options })));
+    const report = await this.loadPlugins(config.plugins.filter((entry) => entry.enabled).map((entry) => ({ path: entry.file, name: entry.name, config: entry.config, options: entry.options })));
     if (!config.autoLoad) return report;
     // Files a config entry names (enabled or not) are never auto-loaded.
     const configured = new Set(config.plugins.flatMap((entry) => entry.builds.map((path) => resolve(path))));
-    const rest = this.loadAllPlugins({}, (path) => !configured.has(resolve(path)));
+    const rest = await this.loadAllPlugins({}, (path) => !configured.has(resolve(path)));
     return { loaded: [...report.loaded, ...rest.loaded], failed: [...report.failed, ...rest.failed] };
   }
 
   /** The order loadPlugins would use for these plugin files, with reasons: `smtp-server plugins order`. */
-  resolveOrder(specs: readonly PluginSpec[]): { order: OrderedPlugin[]; versions: Map<string, string> } {
-    const opened = specs.map((spec) => this.#open(spec.path, spec.options ?? DEFAULT_PLUGIN_OPTIONS));
+  async resolveOrder(specs: readonly PluginSpec[]): Promise<{ order: OrderedPlugin[]; versions: Map<string, string> }> {
+    const opened: PluginInstance[] = [];
     try {
+      for (const spec of specs) opened.push(await this.#open(spec.path, spec.options ?? DEFAULT_PLUGIN_OPTIONS));
       const nodes = opened.map(nodeOf);
       return { order: resolveLoadOrder(nodes, SERVER_VERSION, { available: this.#running() }), versions: new Map(nodes.map((n) => [n.name, n.version])) };
     } finally {
-      for (const instance of opened) instance.shutdown();
+      for (const instance of opened) await instance.shutdown();
     }
   }
 
@@ -312,10 +289,10 @@ export class PluginManager {
   }
 
   /** Enables a disabled plugin, once its own dependencies are enabled. */
-  enablePlugin(name: string): void {
+  async enablePlugin(name: string): Promise<void> {
     const entry = this.#require(name);
     checkDependencies(nodeOf(entry.instance), this.#running(name), SERVER_VERSION);
-    entry.instance.enable();
+    await entry.instance.enable();
     entry.failures = 0;
     this.#rebuildChains();
   }
@@ -324,13 +301,14 @@ export class PluginManager {
    * Disables a plugin. If enabled plugins depend on it, refuses unless
    * `cascade`, which disables them first. Returns the names disabled.
    */
-  disablePlugin(name: string, options: { cascade?: boolean } = {}): string[] {
+  async disablePlugin(name: string, options: { cascade?: boolean } = {}): Promise<string[]> {
     const names = this.#takeDown(name, 'disable', options.cascade === true);
-    try {
-      for (const each of names) this.#require(each).instance.disable();
-    } finally {
-      this.#rebuildChains();
-    }
+    // Out of the chains at once, before any plugin's disable runs.
+    const disabling = names.map((each) => this.#require(each).instance.disable());
+    this.#rebuildChains();
+    const results = await Promise.allSettled(disabling);
+    const failed = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
     return names;
   }
 
@@ -338,13 +316,13 @@ export class PluginManager {
    * Disables, deinits and unloads a plugin. If enabled plugins depend on it,
    * refuses unless `cascade`, which unloads them first. Returns the names unloaded.
    */
-  unloadPlugin(name: string, options: { cascade?: boolean } = {}): string[] {
+  async unloadPlugin(name: string, options: { cascade?: boolean } = {}): Promise<string[]> {
     const names = this.#takeDown(name, 'unload', options.cascade === true);
     for (const each of names) {
       const entry = this.#require(each);
       this.#entries = this.#entries.filter((other) => other !== entry);
       this.#rebuildChains();
-      this.#shutdown(entry.instance);
+      await this.#shutdown(entry.instance);
     }
     return names;
   }
@@ -358,24 +336,30 @@ export class PluginManager {
    * load or init, or no longer satisfies a plugin that depends on it, it is
    * discarded and the old build keeps serving (the error is thrown).
    */
-  replacePlugin(name: string): PluginInstance {
+  async replacePlugin(name: string): Promise<PluginInstance> {
     const old = this.#require(name);
-    const next = this.#open(old.source, old.options);
+    const next = await this.#open(old.source, old.options);
     try {
       if (next.name !== name) throw hostError('SMTP_E_PLUGIN_DEPENDENCY', `${old.source}: the new build is named "${next.name}", not "${name}"`);
       const running = this.#running(name);
       checkDependencies(nodeOf(next), running, SERVER_VERSION);
       running.set(name, next.plugin.metadata.version);
       for (const dependent of this.#enabledDependents(name)) checkDependencies(nodeOf(this.#require(dependent).instance), running, SERVER_VERSION);
-      next.init(old.config);
-      if (old.instance.state === 'enabled') next.enable();
+      await next.init(old.config);
+      if (old.instance.state === 'enabled') await next.enable();
     } catch (error) {
-      next.shutdown();
+      await next.shutdown().catch(() => undefined);
       throw error;
+    }
+    // The old build may have been unloaded meanwhile (a reload of the config): then the new one is not wanted either.
+    const current = this.#entries.find((entry) => entry.instance.name === name);
+    if (current !== old) {
+      await next.shutdown().catch(() => undefined);
+      throw hostError('SMTP_E_PLUGIN_UNKNOWN', `plugin "${name}" was unloaded while its new build was loading`);
     }
     this.#entries = this.#entries.map((entry) => (entry === old ? { ...old, instance: next, failures: 0 } : entry));
     this.#rebuildChains();
-    this.#shutdown(old.instance);
+    await this.#shutdown(old.instance);
     return next;
   }
 
@@ -458,34 +442,30 @@ export class PluginManager {
   #countFailure(entry: Entry): void {
     entry.failures++;
     if (entry.failures < entry.options.maxConsecutiveFailures || entry.instance.state !== 'enabled') return;
-    let names: string[] = [entry.instance.name];
-    try {
-      // Its dependents go down with it: an enabled plugin's dependencies are enabled.
-      names = this.disablePlugin(entry.instance.name, { cascade: true });
-    } catch {
-      // disable() leaves the chain even when the plugin's disable fails.
-    }
-    this.#rebuildChains();
+    // Its dependents go down with it: an enabled plugin's dependencies are enabled.
+    const names = [...this.#enabledDependents(entry.instance.name), entry.instance.name];
     this.#logger.error({ plugin: entry.instance.name, failures: entry.failures, disabled: names }, 'plugin disabled after failing too many times in a row');
+    // disable() leaves the chain at once, even when the plugin's disable then fails.
+    this.disablePlugin(entry.instance.name, { cascade: true }).catch((error: unknown) => {
+      this.#logger.error({ plugin: entry.instance.name, err: String(error) }, 'plugin failed to disable');
+    });
   }
 
   /** Takes a plugin out of service; its failure to shut down is logged, never thrown (it is out of the chain already). */
-  #shutdown(instance: PluginInstance): void {
+  async #shutdown(instance: PluginInstance): Promise<void> {
     try {
-      instance.shutdown();
+      await instance.shutdown();
     } catch (error) {
       this.#logger.error({ plugin: instance.name, code: isHostError(error) ? error.code : undefined, err: String(error) }, 'plugin failed to shut down');
     }
   }
 
   /** Disables, deinits and unloads every plugin, in reverse load order. */
-  deinit(): void {
+  async deinit(): Promise<void> {
     const instances = this.#entries.map(({ instance }) => instance).reverse();
     this.#entries = [];
     this.#rebuildChains();
-    for (const instance of instances) this.#shutdown(instance);
-    if (this.#copies !== null) rmSync(this.#copies, { recursive: true, force: true });
-    this.#copies = null;
+    for (const instance of instances) await this.#shutdown(instance);
   }
 
   #rebuildChains(): void {

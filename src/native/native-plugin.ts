@@ -1,5 +1,6 @@
-import { accessSync, constants } from 'node:fs';
-import { resolve } from 'node:path';
+import { accessSync, constants, copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join, resolve } from 'node:path';
 import koffi from 'koffi';
 import { formatAbiVersion, isAbiCompatible, ABI_VERSION, ABI_VERSION_1_1 } from '../abi/hooks.js';
 import { AbiVersionProto, INTERFACE_FIELDS, InitProto, IntProto, PluginInterfaceStruct, PluginMetadataStruct, PluginMetadataV10Struct, PointerProto, VoidProto } from '../abi/layout.js';
@@ -12,7 +13,7 @@ import type { MetadataLimits } from '../plugin/hook-context.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
 import { PluginFlag } from '../abi/hooks.js';
 import { deniedConnectLogger } from '../plugin/denied-log.js';
-import { NativeContextSlot, boundedStrlen, callNativeHook, hostAllocator, type NativePointer } from './host-runtime.js';
+import { NativeContextSlot, boundedStrlen, callNativeHook, hostAllocator, type NativePointer } from '../runtime/host-runtime.js';
 
 type Library = ReturnType<typeof koffi.load>;
 type InterfacePointers = Record<(typeof INTERFACE_FIELDS)[number], NativePointer>;
@@ -117,6 +118,7 @@ function resolveInterface(lib: Library, path: string): InterfacePointers {
 
 class NativePlugin implements Plugin {
   readonly kind = 'native' as const;
+  readonly backend = 'native' as const;
   readonly path: string;
   readonly abiVersion: number;
   readonly metadata: PluginMetadata;
@@ -249,9 +251,26 @@ class NativePlugin implements Plugin {
 }
 
 /**
- * Loads a native plugin: dlopen through koffi, the ABI marker first, then
- * the interface and the metadata. Any failure unloads the library again and
- * throws a coded error naming the file.
+ * dlopen from a private copy: dlopen caches by path, so a reload (or a second
+ * server in the process) would share the old instance's globals, and a build
+ * that rewrites a mapped library would crash the server. Once mapped, the
+ * copy's name is not needed: it is removed at once, leaving nothing behind.
+ */
+function loadPrivateCopy(path: string): Library {
+  const dir = mkdtempSync(join(tmpdir(), 'smtp-plugin-'));
+  try {
+    const copy = join(dir, basename(path));
+    copyFileSync(path, copy);
+    return koffi.load(copy);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Loads a native plugin: dlopen (of a private copy) through koffi, the ABI
+ * marker first, then the interface and the metadata. Any failure unloads
+ * the library again and throws a coded error naming the file.
  */
 export function loadNativePlugin(path: string, load: { readonly options?: PluginOptions; readonly logger?: Logger } = {}): Plugin {
   try {
@@ -261,8 +280,7 @@ export function loadNativePlugin(path: string, load: { readonly options?: Plugin
   }
   let lib: Library;
   try {
-    // dlopen searches the library path for a name without a slash: resolve it.
-    lib = koffi.load(resolve(path));
+    lib = loadPrivateCopy(resolve(path));
   } catch (cause) {
     throw hostError('SMTP_E_PLUGIN_NOT_LIBRARY', `${path}: not a loadable shared library (${(cause as Error).message})`, cause);
   }

@@ -66,41 +66,57 @@ export class PluginInstance {
     if (to !== null) this.#state = to;
   }
 
-  init(configJson: string): void {
+  /**
+   * Inits the plugin. When init fails (a non-zero code, or a failure of the
+   * call itself), deinit is called so that the plugin can free what init
+   * half-built (abi/smtp_plugin.h), and the plugin is left to be unloaded.
+   */
+  async init(configJson: string): Promise<void> {
     this.#enter('init');
-    const code = this.plugin.init(configJson);
-    if (code !== 0) throw hostError('SMTP_E_PLUGIN_INIT', `plugin "${this.name}" (${this.plugin.path}): init returned ${code}`);
-    this.#leave('init');
+    let failure: unknown;
+    try {
+      const code = await this.plugin.init(configJson);
+      if (code === 0) {
+        this.#leave('init');
+        return;
+      }
+      failure = hostError('SMTP_E_PLUGIN_INIT', `plugin "${this.name}" (${this.plugin.path}): init returned ${code}`);
+    } catch (error) {
+      failure = error;
+    }
+    try {
+      await this.plugin.deinit();
+    } catch {
+      // The init failure is what the caller hears of.
+    }
+    this.#state = 'deinitialized';
+    throw failure;
   }
 
-  enable(): void {
+  async enable(): Promise<void> {
     this.#enter('enable');
-    const code = this.plugin.enable();
+    const code = await this.plugin.enable();
     if (code !== 0) throw hostError('SMTP_E_PLUGIN_ENABLE', `plugin "${this.name}": enable returned ${code}`);
     this.#leave('enable');
   }
 
-  disable(): void {
+  /** Takes the plugin out of the chain at once (before its disable runs), whatever disable answers. */
+  async disable(): Promise<void> {
     this.#enter('disable');
-    let code: number;
-    try {
-      code = this.plugin.disable();
-    } finally {
-      // A plugin that fails to disable, even by trapping, is still taken out of the chain.
-      this.#leave('disable');
-    }
+    this.#leave('disable');
+    const code = await this.plugin.disable();
     if (code !== 0) throw hostError('SMTP_E_PLUGIN_DISABLE', `plugin "${this.name}": disable returned ${code}`);
   }
 
-  deinit(): void {
+  async deinit(): Promise<void> {
     this.#enter('deinit');
-    this.plugin.deinit();
+    await this.plugin.deinit();
     this.#leave('deinit');
   }
 
-  unload(): void {
+  async unload(): Promise<void> {
     this.#enter('unload');
-    this.plugin.unload();
+    await this.plugin.unload();
     this.#leave('unload');
   }
 
@@ -131,15 +147,15 @@ export class PluginInstance {
   }
 
   /** Disables (if enabled), deinits (if initialized) and unloads. */
-  shutdown(): void {
+  async shutdown(): Promise<void> {
     if (this.#state === 'enabled') {
       try {
-        this.disable();
+        await this.disable();
       } catch {
         // Already out of the chain; deinit and unload still run.
       }
     }
-    if (this.#state === 'initialized' || this.#state === 'disabled') this.deinit();
-    if (this.#state === 'loaded' || this.#state === 'deinitialized') this.unload();
+    if (this.#state === 'initialized' || this.#state === 'disabled') await this.deinit();
+    if (this.#state === 'loaded' || this.#state === 'deinitialized') await this.unload();
   }
 }

@@ -329,10 +329,15 @@ export function writeEntries(entries: readonly (readonly [string, MetadataValue]
   return at - offset;
 }
 
-/** Encodes `entries` (a plugin's changes, or changes a copy has not seen) into a fresh buffer. */
-export function encodeEntries(entries: Iterable<readonly [string, MetadataValue]>): Buffer {
+/**
+ * Encodes `entries` (a plugin's changes, or changes a copy has not seen) into
+ * a fresh buffer; `transferable` gives it an ArrayBuffer of its own (not a
+ * slice of Node's pool), to be moved to another thread.
+ */
+export function encodeEntries(entries: Iterable<readonly [string, MetadataValue]>, transferable = false): Buffer {
   const list = [...entries];
-  const out = Buffer.allocUnsafe(encodedLength(list));
+  const bytes = encodedLength(list);
+  const out = transferable ? Buffer.allocUnsafeSlow(bytes) : Buffer.allocUnsafe(bytes);
   writeEntries(list, out, 0);
   return out;
 }

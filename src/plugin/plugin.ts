@@ -1,3 +1,4 @@
+import type { BackendName } from './backends.js';
 import type { HookContext } from './hook-context.js';
 
 /** smtp_plugin_metadata, copied and validated at load. */
@@ -22,19 +23,23 @@ export type PluginKind = 'native' | 'wasm' | 'component';
 /**
  * One loaded plugin, whatever runs it. Backends only translate calls; the
  * lifecycle rules and the meaning of return codes live in PluginInstance,
- * so every backend behaves alike.
+ * so every backend behaves alike. Every call may answer at once or with a
+ * promise: a backend whose plugin runs in this thread answers at once, one
+ * whose plugin runs elsewhere (a worker, a child process) with a promise.
  */
 export interface Plugin {
   readonly kind: PluginKind;
+  /** The backend running it (backends.ts): what isIsolated() answers from. */
+  readonly backend: BackendName;
   /** The file the plugin was loaded from. */
   readonly path: string;
   /** The SMTP_PLUGIN_ABI_VERSION the plugin was built against. */
   readonly abiVersion: number;
   readonly metadata: PluginMetadata;
   /** Returns init's code (0 = success). */
-  init(configJson: string): number;
-  enable(): number;
-  disable(): number;
+  init(configJson: string): number | Promise<number>;
+  enable(): number | Promise<number>;
+  disable(): number | Promise<number>;
   /**
    * True when hooks run off the event loop (a blocking native plugin on
    * koffi's pool, a sandboxed plugin in its worker): executeHook then
@@ -43,7 +48,7 @@ export interface Plugin {
   readonly blocking?: boolean;
   /** Runs one hook; returns the raw code and sets context.cancel if the plugin did. */
   executeHook(context: HookContext): number | Promise<number>;
-  deinit(): void;
+  deinit(): void | Promise<void>;
   /** Releases the code; nothing may be called afterwards. */
-  unload(): void;
+  unload(): void | Promise<void>;
 }

@@ -61,10 +61,6 @@ export class MailServer {
       wasmDirectory: config.plugins.wasmDirectory,
       logger,
       traceHooks: config.server.logHookCalls,
-      // Always: a reload may reopen a library whose old instance still has a
-      // hook call running on a pool thread (a blocking plugin); dlopen would
-      // hand back the same globals, and both instances would share them.
-      copyNative: true,
     });
     this.#reloader = config.plugins.hotReload ? new HotReloader(this.#manager, logger) : null;
     this.#hooks = new HookRunner(this.#manager, logger, config.server.logHookCalls);
@@ -143,7 +139,7 @@ export class MailServer {
   }
 
   async start(): Promise<number> {
-    const { loaded, failed } = this.#manager.loadFromConfig(this.#config.plugins);
+    const { loaded, failed } = await this.#manager.loadFromConfig(this.#config.plugins);
     this.#logger.info({ loaded: loaded.map((p) => `${p.name}@${p.plugin.metadata.version} (${p.plugin.kind})`), failed: failed.length }, 'plugins loaded');
     this.#warnSmallSandboxes(loaded);
     this.#reloader?.start();
@@ -178,7 +174,7 @@ export class MailServer {
     await this.#queue?.stop();
     await this.#reloader?.stop();
     await this.#fire('server_stopped', () => this.#serverFields());
-    this.#manager.deinit();
+    await this.#manager.deinit();
     this.#logger.info('stopped');
   }
 
@@ -195,10 +191,10 @@ export class MailServer {
     // Plugins that depend on a changed one go down with it and come back with it.
     const down = new Set<string>();
     for (const name of changed) {
-      if (this.#manager.get(name) && !down.has(name)) for (const each of this.#manager.unloadPlugin(name, { cascade: true })) down.add(each);
+      if (this.#manager.get(name) && !down.has(name)) for (const each of await this.#manager.unloadPlugin(name, { cascade: true })) down.add(each);
     }
     const up = [...after.values()].filter((entry) => entry.enabled && next.plugins.enabled && !this.#manager.get(entry.name) && (changed.includes(entry.name) || down.has(entry.name)));
-    this.#manager.loadPlugins(up.map((entry) => ({ path: entry.file, name: entry.name, config: entry.config, options: entry.options })));
+    await this.#manager.loadPlugins(up.map((entry) => ({ path: entry.file, name: entry.name, config: entry.config, options: entry.options })));
     for (const section of ['server', 'storage', 'delivery'] as const) {
       if (JSON.stringify(this.#config[section]) !== JSON.stringify(next[section])) {
         this.#logger.warn({ section }, `[${section}] changed: it takes effect at the next restart`);

@@ -5,12 +5,13 @@
  * plugin's network calls really connect (through the native runtime, which
  * checks the grants) and may wait, because only this thread waits.
  *
- * Protocol (src/wasm/worker-plugin.ts is the other side): messages are
- * handled strictly in order, so a plugin is never entered twice at once.
- * `sync` requests answer on the sync port and then flip the shared flag the
- * main thread waits on; `hook` requests answer on the async port.
+ * Protocol (src/wasm/worker-plugin.ts is the other side): one port, every
+ * request numbered and answered with its number; requests are handled
+ * strictly in order, so a plugin is never entered twice at once. Lifecycle
+ * requests and hook calls alike are asynchronous for the main thread: it
+ * never blocks waiting for this one.
  */
-import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
+import { type MessagePort, workerData } from 'node:worker_threads';
 import { isHookName } from '../abi/hooks.js';
 import { isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -19,23 +20,20 @@ import { HookContext } from '../plugin/hook-context.js';
 import { encodeEntries, wireMetadata } from '../plugin/metadata-wire.js';
 import type { PluginOptions } from '../plugin/options.js';
 import type { Plugin } from '../plugin/plugin.js';
-import { deniedNet, type GuestNet } from './guest-net.js';
+import { deniedNet, type GuestNet } from '../sandbox/guest-net.js';
 import { loadWasmPlugin } from './wasm-plugin.js';
 
 export interface WorkerData {
   readonly path: string;
   readonly options: PluginOptions;
-  readonly control: SharedArrayBuffer;
-  readonly syncPort: MessagePort;
-  readonly asyncPort: MessagePort;
+  readonly port: MessagePort;
 }
 
-export type SyncRequest =
-  | { readonly kind: 'sync'; readonly op: 'load' }
-  | { readonly kind: 'sync'; readonly op: 'init'; readonly config: string }
-  | { readonly kind: 'sync'; readonly op: 'enable' | 'disable' | 'deinit' | 'unload' };
-/** On the wire, each lifecycle request and its reply carry the request's number. */
-type Numbered<T> = T & { readonly seq: number };
+export type LifecycleRequest = { readonly kind: 'lifecycle'; readonly id: number } & (
+  | { readonly op: 'load' }
+  | { readonly op: 'init'; readonly config: string }
+  | { readonly op: 'enable' | 'disable' | 'deinit' | 'unload' }
+);
 
 export interface HookRequest {
   readonly kind: 'hook';
@@ -45,20 +43,18 @@ export interface HookRequest {
 }
 
 export type Failure = { readonly ok: false; readonly code: string; readonly message: string };
-export type SyncReply = { readonly ok: true; readonly value: unknown } | Failure;
+export type LifecycleReply = { readonly id: number } & ({ readonly ok: true; readonly value: unknown } | Failure);
 export type HookReply = { readonly id: number } & ({ readonly ok: true; readonly code: number; readonly cancel: boolean; readonly changes: Uint8Array } | Failure);
-/** Sent on the hook port: a log line, or the runtime context holding the plugin's connections. */
+/** Sent unasked: a log line, or the runtime context holding the plugin's connections. */
 export type WorkerEvent =
   | { readonly kind: 'log'; readonly level: 'debug' | 'info' | 'warn' | 'error'; readonly fields: Record<string, unknown>; readonly message: string }
   | { readonly kind: 'net-context'; readonly pointer: bigint | null };
 
 const data = workerData as WorkerData;
-const control = new Int32Array(data.control);
-const port = parentPort!;
 
-/** Events travel on the hook port, ahead of the reply to the call that caused them: a call's log lines are logged before its result is seen. */
+/** Events travel on the same port, ahead of the reply to the call that caused them: a call's log lines are logged before its result is seen. */
 function post(event: WorkerEvent): void {
-  data.asyncPort.postMessage(event);
+  data.port.postMessage(event);
 }
 
 /** A logger whose lines go to the main thread's logger for this plugin. */
@@ -77,7 +73,7 @@ const logger = forwardingLogger();
 /** The runtime's network with this plugin's grants; reports its context so the main thread can close it if this thread is killed. */
 async function runtimeNet(): Promise<GuestNet> {
   if (data.options.allowConnect.length === 0) return deniedNet(logger);
-  const { RuntimeNet } = await import('../native/host-runtime.js');
+  const { RuntimeNet } = await import('../runtime/host-runtime.js');
   const net = new RuntimeNet(data.options.allowConnect, deniedConnectLogger(logger, 'sandboxed plugin asked for a connection it was not granted (allow_connect)'));
   post({ kind: 'net-context', pointer: net.contextPointer() });
   return {
@@ -102,7 +98,7 @@ function loaded(): Plugin {
   return plugin;
 }
 
-function runSync(request: SyncRequest): unknown {
+function runLifecycle(request: LifecycleRequest): unknown {
   switch (request.op) {
     case 'load': {
       plugin = loadWasmPlugin(data.path, { options: data.options, logger, net });
@@ -115,10 +111,10 @@ function runSync(request: SyncRequest): unknown {
     case 'disable':
       return loaded().disable();
     case 'deinit':
-      loaded().deinit();
+      void loaded().deinit();
       return null;
     case 'unload':
-      plugin?.unload();
+      void plugin?.unload();
       plugin = null;
       // The context itself is freed by the main thread once this thread has exited.
       net.closeAll();
@@ -132,26 +128,23 @@ function runHook(request: HookRequest): HookReply {
     // The bytes as they came are the event's encoding: the plugin's copy-in reads them as they are.
     const context = new HookContext(request.hook, undefined, wireMetadata(request.metadata));
     const code = loaded().executeHook(context) as number;
-    return { id: request.id, ok: true, code, cancel: context.cancel, changes: encodeEntries(context.pluginChanges()) };
+    return { id: request.id, ok: true, code, cancel: context.cancel, changes: encodeEntries(context.pluginChanges(), true) };
   } catch (error) {
     return { id: request.id, ...failure(error) };
   }
 }
 
-port.on('message', (request: Numbered<SyncRequest> | HookRequest) => {
+data.port.on('message', (request: LifecycleRequest | HookRequest) => {
   if (request.kind === 'hook') {
     const reply = runHook(request);
-    data.asyncPort.postMessage(reply, reply.ok ? [reply.changes.buffer as ArrayBuffer] : []);
+    data.port.postMessage(reply, reply.ok ? [reply.changes.buffer as ArrayBuffer] : []);
     return;
   }
-  let reply: SyncReply;
+  let reply: LifecycleReply;
   try {
-    reply = { ok: true, value: runSync(request) };
+    reply = { id: request.id, ok: true, value: runLifecycle(request) };
   } catch (error) {
-    reply = failure(error);
+    reply = { id: request.id, ...failure(error) };
   }
-  data.syncPort.postMessage({ ...reply, seq: request.seq });
-  // After the reply is in the port: the main thread loads the counter before looking.
-  Atomics.add(control, 0, 1);
-  Atomics.notify(control, 0);
+  data.port.postMessage(reply);
 });

@@ -8,10 +8,10 @@ import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/m
 import { applyChanges, wireSize, writeEntries, type WireBounds } from '../plugin/metadata-wire.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
 import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
-import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME, WasmInstrumentError, instrument } from './instrument.js';
-import { BUDGET_ITERATIONS, DeadlineExceeded, classifySandboxError } from './sandbox-errors.js';
-import { NET_IMPORT_MODULE, NET_IMPORT_NAMES, deniedNet, netImports, type GuestNet } from './guest-net.js';
-import { WASI_MODULE, WASI_PREVIEW1_FUNCTIONS, createWasi, type WasiHost } from './wasi.js';
+import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME, WasmInstrumentError, instrument } from '../sandbox/instrument.js';
+import { BUDGET_ITERATIONS, DeadlineExceeded, classifySandboxError } from '../sandbox/sandbox-errors.js';
+import { NET_IMPORT_MODULE, NET_IMPORT_NAMES, deniedNet, netImports, type GuestNet } from '../sandbox/guest-net.js';
+import { WASI_MODULE, WASI_PREVIEW1_FUNCTIONS, createWasi, type WasiHost } from '../sandbox/wasi.js';
 
 const PAGE_BYTES = 65_536;
 /** Up to this size the host's buffers in guest memory grow by doubling; beyond, exactly to fit. */
@@ -118,6 +118,7 @@ function compile(path: string, options: PluginOptions): { module: WebAssembly.Mo
 
 class WasmPlugin implements Plugin {
   readonly kind = 'wasm' as const;
+  readonly backend = 'wasm' as const;
   readonly path: string;
   readonly abiVersion: number;
   readonly metadata: PluginMetadata;

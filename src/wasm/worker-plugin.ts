@@ -1,17 +1,16 @@
 import { existsSync } from 'node:fs';
-import { performance } from 'node:perf_hooks';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { hostError, isErrorCode, type HostError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { destroyRuntimeContext, ensureRuntimeLoaded } from '../native/host-runtime.js';
+import { destroyRuntimeContext, ensureRuntimeLoaded } from '../runtime/host-runtime.js';
 import { PROJECT_ROOT } from '../paths.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { applyChanges, wireSize, writeEntries } from '../plugin/metadata-wire.js';
 import type { PluginOptions } from '../plugin/options.js';
 import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
-import type { Failure, HookReply, HookRequest, SyncReply, SyncRequest, WorkerEvent } from './sandbox-worker.js';
+import type { Failure, HookReply, HookRequest, LifecycleReply, LifecycleRequest, WorkerEvent } from './sandbox-worker.js';
 
 /** Beyond the hook deadline, how long the worker may take to answer before it is killed (its own deadline check should answer first). */
 export const WORKER_GRACE_MS = 1000;
@@ -39,22 +38,22 @@ export async function workersStopped(): Promise<void> {
 }
 
 interface Pending {
-  readonly resolve: (code: number) => void;
+  readonly resolve: (value: unknown) => void;
   readonly reject: (error: HostError) => void;
-  readonly context: HookContext;
+  /** Set for a hook call: its changes land there. */
+  readonly context: HookContext | null;
   readonly timer: NodeJS.Timeout;
 }
 
-/** One live worker and the channels to it. */
+/** One live worker and its port. */
 interface Live {
   readonly worker: Worker;
-  /** Bumped by the worker after each lifecycle reply (the main thread waits on it). */
-  readonly control: Int32Array;
-  readonly syncPort: MessagePort;
-  readonly asyncPort: MessagePort;
+  readonly port: MessagePort;
   /** The runtime context holding the plugin's connections; freed here when the worker exits. */
   netContext: bigint | null;
 }
+
+type Lifecycle = LifecycleRequest extends infer R ? (R extends { readonly id: number } ? Omit<R, 'id' | 'kind'> : never) : never;
 
 function coded(failure: Failure): HostError {
   return hostError(isErrorCode(failure.code) ? failure.code : 'SMTP_E_WASM_TRAP', failure.message);
@@ -62,27 +61,24 @@ function coded(failure: Failure): HostError {
 
 /**
  * A sandboxed plugin run in a worker thread of its own, so that its waits
- * (network I/O within its grants) never stall the event loop. Hook calls are
- * asynchronous. Lifecycle calls (load, init, enable) wait synchronously for
- * the worker, bounded by the deadline; disable, deinit and unload do too when
- * no hook call is queued, and otherwise are queued behind those calls
- * without waiting (the worker answers in order). A worker that does not
- * answer in time is terminated, its connections closed, and a fresh one is
- * brought back to the old one's state on the next call.
+ * (network I/O within its grants) never stall the event loop. Every call,
+ * lifecycle and hook alike, is a numbered message answered asynchronously;
+ * the worker handles them in order, so a disable or an unload queued behind
+ * hook calls runs after them. A call not answered in time terminates the
+ * worker (its connections are closed), and the next call brings a fresh one
+ * back to the old one's state.
  */
 class WorkerWasmPlugin implements Plugin {
   readonly kind = 'wasm' as const;
+  readonly backend = 'wasm' as const;
   readonly blocking = true;
   readonly path: string;
-  readonly abiVersion: number;
-  readonly metadata: PluginMetadata;
+  abiVersion = 0;
+  metadata!: PluginMetadata;
   readonly #options: PluginOptions;
   readonly #logger: Logger;
   readonly #pending = new Map<number, Pending>();
   #nextId = 1;
-  #seq = 0;
-  /** Run when no hook call is pending any more. */
-  #idleWaiters: (() => void)[] = [];
   #live: Live | null = null;
   #config: string | null = null;
   #enabled = false;
@@ -91,39 +87,36 @@ class WorkerWasmPlugin implements Plugin {
     this.path = path;
     this.#options = options;
     this.#logger = logger;
-    const loaded = this.#start();
-    this.abiVersion = loaded.abiVersion;
-    this.metadata = loaded.metadata;
   }
 
   #name(): string {
     return this.metadata?.name ?? this.path;
   }
 
-  #start(): { abiVersion: number; metadata: PluginMetadata } {
+  /** Starts a worker and loads the module in it. */
+  async start(): Promise<void> {
     // The worker loads the runtime library too; loaded here first, it stays
     // mapped when the worker's copy is released, so the context the worker
     // made can be freed here after it exits.
     if (this.#options.allowConnect.length > 0) ensureRuntimeLoaded();
-    const control = new Int32Array(new SharedArrayBuffer(4));
-    const sync = new MessageChannel();
-    const hooks = new MessageChannel();
+    const channel = new MessageChannel();
     const worker = new Worker(workerEntry(), {
-      workerData: { path: this.path, options: this.#options, control: control.buffer, syncPort: sync.port2, asyncPort: hooks.port2 },
-      transferList: [sync.port2, hooks.port2],
+      workerData: { path: this.path, options: this.#options, port: channel.port2 },
+      transferList: [channel.port2],
       // The plugin's memory is bounded by the sandbox; this bounds the JS around it.
       resourceLimits: { maxOldGenerationSizeMb: 64 },
     });
     worker.unref();
-    const live: Live = { worker, control, syncPort: sync.port1, asyncPort: hooks.port1, netContext: null };
+    const live: Live = { worker, port: channel.port1, netContext: null };
     worker.on('error', (error) => this.#logger.error({ code: 'SMTP_E_WASM_TRAP', err: String(error) }, 'sandbox worker failed'));
     worker.on('exit', () => this.#onExit(live));
-    hooks.port1.on('message', (message: HookReply | WorkerEvent) => this.#onMessage(live, message));
-    hooks.port1.unref();
+    channel.port1.on('message', (message: HookReply | LifecycleReply | WorkerEvent) => this.#onMessage(live, message));
+    channel.port1.unref();
     this.#live = live;
     try {
-      const loaded = this.#sync({ kind: 'sync', op: 'load' }, WORKER_LOAD_TIMEOUT_MS) as { abiVersion: number; metadata: PluginMetadata };
-      return { abiVersion: loaded.abiVersion, metadata: Object.freeze({ ...loaded.metadata, dependencies: Object.freeze([...loaded.metadata.dependencies]) }) };
+      const loaded = (await this.#call(live, { op: 'load' }, WORKER_LOAD_TIMEOUT_MS)) as { abiVersion: number; metadata: PluginMetadata };
+      this.abiVersion = loaded.abiVersion;
+      this.metadata = Object.freeze({ ...loaded.metadata, dependencies: Object.freeze([...loaded.metadata.dependencies]) });
     } catch (error) {
       // A module that does not load leaves no thread behind.
       if (this.#live === live) this.#live = null;
@@ -132,8 +125,8 @@ class WorkerWasmPlugin implements Plugin {
     }
   }
 
-  #onMessage(live: Live, message: HookReply | WorkerEvent): void {
-    if ('id' in message) this.#onHookReply(message);
+  #onMessage(live: Live, message: HookReply | LifecycleReply | WorkerEvent): void {
+    if ('id' in message) this.#onReply(message);
     else if (message.kind === 'log') this.#logger[message.level](message.fields, message.message);
     else live.netContext = message.pointer;
   }
@@ -154,53 +147,28 @@ class WorkerWasmPlugin implements Plugin {
       pending.reject(error);
       this.#pending.delete(id);
     }
-    this.#settled();
   }
 
-  #settled(): void {
-    if (this.#pending.size > 0) return;
-    const waiters = this.#idleWaiters;
-    this.#idleWaiters = [];
-    for (const waiter of waiters) waiter();
+  /** Sends one numbered request; the worker is killed when it does not answer within `timeoutMs`. */
+  #send(live: Live, request: (id: number) => LifecycleRequest | HookRequest, timeoutMs: number, what: string, context: HookContext | null, transfer: ArrayBuffer[] = []): Promise<unknown> {
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this.#watchdog(live, id, `${what} did not answer within ${timeoutMs} ms`), timeoutMs);
+      this.#pending.set(id, { resolve, reject, context, timer });
+      live.port.postMessage(request(id), transfer);
+    });
   }
 
-  /** Reads lifecycle replies until the one for `seq`; earlier ones (requests not waited for) are logged if they failed. */
-  #takeReply(live: Live, seq: number): SyncReply | undefined {
-    for (let next = receiveMessageOnPort(live.syncPort); next !== undefined; next = receiveMessageOnPort(live.syncPort)) {
-      const reply = next.message as SyncReply & { seq: number };
-      if (reply.seq === seq) return reply;
-      if (!reply.ok) this.#logger.error({ code: reply.code, err: reply.message }, 'queued plugin lifecycle call failed');
+  #call(live: Live, request: Lifecycle, timeoutMs: number): Promise<unknown> {
+    return this.#send(live, (id) => ({ ...request, kind: 'lifecycle', id }) as LifecycleRequest, timeoutMs, request.op, null);
+  }
+
+  /** A call's timer fired: replies already waiting on the port are read first (a blocked event loop may not have got to them). */
+  #watchdog(live: Live, id: number, why: string): void {
+    for (let next = receiveMessageOnPort(live.port); next !== undefined; next = receiveMessageOnPort(live.port)) {
+      this.#onMessage(live, next.message as HookReply | LifecycleReply | WorkerEvent);
     }
-    return undefined;
-  }
-
-  /** Sends a lifecycle request and waits (blocking this thread) for its answer. */
-  #sync(request: SyncRequest, timeoutMs: number): unknown {
-    const live = this.#live ?? this.#restart();
-    const seq = ++this.#seq;
-    live.worker.postMessage({ ...request, seq });
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      // Load the counter before looking at the port: a reply posted after the
-      // look bumps the counter after this load, so the wait returns at once.
-      const seen = Atomics.load(live.control, 0);
-      const reply = this.#takeReply(live, seq);
-      if (reply !== undefined) {
-        if (!reply.ok) throw coded(reply);
-        return reply.value;
-      }
-      const left = deadline - performance.now();
-      if (left <= 0) {
-        this.#kill(live, `${request.op} did not answer within ${timeoutMs} ms`);
-        throw hostError('SMTP_E_WASM_DEADLINE', `plugin "${this.#name()}" ${request.op}: the sandbox worker did not answer within ${timeoutMs} ms`);
-      }
-      Atomics.wait(live.control, 0, seen, left);
-    }
-  }
-
-  /** Queues a lifecycle request behind the hook calls in flight, without waiting for it. */
-  #post(request: SyncRequest): void {
-    this.#live?.worker.postMessage({ ...request, seq: ++this.#seq });
+    if (this.#pending.has(id)) this.#kill(live, why);
   }
 
   #kill(live: Live, why: string): void {
@@ -210,15 +178,16 @@ class WorkerWasmPlugin implements Plugin {
     this.#failPending(hostError('SMTP_E_WASM_DEADLINE', `plugin "${this.#name()}": the sandbox worker was terminated (${why})`));
   }
 
-  /** A fresh worker, brought back to the old one's state. */
-  #restart(): Live {
-    this.#start();
+  /** The live worker, or a fresh one brought back to the old one's state. */
+  async #current(): Promise<Live> {
+    if (this.#live !== null) return this.#live;
+    await this.start();
     const live = this.#live!;
     try {
       if (this.#config !== null) {
-        const code = this.#sync({ kind: 'sync', op: 'init', config: this.#config }, this.#lifecycleTimeout()) as number;
+        const code = (await this.#call(live, { op: 'init', config: this.#config }, this.#lifecycleTimeout())) as number;
         if (code !== 0) throw hostError('SMTP_E_PLUGIN_INIT', `plugin "${this.#name()}": init returned ${code} in a restarted sandbox worker`);
-        if (this.#enabled) this.#sync({ kind: 'sync', op: 'enable' }, this.#lifecycleTimeout());
+        if (this.#enabled) await this.#call(live, { op: 'enable' }, this.#lifecycleTimeout());
       }
     } catch (error) {
       // Not brought back: no call may reach a worker in another state than the plugin's.
@@ -243,26 +212,28 @@ class WorkerWasmPlugin implements Plugin {
     return 3 * this.#options.limits.hookTimeoutMs + WORKER_GRACE_MS;
   }
 
-  init(configJson: string): number {
-    const code = this.#sync({ kind: 'sync', op: 'init', config: configJson }, this.#lifecycleTimeout()) as number;
+  /** Runs a lifecycle call on the live worker; the calls queued before it (hook calls) run first, so its timer allows for them. */
+  async #lifecycle(request: Lifecycle): Promise<unknown> {
+    const live = await this.#current();
+    return this.#call(live, request, this.#lifecycleTimeout() + this.#hookTimeout() * this.#pending.size);
+  }
+
+  async init(configJson: string): Promise<number> {
+    const code = (await this.#lifecycle({ op: 'init', config: configJson })) as number;
     if (code === 0) this.#config = configJson;
     return code;
   }
 
-  enable(): number {
-    const code = this.#sync({ kind: 'sync', op: 'enable' }, this.#lifecycleTimeout()) as number;
+  async enable(): Promise<number> {
+    const code = (await this.#lifecycle({ op: 'enable' })) as number;
     if (code === 0) this.#enabled = true;
     return code;
   }
 
-  disable(): number {
+  async disable(): Promise<number> {
     this.#enabled = false;
     if (this.#live === null) return 0;
-    if (this.#pending.size > 0) {
-      this.#post({ kind: 'sync', op: 'disable' });
-      return 0;
-    }
-    return this.#sync({ kind: 'sync', op: 'disable' }, this.#lifecycleTimeout()) as number;
+    return (await this.#lifecycle({ op: 'disable' })) as number;
   }
 
   executeHook(context: HookContext): Promise<number> {
@@ -276,78 +247,58 @@ class WorkerWasmPlugin implements Plugin {
     } catch (error) {
       return Promise.reject(error);
     }
-    const id = this.#nextId++;
-    let live: Live;
-    try {
-      live = this.#live ?? this.#restart();
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    return new Promise<number>((resolve, reject) => {
+    return this.#current().then((live) => {
       const limit = this.#hookTimeout() * (this.#pending.size + 1);
-      const timer = setTimeout(() => this.#watchdog(live, id, `${context.hook} did not answer within ${limit} ms`), limit);
-      this.#pending.set(id, { resolve, reject, context, timer });
-      const request: HookRequest = { kind: 'hook', id, hook: context.hook, metadata };
-      live.worker.postMessage(request, [metadata.buffer as ArrayBuffer]);
+      const request = (id: number): HookRequest => ({ kind: 'hook', id, hook: context.hook, metadata });
+      return this.#send(live, request, limit, context.hook, context, [metadata.buffer as ArrayBuffer]) as Promise<number>;
     });
   }
 
-  /** A hook call's timer fired: replies already waiting on the port are read first (a blocked event loop may not have got to them). */
-  #watchdog(live: Live, id: number, why: string): void {
-    for (let next = receiveMessageOnPort(live.asyncPort); next !== undefined; next = receiveMessageOnPort(live.asyncPort)) {
-      this.#onMessage(live, next.message as HookReply | WorkerEvent);
-    }
-    if (this.#pending.has(id)) this.#kill(live, why);
-  }
-
-  #onHookReply(reply: HookReply): void {
+  #onReply(reply: HookReply | LifecycleReply): void {
     const pending = this.#pending.get(reply.id);
     if (pending === undefined) return;
     this.#pending.delete(reply.id);
     clearTimeout(pending.timer);
-    this.#settled();
     if (!reply.ok) {
       pending.reject(coded(reply));
       return;
     }
+    if (!('changes' in reply)) {
+      pending.resolve(reply.value);
+      return;
+    }
     try {
       const { limits } = this.#options;
-      applyChanges(reply.changes, reply.changes.length, pending.context, { keyBytesMax: limits.metadataKeyBytesMax, valueBytesMax: limits.metadataValueBytesMax, keysMax: limits.metadataKeysMax }, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
-      if (reply.cancel) pending.context.cancel = true;
+      applyChanges(reply.changes, reply.changes.length, pending.context!, { keyBytesMax: limits.metadataKeyBytesMax, valueBytesMax: limits.metadataValueBytesMax, keysMax: limits.metadataKeysMax }, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
+      if (reply.cancel) pending.context!.cancel = true;
       pending.resolve(reply.code);
     } catch (error) {
       pending.reject(error as HostError);
     }
   }
 
-  deinit(): void {
+  async deinit(): Promise<void> {
     this.#config = null;
     if (this.#live === null) return;
-    if (this.#pending.size > 0) this.#post({ kind: 'sync', op: 'deinit' });
-    else this.#sync({ kind: 'sync', op: 'deinit' }, this.#lifecycleTimeout());
+    await this.#lifecycle({ op: 'deinit' });
   }
 
-  unload(): void {
+  async unload(): Promise<void> {
     const live = this.#live;
-    if (!live) return;
-    this.#live = null;
-    if (this.#pending.size > 0) {
-      // Terminated once the calls queued before it have been answered.
-      live.worker.postMessage({ kind: 'sync', op: 'unload', seq: ++this.#seq });
-      this.#idleWaiters.push(() => terminate(live.worker));
-      return;
-    }
+    if (live === null) return;
     try {
-      this.#live = live;
-      this.#sync({ kind: 'sync', op: 'unload' }, this.#lifecycleTimeout());
+      // Queued behind the calls in flight: the worker answers in order.
+      await this.#call(live, { op: 'unload' }, this.#lifecycleTimeout() + this.#hookTimeout() * this.#pending.size);
     } finally {
-      this.#live = null;
+      if (this.#live === live) this.#live = null;
       terminate(live.worker);
     }
   }
 }
 
 /** Loads a sandboxed plugin into a worker thread of its own. */
-export function loadWorkerPlugin(path: string, options: PluginOptions, logger: Logger): Plugin {
-  return new WorkerWasmPlugin(path, options, logger);
+export async function loadWorkerPlugin(path: string, options: PluginOptions, logger: Logger): Promise<Plugin> {
+  const plugin = new WorkerWasmPlugin(path, options, logger);
+  await plugin.start();
+  return plugin;
 }

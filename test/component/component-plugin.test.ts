@@ -8,7 +8,7 @@ import { silentLogger } from '../../src/log.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { PluginInstance } from '../../src/plugin/lifecycle.js';
 import { resolvePluginOptions } from '../../src/plugin/options.js';
-import { loadPluginFile } from '../../src/plugin/load.js';
+import { openPlugin } from '../../src/plugin/backends.js';
 import { MailServer } from '../../src/server/mail-server.js';
 import { wasmFixture } from '../helpers/fixtures.js';
 import { callJson, runCli } from '../helpers/cli.js';
@@ -19,48 +19,48 @@ import { expectCode } from '../helpers/expect-code.js';
 const SPAM = 'Congratulations WINNER! casino: click here for free money, act now';
 
 describe('component-model plugins', () => {
-  it('loads a .wasm component by its header and runs it behind the same Plugin interface', () => {
-    const plugin = loadPluginFile(wasmFixture('read_set_component'));
+  it('loads a .wasm component by its header and runs it behind the same Plugin interface', async () => {
+    const plugin = await openPlugin(wasmFixture('read_set_component'));
     expect(plugin.kind).toBe('component');
     const instance = new PluginInstance(plugin);
-    instance.init('{}');
-    instance.enable();
+    await instance.init('{}');
+    await instance.enable();
     const context = new HookContext('message_received');
     context.setMetadata('a', Uint8Array.from([0, 1, 255]));
     expect(instance.executeHook(context)).toEqual({ code: 0, action: 'continue' });
     expect(Uint8Array.from(context.getMetadataBytes('b')!)).toEqual(Uint8Array.from([0, 1, 255]));
-    instance.shutdown();
+    await instance.shutdown();
   });
 
-  it('recycles an instance whose memory nears its limit between calls, so that no call fails', () => {
+  it('recycles an instance whose memory nears its limit between calls, so that no call fails', async () => {
     // The JavaScript engine inside a component grows its memory on every call
     // and does not collect when it runs short: without recycling, a 16 MiB
     // limit traps within a few hundred calls.
     const instance = new PluginInstance(loadComponentPlugin(wasmFixture('read_set_component'), { options: resolvePluginOptions({ limits: { memoryMb: 16 } }) }));
-    instance.init('{}');
-    instance.enable();
+    await instance.init('{}');
+    await instance.enable();
     const context = new HookContext('message_received');
     context.setMetadata('a', 'x'.repeat(1000));
     for (let i = 0; i < 3000; i++) expect(instance.executeHook(context).code).toBe(0);
     expect(context.getMetadata('b')).toBe('x'.repeat(1000));
-    instance.shutdown();
+    await instance.shutdown();
   });
 
-  it('refuses a non-component, a component of another world, and one importing what the host does not grant', () => {
-    expectCode(() => loadComponentPlugin(wasmFixture('read_set')), 'SMTP_E_COMPONENT_INVALID', 'not a WebAssembly component');
-    expectCode(() => loadComponentPlugin(wasmFixture('other_world_component')), 'SMTP_E_COMPONENT_WORLD', 'not an smtp:plugin/smtp-plugin component');
-    expectCode(() => loadComponentPlugin(wasmFixture('uses_stdio_component')), 'SMTP_E_COMPONENT_IMPORT', 'wasi:cli/');
+  it('refuses a non-component, a component of another world, and one importing what the host does not grant', async () => {
+    await expectCode(() => loadComponentPlugin(wasmFixture('read_set')), 'SMTP_E_COMPONENT_INVALID', 'not a WebAssembly component');
+    await expectCode(() => loadComponentPlugin(wasmFixture('other_world_component')), 'SMTP_E_COMPONENT_WORLD', 'not an smtp:plugin/smtp-plugin component');
+    await expectCode(() => loadComponentPlugin(wasmFixture('uses_stdio_component')), 'SMTP_E_COMPONENT_IMPORT', 'wasi:cli/');
   });
 
-  it('turns a throwing component into a coded trap and answers the next call from a fresh instance', () => {
+  it('turns a throwing component into a coded trap and answers the next call from a fresh instance', async () => {
     const instance = new PluginInstance(loadComponentPlugin(wasmFixture('traps_component'), { logger: silentLogger() }));
-    instance.init('{}');
-    instance.enable();
+    await instance.init('{}');
+    await instance.enable();
     const trap = new HookContext('message_received');
     trap.setMetadata('trap', 'yes');
-    expectCode(() => instance.executeHook(trap), 'SMTP_E_WASM_TRAP', 'trapped');
+    await expectCode(() => instance.executeHook(trap), 'SMTP_E_WASM_TRAP', 'trapped');
     expect(instance.executeHook(new HookContext('message_received')).code).toBe(0);
-    instance.shutdown();
+    await instance.shutdown();
   });
 
   it('gives the Zig spam filter\'s results through plugin call', () => {

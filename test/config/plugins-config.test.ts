@@ -54,26 +54,26 @@ describe('config.toml [plugins]', () => {
       expect(entry).toMatchObject({ name: 'spam-filter', sandboxed: kind === 'wasm', options: { onError: 'reject', limits: { memoryMb: 32, hookTimeoutMs: 250 } } });
       expect(Object.isFrozen(config)).toBe(true);
       const manager = new PluginManager({ directory: config.directory });
-      const { loaded, failed } = manager.loadFromConfig(config);
+      const { loaded, failed } = await manager.loadFromConfig(config);
       expect(failed).toEqual([]);
       expect(loaded.map((p) => [p.name, p.plugin.kind])).toEqual([['spam-filter', kind]]);
       const context = new HookContext('message_filtered');
       context.setMetadata('message_body', 'casino winner');
       expect((await manager.executeHook('message_filtered', context)).action).toBe('stop');
-      manager.deinit();
+      await manager.deinit();
     }
   });
 
-  it('auto-loads the other libraries and .wasm files, never a configured one twice', () => {
+  it('auto-loads the other libraries and .wasm files, never a configured one twice', async () => {
     const config = loadPluginsConfig(root(configText('', true)));
     const manager = new PluginManager({ directory: config.directory, wasmDirectory: config.wasmDirectory });
-    const { loaded, failed } = manager.loadFromConfig(config);
+    const { loaded, failed } = await manager.loadFromConfig(config);
     expect(failed).toEqual([]);
     expect(loaded.map((p) => `${p.name}:${p.plugin.kind}`)).toEqual(['spam-filter:wasm', 'plain:native', 'read-set:wasm']);
-    manager.deinit();
+    await manager.deinit();
   });
 
-  it('names the file, the line and the key of every mistake', () => {
+  it('names the file, the line and the key of every mistake', async () => {
     const cases: [string, RegExp][] = [
       [configText('sandbox = "yes"'), /config\.toml:12: plugins\.plugin\[0\]\.sandbox: expected true or false, got "yes"/],
       [configText('colour = "blue"'), /config\.toml:12: plugins\.plugin\[0\]\.colour: unknown key/],

@@ -1,10 +1,10 @@
 import { expect } from 'vitest';
 import { isHostError, type ErrorCode } from '../../src/errors.js';
 
-/** Runs `run` and requires a HostError with `code` whose message contains `mentions`. */
-export function expectCode(run: () => unknown, code: ErrorCode, mentions?: string): void {
+/** Runs `run` (awaiting it when it answers with a promise) and requires a HostError with `code` whose message contains `mentions`. */
+export async function expectCode(run: () => unknown, code: ErrorCode, mentions?: string): Promise<void> {
   try {
-    run();
+    await run();
   } catch (error) {
     expect(isHostError(error, code), String(error)).toBe(true);
     if (mentions !== undefined) expect((error as Error).message).toContain(mentions);

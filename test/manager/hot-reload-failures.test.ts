@@ -19,23 +19,23 @@ describe('hot reload failures', () => {
     const dir = mkdtempSync(join(tmpdir(), 'reload-'));
     const plain = join(dir, 'libplain.so');
     copyFileSync(fixture('c_plain'), plain);
-    const manager = new PluginManager({ directory: dir, copyNative: true });
-    manager.loadPlugin(plain);
-    manager.loadPlugin(fixture('c_needs_plain'));
+    const manager = new PluginManager({ directory: dir });
+    await manager.loadPlugin(plain);
+    await manager.loadPlugin(fixture('c_needs_plain'));
     expect(await visited(manager)).toBe('plain,needs-plain');
     // The library was loaded from a private copy: overwriting the original is safe.
     writeFileSync(plain, 'not a library any more');
-    expect(() => manager.replacePlugin('plain')).toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_NOT_LIBRARY' }));
+    await expect(manager.replacePlugin('plain')).rejects.toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_NOT_LIBRARY' }));
     expect(await visited(manager)).toBe('plain,needs-plain');
     copyFileSync(fixture('c_plain_fails'), plain);
-    expect(() => manager.replacePlugin('plain')).toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_INIT' }));
+    await expect(manager.replacePlugin('plain')).rejects.toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_INIT' }));
     copyFileSync(fixture('c_second'), plain);
-    expect(() => manager.replacePlugin('plain')).toThrow('the new build is named "second", not "plain"');
+    await expect(manager.replacePlugin('plain')).rejects.toThrow('the new build is named "second", not "plain"');
     expect(await visited(manager)).toBe('plain,needs-plain');
     copyFileSync(fixture('c_plain'), plain);
-    expect(manager.replacePlugin('plain').name).toBe('plain');
+    expect((await manager.replacePlugin('plain')).name).toBe('plain');
     expect(await visited(manager)).toBe('plain,needs-plain');
-    manager.deinit();
+    await manager.deinit();
   });
 
   it('does not load a file that is still being written', async () => {
@@ -53,7 +53,7 @@ describe('hot reload failures', () => {
     const lines: string[] = [];
     const logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(line) });
     const manager = new PluginManager({ directory: dir, wasmDirectory: dir, logger });
-    manager.loadPlugin(wasm);
+    await manager.loadPlugin(wasm);
     const reloader = new HotReloader(manager, logger, 50);
     reloader.start();
     try {
@@ -71,7 +71,7 @@ describe('hot reload failures', () => {
       expect(lines.some((l) => l.includes('plugin hot-reloaded'))).toBe(true);
     } finally {
       await reloader.stop();
-      manager.deinit();
+      await manager.deinit();
     }
   });
 });

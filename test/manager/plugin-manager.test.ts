@@ -20,7 +20,7 @@ describe('PluginManager', () => {
   it('loads every library in the directory, skips a broken one and keeps serving', async () => {
     const dir = pluginDir(['c_plain', 'c_bad_abi', 'spam_filter', 'c_second']);
     const manager = new PluginManager({ directory: dir });
-    const { loaded, failed } = manager.loadAllPlugins();
+    const { loaded, failed } = await manager.loadAllPlugins();
     expect(loaded.map((p) => p.name)).toEqual(['plain', 'spam-filter', 'second']);
     expect(failed).toHaveLength(1);
     expect(failed[0]!.error.code).toBe('SMTP_E_PLUGIN_ABI_VERSION');
@@ -32,15 +32,15 @@ describe('PluginManager', () => {
     expect(context.getMetadata('visited')).toBe('plain,second');
     expect(context.getMetadata('spam_score')).toBe('0');
     // A second scan loads nothing twice.
-    expect(manager.loadAllPlugins().loaded).toEqual([]);
-    manager.deinit();
+    expect((await manager.loadAllPlugins()).loaded).toEqual([]);
+    await manager.deinit();
   });
 
   it('runs the chain in load order and stops at stop, cancel or an error', async () => {
     const manager = new PluginManager({ directory: tmpdir() });
-    manager.loadPlugin(fixture('c_plain'));
-    manager.loadPlugin(fixture('spam_filter'), '{"spam_threshold": 5.0}');
-    manager.loadPlugin(fixture('c_second'));
+    await manager.loadPlugin(fixture('c_plain'));
+    await manager.loadPlugin(fixture('spam_filter'), '{"spam_threshold": 5.0}');
+    await manager.loadPlugin(fixture('c_second'));
 
     const spam = new HookContext('message_filtered');
     spam.setMetadata('message_body', SPAM);
@@ -49,66 +49,66 @@ describe('PluginManager', () => {
     expect(spam.getMetadata('is_spam')).toBe('true');
     expect(spam.cancel).toBe(false);
 
-    manager.loadPlugin(fixture('c_cancel_flag'));
-    manager.loadPlugin(fixture('c_bad_code'));
+    await manager.loadPlugin(fixture('c_cancel_flag'));
+    await manager.loadPlugin(fixture('c_bad_code'));
     const received = new HookContext('message_received');
     expect(await manager.executeHook('message_received', received)).toEqual({ action: 'cancel', plugin: 'flag-setter' });
     expect(received.cancel).toBe(true);
     expect(received.getMetadata('visited')).toBe('plain,second,flag-setter');
 
-    manager.disablePlugin('flag-setter');
+    await manager.disablePlugin('flag-setter');
     const failing = await manager.executeHook('message_received', new HookContext('message_received'));
     expect(failing.action).toBe('error');
     expect(failing.plugin).toBe('bad-code');
     expect(failing.error?.code).toBe('SMTP_E_PLUGIN_HOOK_CODE');
     // The failing plugin harmed nothing: the others still run.
-    manager.unloadPlugin('bad-code');
+    await manager.unloadPlugin('bad-code');
     const after = new HookContext('message_received');
     expect(await manager.executeHook('message_received', after)).toEqual({ action: 'continue' });
     expect(after.getMetadata('visited')).toBe('plain,second');
-    manager.deinit();
+    await manager.deinit();
   });
 
   it('skips a plugin for hooks it does not declare', async () => {
     const manager = new PluginManager({ directory: tmpdir() });
-    manager.loadPlugin(fixture('c_filtered_only'));
-    manager.loadPlugin(fixture('c_plain'));
+    await manager.loadPlugin(fixture('c_filtered_only'));
+    await manager.loadPlugin(fixture('c_plain'));
     const received = new HookContext('message_received');
     await manager.executeHook('message_received', received);
     expect(received.getMetadata('visited')).toBe('plain');
     const filtered = new HookContext('message_filtered');
     await manager.executeHook('message_filtered', filtered);
     expect(filtered.getMetadata('visited')).toBe('filtered-only,plain');
-    manager.deinit();
+    await manager.deinit();
   });
 
   it('enables and disables at run time, and refuses duplicates and unknown names', async () => {
     const manager = new PluginManager({ directory: tmpdir() });
-    manager.loadPlugin(fixture('c_spam_filter'));
+    await manager.loadPlugin(fixture('c_spam_filter'));
     const spam = () => {
       const context = new HookContext('message_filtered');
       context.setMetadata('message_body', SPAM);
       return manager.executeHook('message_filtered', context);
     };
     expect((await spam()).action).toBe('stop');
-    manager.disablePlugin('c-spam-filter');
+    await manager.disablePlugin('c-spam-filter');
     expect((await spam()).action).toBe('continue');
-    manager.enablePlugin('c-spam-filter');
+    await manager.enablePlugin('c-spam-filter');
     expect((await spam()).action).toBe('stop');
-    expect(() => manager.loadPlugin(fixture('c_spam_filter'))).toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_DUPLICATE' }));
-    expect(() => manager.disablePlugin('nobody')).toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_UNKNOWN' }));
-    expect(() => manager.loadPlugin(fixture('c_init_fails'))).toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_INIT' }));
+    await expect(manager.loadPlugin(fixture('c_spam_filter'))).rejects.toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_DUPLICATE' }));
+    await expect(manager.disablePlugin('nobody')).rejects.toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_UNKNOWN' }));
+    await expect(manager.loadPlugin(fixture('c_init_fails'))).rejects.toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_INIT' }));
     expect(manager.list().map((p) => p.name)).toEqual(['c-spam-filter']);
-    manager.deinit();
+    await manager.deinit();
   });
 
-  it('inits and enables in load order, and disables and deinits in reverse', () => {
+  it('inits and enables in load order, and disables and deinits in reverse', async () => {
     const trace = join(mkdtempSync(join(tmpdir(), 'trace-')), 'trace.log');
     const config = JSON.stringify({ trace });
     const manager = new PluginManager({ directory: tmpdir() });
-    manager.loadPlugin(fixture('c_plain'), config);
-    manager.loadPlugin(fixture('c_second'), config);
-    manager.deinit();
+    await manager.loadPlugin(fixture('c_plain'), config);
+    await manager.loadPlugin(fixture('c_second'), config);
+    await manager.deinit();
     expect(readFileSync(trace, 'utf8').trim().split('\n')).toEqual([
       'plain init', 'plain enable', 'second init', 'second enable',
       'second disable', 'second deinit', 'plain disable', 'plain deinit',

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { PluginManager } from '../../src/manager/plugin-manager.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { PluginInstance } from '../../src/plugin/lifecycle.js';
-import { loadPluginFile } from '../../src/plugin/load.js';
+import { openPlugin } from '../../src/plugin/backends.js';
 import { resolvePluginOptions, type PluginOptionsInput } from '../../src/plugin/options.js';
 import { expectCode } from '../helpers/expect-code.js';
 import { fixture, wasmFixture } from '../helpers/fixtures.js';
@@ -71,10 +71,10 @@ describe.each(BUILDS)('the network of ABI 1.1, %s', (kind, file) => {
     await new Promise((done) => peer.server.close(done));
   });
 
-  function load(options: PluginOptionsInput): PluginInstance {
-    const instance = new PluginInstance(loadPluginFile(file(), { options: resolvePluginOptions(options), logger }));
-    instance.init('{}');
-    instance.enable();
+  async function load(options: PluginOptionsInput): Promise<PluginInstance> {
+    const instance = new PluginInstance(await openPlugin(file(), { options: resolvePluginOptions(options), logger }));
+    await instance.init('{}');
+    await instance.enable();
     return instance;
   }
 
@@ -85,7 +85,7 @@ describe.each(BUILDS)('the network of ABI 1.1, %s', (kind, file) => {
   }
 
   it('connects to a granted address and waits for the reply off the event loop', async () => {
-    const instance = load({ allowConnect: [peer.address] });
+    const instance = await load({ allowConnect: [peer.address] });
     try {
       expect(instance.plugin.blocking).toBe(true);
       const context = contextFor({ send: `hello-${kind}` });
@@ -100,13 +100,13 @@ describe.each(BUILDS)('the network of ABI 1.1, %s', (kind, file) => {
       expect(ticks).toBeGreaterThan(5);
       expect(Math.abs(Number(context.getMetadata('now_ms')) - Date.now())).toBeLessThan(60_000);
     } finally {
-      instance.shutdown();
+      await instance.shutdown();
     }
   });
 
   it('refuses an address that is not granted, and logs it', async () => {
     lines.length = 0;
-    const instance = load({ allowConnect: ['tcp:127.0.0.1:1'] });
+    const instance = await load({ allowConnect: ['tcp:127.0.0.1:1'] });
     try {
       const accepted = peer.accepted;
       const context = contextFor({});
@@ -115,12 +115,12 @@ describe.each(BUILDS)('the network of ABI 1.1, %s', (kind, file) => {
       expect(peer.accepted).toBe(accepted);
       expect(lines.some((line) => line.code === 'SMTP_E_NET_DENIED' && line.address === peer.address)).toBe(true);
     } finally {
-      instance.shutdown();
+      await instance.shutdown();
     }
   });
 
   it('runs the calls of one plugin one at a time, and keeps a connection across calls', async () => {
-    const instance = load({ allowConnect: [peer.address] });
+    const instance = await load({ allowConnect: [peer.address] });
     try {
       peer.delayMs = 50;
       const accepted = peer.accepted;
@@ -133,18 +133,18 @@ describe.each(BUILDS)('the network of ABI 1.1, %s', (kind, file) => {
       expect(peer.accepted - accepted).toBe(1);
       expect(peer.openMax).toBe(1);
       const closed = peer.closed;
-      instance.shutdown();
+      await instance.shutdown();
       // Unloading closed the plugin's kept connection.
       for (let i = 0; i < 100 && peer.closed === closed; i++) await new Promise((r) => setTimeout(r, 20));
       expect(peer.closed).toBe(closed + 1);
     } finally {
       peer.delayMs = 300;
-      if (instance.state !== 'unloaded') instance.shutdown();
+      if (instance.state !== 'unloaded') await instance.shutdown();
     }
   });
 
   it('bounds a wait by the plugin timeout, and a sandboxed wait by the hook deadline', async () => {
-    const instance = load({ allowConnect: [peer.address], limits: { hookTimeoutMs: 400 } });
+    const instance = await load({ allowConnect: [peer.address], limits: { hookTimeoutMs: 400 } });
     try {
       peer.silent = true;
       const byPlugin = contextFor({ timeout_ms: '100' });
@@ -166,18 +166,18 @@ describe.each(BUILDS)('the network of ABI 1.1, %s', (kind, file) => {
       }
     } finally {
       peer.silent = false;
-      instance.shutdown();
+      await instance.shutdown();
     }
   });
 
   it('refuses a connection to a port nothing listens on with a clean error', async () => {
-    const instance = load({ allowConnect: ['tcp:127.0.0.1:1'] });
+    const instance = await load({ allowConnect: ['tcp:127.0.0.1:1'] });
     try {
       const context = contextFor({ address: 'tcp:127.0.0.1:1' });
       await instance.executeHookAsync(context);
       expect(context.getMetadata('net_error')).toBe('NetConnectFailed');
     } finally {
-      instance.shutdown();
+      await instance.shutdown();
     }
   });
 });
@@ -186,20 +186,20 @@ describe('a chain that waits on a blocking plugin', () => {
   it('skips a later plugin disabled while the chain waited, instead of failing the event', async () => {
     const peer = await startPeer();
     try {
-      const manager = new PluginManager({ directory: tmpdir(), copyNative: true });
-      manager.loadPlugin(fixture('net_probe'), '{}', resolvePluginOptions({ allowConnect: [peer.address] }));
-      manager.loadPlugin(fixture('c_plain'));
+      const manager = new PluginManager({ directory: tmpdir() });
+      await manager.loadPlugin(fixture('net_probe'), '{}', resolvePluginOptions({ allowConnect: [peer.address] }));
+      await manager.loadPlugin(fixture('c_plain'));
       const context = new HookContext('message_received');
       context.setMetadata('address', peer.address);
       context.setMetadata('send', 'x');
       const running = manager.executeHook('message_received', context);
       // net_probe is waiting on the peer (300 ms) on a pool thread: take the next plugin out meanwhile.
-      manager.disablePlugin('plain');
+      await manager.disablePlugin('plain');
       const outcome = await running;
       expect(outcome.action).toBe('continue');
       expect(context.getMetadata('reply')).toBe('echo:x\n');
       expect(context.getMetadata('visited')).toBeUndefined();
-      manager.deinit();
+      await manager.deinit();
     } finally {
       for (const socket of peer.open) socket.destroy();
       await new Promise((done) => peer.server.close(done));
@@ -208,22 +208,22 @@ describe('a chain that waits on a blocking plugin', () => {
 });
 
 describe('allow_connect and blocking options', () => {
-  it('accepts tcp and unix addresses and refuses anything else with a coded error', () => {
+  it('accepts tcp and unix addresses and refuses anything else with a coded error', async () => {
     const options = resolvePluginOptions({ allowConnect: ['tcp:127.0.0.1:389', 'tcp:localhost:6379', 'unix:/run/clamav/clamd.sock'], blocking: false });
     expect(options.allowConnect).toEqual(['tcp:127.0.0.1:389', 'tcp:localhost:6379', 'unix:/run/clamav/clamd.sock']);
     expect(options.blocking).toBe(false);
     for (const bad of ['http://127.0.0.1:80', 'tcp:127.0.0.1', 'tcp:127.0.0.1:0', 'tcp:127.0.0.1:70000', 'tcp:256.1.1.1:25', 'tcp:example.com:25', 'unix:relative.sock', 7]) {
-      expectCode(() => resolvePluginOptions({ allowConnect: [bad] }), 'SMTP_E_PLUGIN_OPTIONS', 'allow_connect');
+      await expectCode(() => resolvePluginOptions({ allowConnect: [bad] }), 'SMTP_E_PLUGIN_OPTIONS', 'allow_connect');
     }
-    expectCode(() => resolvePluginOptions({ blocking: 'yes' as unknown as boolean }), 'SMTP_E_PLUGIN_OPTIONS', 'blocking');
+    await expectCode(() => resolvePluginOptions({ blocking: 'yes' as unknown as boolean }), 'SMTP_E_PLUGIN_OPTIONS', 'blocking');
   });
 
-  it('runs a sandboxed plugin in the event loop thread when its config says it does not block', () => {
-    const plugin = loadPluginFile(wasmFixture('net_probe'), { options: resolvePluginOptions({ blocking: false }) });
+  it('runs a sandboxed plugin in the event loop thread when its config says it does not block', async () => {
+    const plugin = await openPlugin(wasmFixture('net_probe'), { options: resolvePluginOptions({ blocking: false }) });
     try {
       expect(plugin.blocking).toBeFalsy();
     } finally {
-      plugin.unload();
+      await plugin.unload();
     }
   });
 });

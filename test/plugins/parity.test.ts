@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { isHostError } from '../../src/errors.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { PluginInstance } from '../../src/plugin/lifecycle.js';
-import { loadPluginFile } from '../../src/plugin/load.js';
+import { openPlugin } from '../../src/plugin/backends.js';
 import type { HookName } from '../../src/abi/hooks.js';
 import { PROJECT_ROOT } from '../../src/paths.js';
 import { fixture, wasmFixture } from '../helpers/fixtures.js';
@@ -78,11 +78,11 @@ const EXAMPLES: { plugin: string; builds: string[]; cases: Case[] }[] = [
 
 type Result = { code: number; cancel: boolean; metadata: Record<string, string> } | { error: string };
 
-function runCase(file: string, c: Case): Result {
-  const instance = new PluginInstance(loadPluginFile(file));
+async function runCase(file: string, c: Case): Promise<Result> {
+  const instance = new PluginInstance(await openPlugin(file));
   try {
-    instance.init(c.config ?? '{}');
-    instance.enable();
+    await instance.init(c.config ?? '{}');
+    await instance.enable();
     const context = new HookContext(c.hook);
     for (const [key, value] of Object.entries(c.metadata)) context.setMetadata(key, value);
     const { code } = instance.executeHook(context);
@@ -91,48 +91,51 @@ function runCase(file: string, c: Case): Result {
     if (isHostError(error)) return { error: error.code };
     throw error;
   } finally {
-    instance.shutdown();
+    await instance.shutdown();
   }
 }
 
 describe('parity: the same source gives the same results native and sandboxed (and the JavaScript component the same as the Zig)', () => {
   for (const example of EXAMPLES) {
-    it(`${example.plugin}: ${example.builds.length} builds agree on ${example.cases.length} cases`, () => {
+    it(`${example.plugin}: ${example.builds.length} builds agree on ${example.cases.length} cases`, async () => {
       for (const c of example.cases) {
-        const [reference, ...others] = example.builds.map((file) => runCase(file, c));
+        const results: Result[] = [];
+        for (const file of example.builds) results.push(await runCase(file, c));
+        const [reference, ...others] = results;
         for (const [index, result] of others.entries()) expect(result, `${c.name}: ${example.builds[index + 1]}`).toEqual(reference);
       }
       // The table means something: it holds both verdicts and a refused config.
-      const verdicts = example.cases.map((c) => runCase(example.builds[0]!, c));
+      const verdicts: Result[] = [];
+      for (const c of example.cases) verdicts.push(await runCase(example.builds[0]!, c));
       expect(verdicts).toContainEqual(expect.objectContaining({ code: 1 }));
       expect(verdicts).toContainEqual(expect.objectContaining({ code: 0 }));
       expect(verdicts).toContainEqual({ error: 'SMTP_E_PLUGIN_INIT' });
     });
   }
 
-  it('spam_filter: the table shows each verdict the host acts on', () => {
-    const verdict = (name: string): Result => runCase(fixture('spam_filter'), EXAMPLES[0]!.cases.find((c) => c.name === name)!);
-    expect(verdict('six keywords')).toMatchObject({ code: 1, metadata: { is_spam: 'true', smtp_reply_code: '554', smtp_reply_text: '5.7.1 Message refused as spam' } });
-    expect(verdict('whitelisted subdomain')).toEqual({ code: 0, cancel: false, metadata: { sender_domain: 'Mail.EXAMPLE.com', message_body: SPAM, spam_whitelisted: 'true' } });
-    expect(verdict('lookalike domain')).toMatchObject({ code: 1, metadata: { is_spam: 'true' } });
-    expect(verdict('quarantined with a folder')).toEqual({
+  it('spam_filter: the table shows each verdict the host acts on', async () => {
+    const verdict = (name: string): Promise<Result> => runCase(fixture('spam_filter'), EXAMPLES[0]!.cases.find((c) => c.name === name)!);
+    expect(await verdict('six keywords')).toMatchObject({ code: 1, metadata: { is_spam: 'true', smtp_reply_code: '554', smtp_reply_text: '5.7.1 Message refused as spam' } });
+    expect(await verdict('whitelisted subdomain')).toEqual({ code: 0, cancel: false, metadata: { sender_domain: 'Mail.EXAMPLE.com', message_body: SPAM, spam_whitelisted: 'true' } });
+    expect(await verdict('lookalike domain')).toMatchObject({ code: 1, metadata: { is_spam: 'true' } });
+    expect(await verdict('quarantined with a folder')).toEqual({
       code: 1,
       cancel: false,
       metadata: { message_body: SPAM, spam_score: '6', is_spam: 'true', quarantine_path: 'spam-filter', quarantine: 'true' },
     });
-    expect(verdict('quarantined without a folder')).not.toHaveProperty('metadata.quarantine_path');
+    expect(await verdict('quarantined without a folder')).not.toHaveProperty('metadata.quarantine_path');
     for (const name of ['auto_learn on', 'bayesian_filtering on', 'enabled false', 'quarantine_path without quarantine', "the guide's file", 'whitelist not a domain']) {
-      expect(verdict(name), name).toEqual({ error: 'SMTP_E_PLUGIN_INIT' });
+      expect(await verdict(name), name).toEqual({ error: 'SMTP_E_PLUGIN_INIT' });
     }
     // The repository's file loads, and refuses spam (quarantine is off there).
-    expect(verdict("the repository's file")).toMatchObject({ code: 1, metadata: { smtp_reply_code: '554' } });
+    expect(await verdict("the repository's file")).toMatchObject({ code: 1, metadata: { smtp_reply_code: '554' } });
   });
 
-  it("runs the guide's spam filter, unchanged but for two lines, sandboxed too", () => {
+  it("runs the guide's spam filter, unchanged but for two lines, sandboxed too", async () => {
     const body = { message_body: 'viagra casino winner free money click here act now' };
     const c: Case = { name: 'guide', hook: 'message_filtered', metadata: body };
-    const native = runCase(fixture('guide_spam_filter'), c);
+    const native = await runCase(fixture('guide_spam_filter'), c);
     expect(native).toEqual({ code: 1, cancel: false, metadata: { ...body, spam_score: '6', is_spam: 'true' } });
-    expect(runCase(wasmFixture('guide_spam_filter'), c)).toEqual(native);
+    expect(await runCase(wasmFixture('guide_spam_filter'), c)).toEqual(native);
   });
 });

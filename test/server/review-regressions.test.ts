@@ -61,26 +61,26 @@ for method, answer in (('PLAIN', s.auth_plain), ('LOGIN', s.auth_login)):
 
   it('does not count a host-side metadata bound as the plugin failing, and auto-disable takes dependents down', async () => {
     const manager = new PluginManager({ directory: '/tmp' });
-    manager.loadPlugin(fixture('c_bad_code'), '{}', resolvePluginOptions({ maxConsecutiveFailures: 1 }));
-    manager.loadPlugin(fixture('c_needs_bad'));
+    await manager.loadPlugin(fixture('c_bad_code'), '{}', resolvePluginOptions({ maxConsecutiveFailures: 1 }));
+    await manager.loadPlugin(fixture('c_needs_bad'));
     const outcome = await manager.executeHook('message_received', new HookContext('message_received'));
     expect(outcome.error?.code).toBe('SMTP_E_PLUGIN_HOOK_CODE');
     expect(manager.list().map((p) => `${p.name}:${p.state}`)).toEqual(['bad-code:disabled', 'needs-bad:disabled']);
-    manager.deinit();
+    await manager.deinit();
   });
 
-  it('refuses a config entry whose name is not the plugin\'s', () => {
+  it('refuses a config entry whose name is not the plugin\'s', async () => {
     const root = serverRoot({ plugins: '[plugins]\ndirectory = "./plugins"\n\n[[plugins.plugin]]\nname = "spam"\nlibrary = "libspam_filter.so"\n' });
     copyFileSync(fixture('spam_filter'), join(root.dir, 'plugins', 'libspam_filter.so'));
     const config = loadConfig(root.config);
     const manager = new PluginManager({ directory: config.plugins.directory });
-    const { loaded, failed } = manager.loadFromConfig(config.plugins);
+    const { loaded, failed } = await manager.loadFromConfig(config.plugins);
     expect(loaded).toEqual([]);
     expect(failed.map(({ error }) => error.message)).toEqual([`${join(root.dir, 'plugins', 'libspam_filter.so')}: the config entry is named "spam" but the plugin is "spam-filter"`]);
     expect(manager.list()).toEqual([]);
   });
 
-  it('treats a large message without headers as all body, and a TOML key with regex characters as unknown', () => {
+  it('treats a large message without headers as all body, and a TOML key with regex characters as unknown', async () => {
     expect(checkHeaders(Buffer.from('x'.repeat(300 * 1024))).problem).toBeNull();
     const root = serverRoot({ server: '"a(" = 1\n' });
     expect(() => loadConfig(root.config)).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringContaining('server.a(: unknown key') }));

@@ -22,10 +22,10 @@ function moduleFile(name: string, spec: ModuleSpec | Uint8Array | string): strin
 const { data } = metadataData();
 
 
-function probe(limits: { memoryMb?: number; hookTimeoutMs?: number; metadataValueBytesMax?: number } = {}): PluginInstance {
+async function probe(limits: { memoryMb?: number; hookTimeoutMs?: number; metadataValueBytesMax?: number } = {}): Promise<PluginInstance> {
   const instance = new PluginInstance(loadWasmPlugin(wasmFixture('sandbox_probe'), { options: resolvePluginOptions({ limits }) }));
-  instance.init('{}');
-  instance.enable();
+  await instance.init('{}');
+  await instance.enable();
   return instance;
 }
 
@@ -38,65 +38,65 @@ function run(instance: PluginInstance, mode: string, extra: Record<string, strin
 }
 
 describe('sandboxed plugins: bad input gets a coded error and harms nothing else', () => {
-  it('refuses files that are not usable modules', () => {
+  it('refuses files that are not usable modules', async () => {
     const good = readFileSync(wasmFixture('read_set'));
-    expectCode(() => loadWasmPlugin(moduleFile('text', 'just some text')), 'SMTP_E_WASM_INVALID', 'not a WebAssembly module');
-    expectCode(() => loadWasmPlugin(moduleFile('truncated', good.subarray(0, good.length >> 1))), 'SMTP_E_WASM_INVALID');
-    expectCode(() => loadWasmPlugin(moduleFile('missing', { functions: { smtp_plugin_abi_version: 0x10000 } })), 'SMTP_E_PLUGIN_MISSING_EXPORT', 'smtp_plugin_init');
-    expectCode(() => loadWasmPlugin(moduleFile('abi2', { functions: pluginFunctions({ smtp_plugin_abi_version: 0x20000 }), data })), 'SMTP_E_PLUGIN_ABI_VERSION', 'built for ABI 2.0');
-    expectCode(() => loadWasmPlugin(moduleFile('socket', { functions: pluginFunctions(), data, imports: [['env', 'connect']] })), 'SMTP_E_WASM_IMPORT', '"env.connect"');
-    expectCode(() => loadWasmPlugin(moduleFile('start', { functions: pluginFunctions(), data, trappingStart: true })), 'SMTP_E_WASM_TRAP', 'start');
-    expectCode(() => loadWasmPlugin(moduleFile('nometa', { functions: pluginFunctions({ smtp_plugin_get_metadata: 0 }), data })), 'SMTP_E_PLUGIN_METADATA', 'NULL');
-    expectCode(() => loadWasmPlugin(moduleFile('oobmeta', { functions: pluginFunctions({ smtp_plugin_get_metadata: 70_000 }), data })), 'SMTP_E_WASM_BOUNDS');
-    expectCode(() => loadWasmPlugin(moduleFile('bigmem', good), { options: resolvePluginOptions({ limits: { memoryMb: 1 } }) }), 'SMTP_E_WASM_MEMORY');
+    await expectCode(() => loadWasmPlugin(moduleFile('text', 'just some text')), 'SMTP_E_WASM_INVALID', 'not a WebAssembly module');
+    await expectCode(() => loadWasmPlugin(moduleFile('truncated', good.subarray(0, good.length >> 1))), 'SMTP_E_WASM_INVALID');
+    await expectCode(() => loadWasmPlugin(moduleFile('missing', { functions: { smtp_plugin_abi_version: 0x10000 } })), 'SMTP_E_PLUGIN_MISSING_EXPORT', 'smtp_plugin_init');
+    await expectCode(() => loadWasmPlugin(moduleFile('abi2', { functions: pluginFunctions({ smtp_plugin_abi_version: 0x20000 }), data })), 'SMTP_E_PLUGIN_ABI_VERSION', 'built for ABI 2.0');
+    await expectCode(() => loadWasmPlugin(moduleFile('socket', { functions: pluginFunctions(), data, imports: [['env', 'connect']] })), 'SMTP_E_WASM_IMPORT', '"env.connect"');
+    await expectCode(() => loadWasmPlugin(moduleFile('start', { functions: pluginFunctions(), data, trappingStart: true })), 'SMTP_E_WASM_TRAP', 'start');
+    await expectCode(() => loadWasmPlugin(moduleFile('nometa', { functions: pluginFunctions({ smtp_plugin_get_metadata: 0 }), data })), 'SMTP_E_PLUGIN_METADATA', 'NULL');
+    await expectCode(() => loadWasmPlugin(moduleFile('oobmeta', { functions: pluginFunctions({ smtp_plugin_get_metadata: 70_000 }), data })), 'SMTP_E_WASM_BOUNDS');
+    await expectCode(() => loadWasmPlugin(moduleFile('bigmem', good), { options: resolvePluginOptions({ limits: { memoryMb: 1 } }) }), 'SMTP_E_WASM_MEMORY');
   });
 
-  it('takes a plugin whose disable traps out of the chain all the same', () => {
+  it('takes a plugin whose disable traps out of the chain all the same', async () => {
     const instance = new PluginInstance(loadWasmPlugin(moduleFile('baddisable', { functions: pluginFunctions({ smtp_plugin_disable: 'trap' }), data })));
-    instance.init('{}');
-    instance.enable();
-    expectCode(() => instance.disable(), 'SMTP_E_WASM_TRAP', 'disable');
+    await instance.init('{}');
+    await instance.enable();
+    await expectCode(() => instance.disable(), 'SMTP_E_WASM_TRAP', 'disable');
     expect(instance.state).toBe('disabled');
   });
 
-  it('refuses out-of-bounds lengths handed back for metadata', () => {
+  it('refuses out-of-bounds lengths handed back for metadata', async () => {
     const liar = new PluginInstance(loadWasmPlugin(moduleFile('liar', { functions: pluginFunctions({ smtp_wasm_context_status: 4, smtp_wasm_take_changes: 0x7fff_0000 }), data })));
-    liar.init('{}');
-    liar.enable();
-    expectCode(() => liar.executeHook(new HookContext('message_received')), 'SMTP_E_WASM_BOUNDS', 'take_changes reported');
+    await liar.init('{}');
+    await liar.enable();
+    await expectCode(() => liar.executeHook(new HookContext('message_received')), 'SMTP_E_WASM_BOUNDS', 'take_changes reported');
   });
 
-  it('turns a trapping init and a trapping hook into coded errors', () => {
+  it('turns a trapping init and a trapping hook into coded errors', async () => {
     const instance = new PluginInstance(loadWasmPlugin(wasmFixture('sandbox_probe')));
-    expectCode(() => instance.init('{"init":"trap"}'), 'SMTP_E_WASM_TRAP', 'init');
+    await expectCode(() => instance.init('{"init":"trap"}'), 'SMTP_E_WASM_TRAP', 'init');
     const failing = new PluginInstance(loadWasmPlugin(wasmFixture('sandbox_probe')));
-    expectCode(() => failing.init('{"init":"fail"}'), 'SMTP_E_PLUGIN_INIT', 'init returned 3');
-    const p = probe();
-    expectCode(() => run(p, 'trap'), 'SMTP_E_WASM_TRAP', 'message_received');
-    expectCode(() => run(p, 'code7'), 'SMTP_E_PLUGIN_HOOK_CODE', 'returned 7');
+    await expectCode(() => failing.init('{"init":"fail"}'), 'SMTP_E_PLUGIN_INIT', 'init returned 3');
+    const p = await probe();
+    await expectCode(() => run(p, 'trap'), 'SMTP_E_WASM_TRAP', 'message_received');
+    await expectCode(() => run(p, 'code7'), 'SMTP_E_PLUGIN_HOOK_CODE', 'returned 7');
   });
 
-  it('interrupts an infinite loop within twice its deadline and replaces the instance', () => {
+  it('interrupts an infinite loop within twice its deadline and replaces the instance', async () => {
     for (const file of ['sandbox_probe', 'sandbox_probe_newest']) {
       const instance = new PluginInstance(loadWasmPlugin(wasmFixture(file), { options: resolvePluginOptions({ limits: { hookTimeoutMs: 200 } }) }));
-      instance.init('{}');
-      instance.enable();
+      await instance.init('{}');
+      await instance.enable();
       expect(run(instance, 'count').getMetadata('calls')).toBe('1');
       expect(run(instance, 'count').getMetadata('calls')).toBe('2');
       const start = performance.now();
-      expectCode(() => run(instance, 'loop'), 'SMTP_E_WASM_DEADLINE', 'interrupted after its 200 ms deadline');
+      await expectCode(() => run(instance, 'loop'), 'SMTP_E_WASM_DEADLINE', 'interrupted after its 200 ms deadline');
       // The issue's bound: interrupted within twice the deadline.
       const elapsed = performance.now() - start;
       expect(elapsed, file).toBeLessThan(400);
       // A fresh instance answers the next call: its counter starts again.
       expect(run(instance, 'count').getMetadata('calls'), file).toBe('1');
-      instance.shutdown();
+      await instance.shutdown();
     }
   });
 
-  it('stops a memory bomb at the memory limit and keeps working', () => {
-    const instance = probe({ memoryMb: 16 });
-    expectCode(() => run(instance, 'bomb'), 'SMTP_E_WASM_TRAP');
+  it('stops a memory bomb at the memory limit and keeps working', async () => {
+    const instance = await probe({ memoryMb: 16 });
+    await expectCode(() => run(instance, 'bomb'), 'SMTP_E_WASM_TRAP');
     const handled = run(instance, 'bomb-handled');
     const allocated = Number(handled.getMetadata('allocated_mb'));
     expect(allocated).toBeGreaterThan(4);
@@ -105,20 +105,20 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
     expect(run(instance, 'count').getMetadata('calls')).toBe('2');
   });
 
-  it('bounds metadata copied in and out', () => {
-    const instance = probe({ metadataValueBytesMax: 1024 * 1024 });
+  it('bounds metadata copied in and out', async () => {
+    const instance = await probe({ metadataValueBytesMax: 1024 * 1024 });
     const big = run(instance, 'big');
     expect(big.getMetadata('set_error')).toBe('MetadataTooLarge');
     expect(big.hasMetadata('big')).toBe(false);
-    expectCode(() => run(instance, 'count', { body: 'x'.repeat(1024 * 1024 + 1) }), 'SMTP_E_METADATA_LIMIT', 'over the bound copied in');
+    await expectCode(() => run(instance, 'count', { body: 'x'.repeat(1024 * 1024 + 1) }), 'SMTP_E_METADATA_LIMIT', 'over the bound copied in');
     // The refused call never reached the plugin.
     expect(run(instance, 'count').getMetadata('calls')).toBe('2');
   });
 
   it('keeps the manager serving other plugins while one fails, per its on_error policy', async () => {
     const manager = new PluginManager({ directory: tmpdir() });
-    manager.loadPlugin(wasmFixture('sandbox_probe'), '{}', resolvePluginOptions({ limits: { hookTimeoutMs: 30 }, onError: 'continue', maxConsecutiveFailures: 2 }));
-    manager.loadPlugin(wasmFixture('read_set'));
+    await manager.loadPlugin(wasmFixture('sandbox_probe'), '{}', resolvePluginOptions({ limits: { hookTimeoutMs: 30 }, onError: 'continue', maxConsecutiveFailures: 2 }));
+    await manager.loadPlugin(wasmFixture('read_set'));
     const loop = (): HookContext => {
       const context = new HookContext('message_received');
       context.setMetadata('mode', 'loop');
@@ -135,26 +135,26 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
     // The disabled plugin was not called (it sets "calls" on every call it gets).
     expect(after.hasMetadata('calls')).toBe(false);
     expect(after.getMetadata('b')).toBe('still served');
-    manager.deinit();
+    await manager.deinit();
 
     const strict = new PluginManager({ directory: tmpdir() });
-    strict.loadPlugin(wasmFixture('sandbox_probe'), '{}', resolvePluginOptions({ limits: { hookTimeoutMs: 30 } }));
+    await strict.loadPlugin(wasmFixture('sandbox_probe'), '{}', resolvePluginOptions({ limits: { hookTimeoutMs: 30 } }));
     const outcome = await strict.executeHook('message_received', loop());
     expect(outcome).toMatchObject({ action: 'error', plugin: 'sandbox-probe', policy: 'tempfail' });
     expect(chainRefusal('message_received', outcome, null)).toMatchObject({ code: 451, text: '4.3.0 Temporary plugin failure, try again later', plugin: 'sandbox-probe' });
     expect(outcome.error?.code).toBe('SMTP_E_WASM_DEADLINE');
-    strict.deinit();
+    await strict.deinit();
   });
 });
 
 describe('sandboxed plugins and large messages', () => {
-  it('scans messages of changing sizes up to 25 MiB in a 128 MiB sandbox, one after another', () => {
+  it('scans messages of changing sizes up to 25 MiB in a 128 MiB sandbox, one after another', async () => {
     // The host's buffer in guest memory used to double: after a 10 MiB message
     // a slightly larger one asked for 20 MiB, and a 25 MiB one for 40 MiB.
     const options = resolvePluginOptions({ limits: { memoryMb: 128, metadataValueBytesMax: 64 * 1024 * 1024 } });
     const filter = new PluginInstance(loadWasmPlugin(wasmFixture('spam_filter'), { options }));
-    filter.init('{}');
-    filter.enable();
+    await filter.init('{}');
+    await filter.enable();
     const spam = 'casino winner click here free money act now ';
     for (const kib of [1, 10_240, 10_241, 10_300, 20_480, 1, 25_600, 25_600, 10_240, 26_000]) {
       const context = new HookContext('message_filtered');
@@ -165,22 +165,22 @@ describe('sandboxed plugins and large messages', () => {
       expect(filter.executeHook(context).code, `${kib} KiB`).toBe(1);
       expect(context.getMetadata('is_spam')).toBe('true');
     }
-    filter.shutdown();
+    await filter.shutdown();
   });
 });
 
 describe('sandboxed plugins behave like native ones', () => {
-  it('reads and sets metadata, binary-safe, and reports cancel', () => {
+  it('reads and sets metadata, binary-safe, and reports cancel', async () => {
     const instance = new PluginInstance(loadWasmPlugin(wasmFixture('read_set')));
-    instance.init('{}');
-    instance.enable();
+    await instance.init('{}');
+    await instance.enable();
     const context = new HookContext('message_received');
     const bytes = Uint8Array.from([0, 1, 2, 0, 255]);
     context.setMetadata('a', bytes);
     expect(instance.executeHook(context)).toEqual({ code: 0, action: 'continue' });
     expect(Uint8Array.from(context.getMetadataBytes('b')!)).toEqual(bytes);
-    instance.shutdown();
-    const p = probe();
+    await instance.shutdown();
+    const p = await probe();
     const cancelled = run(p, 'cancel');
     expect(cancelled.cancel).toBe(true);
   });

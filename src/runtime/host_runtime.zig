@@ -20,7 +20,7 @@ export fn smtp_host_allocator() *const plugin.Allocator {
 const net = @import("net.zig");
 
 /// Every native context's table: the metadata store plus the real clock and
-/// the granted network (src/native/net.zig).
+/// the granted network (src/runtime/net.zig).
 const native_api = host.hostApi(net.Io);
 
 export fn smtp_host_context_create(key_bytes_max: usize, value_bytes_max: usize, keys_max: usize) ?*plugin.HookContext {

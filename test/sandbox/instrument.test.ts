@@ -12,7 +12,7 @@ import {
   WasmInstrumentError,
   instrument,
   type InstrumentOptions,
-} from '../../src/wasm/instrument.js';
+} from '../../src/sandbox/instrument.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const ZIG = join(ROOT, '.toolchain', 'zig-0.14.1', 'ziglang', 'zig');
