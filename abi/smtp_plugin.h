@@ -204,7 +204,10 @@ typedef struct smtp_plugin_interface {
      * ("{}" when the plugin has no config), valid only during the call.
      * Returns 0 on success; anything else refuses the plugin. */
     int (*init)(const smtp_allocator *host_allocator, const char *config_json);
-    /* Called once before unload, after disable. Frees what init took. */
+    /* Called once before unload, after disable. Frees what init took. Also
+     * called after an init that returned non-zero (or failed), so that a
+     * plugin can free what its init half-built: it must cope with a deinit
+     * after a partial init. */
     void (*deinit)(void);
     /* Returns the plugin's metadata; NULL refuses the plugin. */
     const smtp_plugin_metadata *(*get_metadata)(void);
