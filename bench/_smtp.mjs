@@ -83,16 +83,21 @@ export function chainEntries({ builds, sandboxed, collector, spamLimits }) {
   ].join('\n');
 }
 
+/** config.toml path -> its spool folder: emptied before every measurement. */
+const spoolDirs = new Map();
+
 /**
  * A config.toml for this server in a temporary folder. spool: "none" (no
  * copy kept, message_stored never fires), "tmpfs" (the disk spool on
  * /dev/shm without fsync: message_stored fires, no disk I/O) or "durable"
- * (the disk spool in the temporary folder, fsync before 250).
+ * (the disk spool in the temporary folder, fsync before 250). Every
+ * measurement of it starts from an empty spool (measure() empties it).
  */
 export function hostConfig(name, { entries = '', spool = 'none', groupCommitMs = 0 } = {}) {
   const dir = tempDir(`bench-${name}-`);
   mkdirSync(join(dir, 'plugins'));
   const spoolDir = spool === 'tmpfs' ? tempDir(`bench-spool-${name}-`, TMPFS) : join(dir, 'spool');
+  spoolDirs.set(join(dir, 'config.toml'), spoolDir);
   writeFileSync(join(dir, 'config.toml'), [
     '[server]\nhost = "127.0.0.1"\nport = 0\nmax_clients = 200\nhostname = "bench.localdomain"\n',
     `[storage]\nspool = "${spool === 'none' ? 'none' : 'disk'}"\nspool_dir = ${toml(spoolDir)}\nfsync = ${spool === 'durable'}\ngroup_commit_ms = ${groupCommitMs}\n`,
@@ -122,6 +127,8 @@ export function harakaConfig(name, plugins) {
 
 /** Haraka's plugin list for the chain: rDNS answered locally, the three JS peers, the discard queue. */
 export const HARAKA_CHAIN = ['bench_accept', 'bench_rate', 'bench_spam', 'queue/discard', 'bench_syslog'];
+/** The same work as this server's chain without a spool, where message-logger never runs: no log record. */
+export const HARAKA_CHAIN_NO_LOG = ['bench_accept', 'bench_rate', 'bench_spam', 'queue/discard'];
 export const HARAKA_BARE = ['bench_accept', 'queue/discard'];
 
 /** Peer helpers: what a scenario lists and measure() starts. */
@@ -192,6 +199,9 @@ export function runLoad(source, port, load, timeoutMs = 180_000) {
  */
 export async function measure(source, peer, load, { collector, expectRecords = false, cpuProfDir } = {}) {
   if (peer.kind === 'external') return measureExternal(source, peer, load);
+  // A fresh start: what an earlier round left spooled must not be worked off during this one.
+  const spoolDir = peer.kind === 'host' ? spoolDirs.get(peer.config) : undefined;
+  if (spoolDir !== undefined) rmSync(spoolDir, { recursive: true, force: true });
   const server = await startServer(peer, { collector, cpuProfDir });
   try {
     await new Promise((r) => setTimeout(r, 200));
