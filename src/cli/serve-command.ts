@@ -39,7 +39,13 @@ export async function serveCommand(args: string[]): Promise<number> {
   const config = loadConfig(path, overrides);
   const logger = createLogger();
   const server = new MailServer(config, logger);
-  await server.start();
+  try {
+    await server.start();
+  } catch (error) {
+    // Whatever start-up loaded is torn down; sandbox workers must be gone before the process exits.
+    await backendsStopped();
+    throw error;
+  }
 
   let reloading = Promise.resolve();
   const reload = (why: string): void => {

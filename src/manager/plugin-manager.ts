@@ -29,11 +29,33 @@ export interface PluginSpec {
   readonly name?: string;
   readonly config?: string;
   readonly options?: PluginOptions;
+  /** A plugin the server may run without (config `optional`): its failure to load does not stop start-up or a reload. */
+  readonly optional?: boolean;
+}
+
+/** A plugin that could not be loaded, initialised or enabled. */
+export interface LoadFailure {
+  readonly path: string;
+  /** The config entry's name, when it has one. */
+  readonly name: string | undefined;
+  readonly optional: boolean;
+  readonly error: HostError;
 }
 
 export interface LoadReport {
   readonly loaded: PluginInstance[];
-  readonly failed: { path: string; error: HostError }[];
+  readonly failed: LoadFailure[];
+}
+
+/**
+ * Plugins loaded, initialised and enabled beside the running ones but not
+ * serving yet: commit() swaps them in, abort() takes them down. A reload is
+ * staged this way so that a failure leaves the running set as it was.
+ */
+export interface StagedLoad extends LoadReport {
+  /** Names the staged plugins replace (their running builds go down at commit). */
+  readonly replacing: ReadonlySet<string>;
+  readonly entries: readonly Entry[];
 }
 
 /** How one hook event ended. */
@@ -49,7 +71,7 @@ export interface HookOutcome {
 }
 
 /** A loaded plugin with its options and its run of failures. */
-interface Entry {
+export interface Entry {
   readonly instance: PluginInstance;
   readonly options: PluginOptions;
   /** The file it was loaded from (before any private copy) and its init config. */
@@ -131,16 +153,36 @@ export class PluginManager {
    * it, and so are the plugins that depend on it; the others load.
    */
   async loadPlugins(specs: readonly PluginSpec[]): Promise<LoadReport> {
+    const staged = await this.stage(specs);
+    await this.commit(staged);
+    return { loaded: staged.loaded, failed: staged.failed };
+  }
+
+  /**
+   * Loads, inits and enables plugins beside the running ones without
+   * putting them in service (see loadPlugins for the order and refusals).
+   * Plugins named in `replacing` are treated as gone: their names may be
+   * loaded again, and they satisfy no dependency.
+   */
+  async stage(specs: readonly PluginSpec[], replacing: ReadonlySet<string> = new Set()): Promise<StagedLoad> {
     const loaded: PluginInstance[] = [];
-    const failed: { path: string; error: HostError }[] = [];
-    const refuse = async (instance: PluginInstance | null, path: string, error: HostError): Promise<void> => {
-      this.#logger.error({ plugin: instance?.name, path, code: error.code, err: error.message }, 'plugin refused');
-      failed.push({ path, error });
+    const entries: Entry[] = [];
+    const failed: LoadFailure[] = [];
+    const refuse = async (instance: PluginInstance | null, spec: PluginSpec, error: HostError): Promise<void> => {
+      const optional = spec.optional === true;
+      this.#logger[optional ? 'warn' : 'error']({ plugin: instance?.name ?? spec.name, path: spec.path, code: error.code, err: error.message, optional }, 'plugin refused');
+      failed.push({ path: spec.path, name: spec.name, optional, error });
       try {
         await instance?.shutdown();
       } catch {
         // A plugin failing to shut down is already out of the chain.
       }
+    };
+    const running = (): Map<string, string> => {
+      const names = this.#running();
+      for (const name of replacing) names.delete(name);
+      for (const { instance } of entries) names.set(instance.name, instance.plugin.metadata.version);
+      return names;
     };
     let pending: { instance: PluginInstance; spec: PluginSpec; config: string; options: PluginOptions }[] = [];
     for (const spec of specs) {
@@ -149,23 +191,23 @@ export class PluginManager {
       try {
         JSON.parse(config);
       } catch (cause) {
-        await refuse(null, spec.path, hostError('SMTP_E_PLUGIN_CONFIG', `${spec.path}: config is not JSON (${(cause as Error).message})`, cause));
+        await refuse(null, spec, hostError('SMTP_E_PLUGIN_CONFIG', `${spec.path}: config is not JSON (${(cause as Error).message})`, cause));
         continue;
       }
       let instance: PluginInstance;
       try {
         instance = await this.#open(spec.path, options);
       } catch (error) {
-        await refuse(null, spec.path, coded(error, spec.path));
+        await refuse(null, spec, coded(error, spec.path));
         continue;
       }
       if (spec.name !== undefined && spec.name !== instance.name) {
-        await refuse(instance, spec.path, hostError('SMTP_E_CONFIG', `${spec.path}: the config entry is named "${spec.name}" but the plugin is "${instance.name}"`));
+        await refuse(instance, spec, hostError('SMTP_E_CONFIG', `${spec.path}: the config entry is named "${spec.name}" but the plugin is "${instance.name}"`));
         continue;
       }
-      const existing = this.get(instance.name) ?? pending.find((p) => p.instance.name === instance.name)?.instance;
+      const existing = (replacing.has(instance.name) ? undefined : this.get(instance.name)) ?? pending.find((p) => p.instance.name === instance.name)?.instance;
       if (existing) {
-        await refuse(instance, spec.path, hostError('SMTP_E_PLUGIN_DUPLICATE', `${spec.path}: a plugin named "${instance.name}" is already loaded from ${existing.plugin.path}`));
+        await refuse(instance, spec, hostError('SMTP_E_PLUGIN_DUPLICATE', `${spec.path}: a plugin named "${instance.name}" is already loaded from ${existing.plugin.path}`));
         continue;
       }
       pending.push({ instance, spec, config, options });
@@ -175,36 +217,76 @@ export class PluginManager {
     for (;;) {
       const nodes = pending.map(({ instance }) => nodeOf(instance));
       try {
-        order = resolveLoadOrder(nodes, SERVER_VERSION, { available: this.#running() });
+        order = resolveLoadOrder(nodes, SERVER_VERSION, { available: running() });
         break;
       } catch (error) {
         if (!(error instanceof DependencyError) || error.plugins.length === 0) throw error;
         const dropped = new Set(error.plugins.flatMap((name) => [name, ...dependentsOf(name, nodes)]));
         for (const item of pending.filter((p) => dropped.has(p.instance.name))) {
           const because = error.plugins.includes(item.instance.name) ? error : hostError('SMTP_E_PLUGIN_DEPENDENCY', `plugin "${item.instance.name}" depends on a refused plugin: ${error.message}`);
-          await refuse(item.instance, item.spec.path, because);
+          await refuse(item.instance, item.spec, because);
         }
         pending = pending.filter((p) => !dropped.has(p.instance.name));
       }
     }
     for (const { name } of order) {
       const item = pending.find((p) => p.instance.name === name)!;
-      const log = this.#logger.child({ plugin: name });
       try {
         // A dependency that failed to start just now is not running: refuse in turn.
-        checkDependencies(nodeOf(item.instance), this.#running(), SERVER_VERSION);
+        checkDependencies(nodeOf(item.instance), running(), SERVER_VERSION);
         await item.instance.init(item.config);
         await item.instance.enable();
       } catch (error) {
-        await refuse(item.instance, item.spec.path, coded(error, item.spec.path));
+        await refuse(item.instance, item.spec, coded(error, item.spec.path));
         continue;
       }
-      this.#entries.push({ instance: item.instance, options: item.options, source: item.spec.path, config: item.config, failures: 0 });
-      this.#rebuildChains();
+      entries.push({ instance: item.instance, options: item.options, source: item.spec.path, config: item.config, failures: 0 });
       loaded.push(item.instance);
-      log.info({ path: item.spec.path, kind: item.instance.plugin.kind, version: item.instance.plugin.metadata.version }, 'plugin loaded');
     }
-    return { loaded, failed };
+    return { loaded, failed, replacing, entries };
+  }
+
+  /**
+   * Puts staged plugins in service: the builds they replace, and `removing`,
+   * leave the chains at once, the staged ones join them (a replacement at
+   * its predecessor's place in the load order), then the old ones are taken
+   * down. Refused (SMTP_E_PLUGIN_DEPENDENCY, nothing changed) when a running
+   * plugin that stays would lose a dependency.
+   */
+  commit(staged: StagedLoad, removing: ReadonlySet<string> = new Set()): Promise<void> {
+    const gone = new Set([...staged.replacing, ...removing]);
+    const after = new Map(this.#entries.filter(({ instance }) => instance.state === 'enabled' && !gone.has(instance.name)).map(({ instance }) => [instance.name, instance.plugin.metadata.version]));
+    for (const { instance } of staged.entries) after.set(instance.name, instance.plugin.metadata.version);
+    for (const { instance } of this.#entries) {
+      if (gone.has(instance.name) || instance.state !== 'enabled') continue;
+      checkDependencies(nodeOf(instance), after, SERVER_VERSION);
+    }
+    const byName = new Map(staged.entries.map((entry) => [entry.instance.name, entry]));
+    const old: Entry[] = [];
+    const next: Entry[] = [];
+    for (const entry of this.#entries) {
+      const replacement = byName.get(entry.instance.name);
+      if (replacement !== undefined && staged.replacing.has(entry.instance.name)) {
+        next.push(replacement);
+        byName.delete(entry.instance.name);
+        old.push(entry);
+      } else if (gone.has(entry.instance.name)) {
+        old.push(entry);
+      } else {
+        next.push(entry);
+      }
+    }
+    next.push(...byName.values());
+    this.#entries = next;
+    this.#rebuildChains();
+    for (const { instance } of staged.entries) this.#logger.info({ plugin: instance.name, path: instance.plugin.path, kind: instance.plugin.kind, version: instance.plugin.metadata.version }, 'plugin loaded');
+    // Taken down after the swap, in reverse load order.
+    return old.reverse().reduce((done, entry) => done.then(() => this.#shutdown(entry.instance)), Promise.resolve());
+  }
+
+  /** Takes staged plugins down again: the running set stays as it was. */
+  async abort(staged: StagedLoad): Promise<void> {
+    for (const { instance } of [...staged.entries].reverse()) await this.#shutdown(instance);
   }
 
   /**
@@ -220,7 +302,8 @@ export class PluginManager {
       ...list(this.directory, (extension) => NATIVE_EXTENSIONS.includes(extension)),
       ...list(this.wasmDirectory, (extension) => extension === WASM_EXTENSION),
     ].filter((path) => !present.has(resolve(path)) && accept(path));
-    return this.loadPlugins(paths.map((path) => ({ path, config: configs[basename(path)] ?? '{}' })));
+    // Found, not configured: the server runs without any of them that fails.
+    return this.loadPlugins(paths.map((path) => ({ path, config: configs[basename(path)] ?? '{}', optional: true })));
   }
 
   /**
@@ -332,34 +415,32 @@ export class PluginManager {
    * inits and enables it with the same config, and swaps it in for the next
    * hook call; then takes the old build down. A call still running on the
    * old build (a blocking plugin, off the event loop) finishes first: the
-   * backend defers the old build's disable, deinit and unload until then. If the new build fails to
-   * load or init, or no longer satisfies a plugin that depends on it, it is
-   * discarded and the old build keeps serving (the error is thrown).
+   * backend defers the old build's disable, deinit and unload until then. If
+   * the new build fails to load or init, or no longer satisfies a plugin
+   * that depends on it, it is discarded and the old build keeps serving (the
+   * error is thrown).
    */
   async replacePlugin(name: string): Promise<PluginInstance> {
     const old = this.#require(name);
-    const next = await this.#open(old.source, old.options);
-    try {
-      if (next.name !== name) throw hostError('SMTP_E_PLUGIN_DEPENDENCY', `${old.source}: the new build is named "${next.name}", not "${name}"`);
-      const running = this.#running(name);
-      checkDependencies(nodeOf(next), running, SERVER_VERSION);
-      running.set(name, next.plugin.metadata.version);
-      for (const dependent of this.#enabledDependents(name)) checkDependencies(nodeOf(this.#require(dependent).instance), running, SERVER_VERSION);
-      await next.init(old.config);
-      if (old.instance.state === 'enabled') await next.enable();
-    } catch (error) {
-      await next.shutdown().catch(() => undefined);
-      throw error;
+    const staged = await this.stage([{ path: old.source, config: old.config, options: old.options }], new Set([name]));
+    const next = staged.loaded[0];
+    if (next === undefined) throw staged.failed[0]!.error;
+    if (next.name !== name) {
+      await this.abort(staged);
+      throw hostError('SMTP_E_PLUGIN_DEPENDENCY', `${old.source}: the new build is named "${next.name}", not "${name}"`);
     }
     // The old build may have been unloaded meanwhile (a reload of the config): then the new one is not wanted either.
-    const current = this.#entries.find((entry) => entry.instance.name === name);
-    if (current !== old) {
-      await next.shutdown().catch(() => undefined);
+    if (this.#entries.find((entry) => entry.instance.name === name) !== old) {
+      await this.abort(staged);
       throw hostError('SMTP_E_PLUGIN_UNKNOWN', `plugin "${name}" was unloaded while its new build was loading`);
     }
-    this.#entries = this.#entries.map((entry) => (entry === old ? { ...old, instance: next, failures: 0 } : entry));
-    this.#rebuildChains();
-    await this.#shutdown(old.instance);
+    if (old.instance.state !== 'enabled') await next.disable();
+    try {
+      await this.commit(staged);
+    } catch (error) {
+      await this.abort(staged);
+      throw error;
+    }
     return next;
   }
 

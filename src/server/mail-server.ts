@@ -6,10 +6,10 @@ import { handlesHook, type HookName } from '../abi/hooks.js';
 import type { AppConfig } from '../config/config.js';
 import type { PluginEntryConfig } from '../config/plugins-config.js';
 import { DeliveryQueue } from '../delivery/delivery-queue.js';
-import { isHostError } from '../errors.js';
+import { HostError, isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { HotReloader } from '../manager/hot-reload.js';
-import { PluginManager } from '../manager/plugin-manager.js';
+import { PluginManager, type LoadFailure, type PluginSpec } from '../manager/plugin-manager.js';
 import type { EncodedMetadata, MetadataFields } from '../plugin/metadata-wire.js';
 import type { PluginInstance } from '../plugin/lifecycle.js';
 import { DEFAULT_SANDBOX_LIMITS } from '../plugin/options.js';
@@ -34,6 +34,19 @@ const SANDBOX_MEMORY_PER_MESSAGE_BYTE = 4;
 const CLOSE_TIMEOUT_MS = 5000;
 
 type Callback<T> = (err?: Error | null, result?: T) => void;
+
+/** A config entry as the manager loads it. */
+function pluginSpec(entry: PluginEntryConfig): PluginSpec {
+  return { path: entry.file, name: entry.name, config: entry.config, options: entry.options };
+}
+
+/** The error that stops start-up or a reload: the first required plugin's own coded error, naming the others. */
+function requiredPluginsFailed(failures: readonly LoadFailure[]): HostError {
+  const [first, ...others] = failures;
+  const rest = others.length === 0 ? '' : ` (also failed: ${others.map((failure) => failure.name ?? failure.path).join(', ')})`;
+  const error = new HostError(first!.error.code, `${first!.error.message}${rest}; a configured plugin that cannot run stops the server unless its entry says optional = true`, { cause: first!.error });
+  return error;
+}
 
 /**
  * The mail server: smtp-server with every one of the guide's 19 hooks fired
@@ -141,6 +154,12 @@ export class MailServer {
   async start(): Promise<number> {
     const { loaded, failed } = await this.#manager.loadFromConfig(this.#config.plugins);
     this.#logger.info({ loaded: loaded.map((p) => `${p.name}@${p.plugin.metadata.version} (${p.plugin.kind})`), failed: failed.length }, 'plugins loaded');
+    const required = failed.filter((failure) => !failure.optional);
+    if (required.length > 0) {
+      // Fail closed: a configured plugin (a virus scanner, an auth check) that cannot run must not be silently missing.
+      await this.#manager.deinit();
+      throw requiredPluginsFailed(required);
+    }
     this.#warnSmallSandboxes(loaded);
     this.#reloader?.start();
     await this.#fire('config_loaded', () => ({ config_path: this.#config.file ?? '(embedded default)' }));
@@ -180,21 +199,32 @@ export class MailServer {
 
   /**
    * Applies a new config: plugins added, removed, or whose file, config or
-   * options changed are (re)loaded; the others keep running with their
-   * state. Settings outside [plugins] need a restart and are reported.
+   * options changed are loaded beside the running ones and swapped in; the
+   * others keep running with their state. When a plugin the new config
+   * requires (not `optional`) cannot be loaded, initialised or enabled, or
+   * the swap would leave a running plugin without a dependency, nothing
+   * changes and the coded error is thrown. Settings outside [plugins] need
+   * a restart and are reported.
    */
   async reload(next: AppConfig): Promise<string[]> {
     const before = new Map(this.#config.plugins.plugins.map((entry) => [entry.name, entry]));
     const after = new Map(next.plugins.plugins.map((entry) => [entry.name, entry]));
     const same = (a: PluginEntryConfig | undefined, b: PluginEntryConfig | undefined): boolean => a !== undefined && b !== undefined && JSON.stringify(a) === JSON.stringify(b);
-    const changed = [...new Set([...before.keys(), ...after.keys()])].filter((name) => !same(before.get(name), after.get(name)));
-    // Plugins that depend on a changed one go down with it and come back with it.
-    const down = new Set<string>();
-    for (const name of changed) {
-      if (this.#manager.get(name) && !down.has(name)) for (const each of await this.#manager.unloadPlugin(name, { cascade: true })) down.add(each);
+    // Turning [plugins] enabled on or off changes every entry.
+    const toggled = next.plugins.enabled !== this.#config.plugins.enabled;
+    const changed = [...new Set([...before.keys(), ...after.keys()])].filter((name) => toggled || !same(before.get(name), after.get(name)));
+    const wanted = changed.map((name) => after.get(name)).filter((entry): entry is PluginEntryConfig => entry !== undefined && entry.enabled && next.plugins.enabled);
+    const replacing = new Set(wanted.map((entry) => entry.name).filter((name) => this.#manager.get(name) !== undefined));
+    const removing = new Set(changed.filter((name) => this.#manager.get(name) !== undefined && !replacing.has(name)));
+    const staged = await this.#manager.stage(wanted.map(pluginSpec), replacing);
+    const required = staged.failed.filter((failure) => !failure.optional);
+    try {
+      if (required.length > 0) throw requiredPluginsFailed(required);
+      await this.#manager.commit(staged, removing);
+    } catch (error) {
+      await this.#manager.abort(staged);
+      throw error;
     }
-    const up = [...after.values()].filter((entry) => entry.enabled && next.plugins.enabled && !this.#manager.get(entry.name) && (changed.includes(entry.name) || down.has(entry.name)));
-    await this.#manager.loadPlugins(up.map((entry) => ({ path: entry.file, name: entry.name, config: entry.config, options: entry.options })));
     for (const section of ['server', 'storage', 'delivery'] as const) {
       if (JSON.stringify(this.#config[section]) !== JSON.stringify(next[section])) {
         this.#logger.warn({ section }, `[${section}] changed: it takes effect at the next restart`);

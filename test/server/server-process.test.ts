@@ -145,4 +145,22 @@ s.quit()
     const pkg = JSON.parse(readFileSync(join(PROJECT_ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
     expect(pkg.scripts.start).toBe('node bin/smtp-server.js');
   });
+
+  it('refuses to start when a configured plugin is missing, misnamed or fails its init, with the plugin\'s own code', async () => {
+    const cases = [
+      { entry: 'name = "spam-filter"\nlibrary = "libmissing.so"\n', code: 'SMTP_E_PLUGIN_NOT_FOUND' },
+      { entry: 'name = "spam"\nlibrary = "libspam_filter.so"\n', code: 'SMTP_E_CONFIG' },
+      { entry: 'name = "c-variant"\nlibrary = "libinit_fails.so"\n', code: 'SMTP_E_PLUGIN_INIT' },
+    ];
+    for (const { entry, code } of cases) {
+      const root = serverRoot({ plugins: `[plugins]\ndirectory = "./plugins"\n\n[[plugins.plugin]]\n${entry}` });
+      copyFileSync(fixture('spam_filter'), join(root.dir, 'plugins', 'libspam_filter.so'));
+      copyFileSync(fixture('c_init_fails'), join(root.dir, 'plugins', 'libinit_fails.so'));
+      const run = await runClient(process.execPath, [join(PROJECT_ROOT, 'bin', 'smtp-server.js'), '--config', root.config, '--port', '0'], 30_000);
+      expect(run.status, run.stderr).toBe(1);
+      expect(run.stderr).toContain(`error ${code}: `);
+      expect(run.stderr).toContain('unless its entry says optional = true');
+      expect(run.stdout).not.toContain('"listening"');
+    }
+  });
 });
