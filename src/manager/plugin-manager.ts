@@ -7,7 +7,7 @@ import { silentLogger, type Logger } from '../log.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { PluginInstance, type HookAction, type HookCallResult } from '../plugin/lifecycle.js';
 import { NATIVE_EXTENSIONS, WASM_EXTENSION, openPlugin } from '../plugin/backends.js';
-import type { PluginsConfig } from '../config/plugins-config.js';
+import type { PluginEntryConfig, PluginsConfig } from '../config/plugins-config.js';
 import { DEFAULT_PLUGIN_OPTIONS, type OnErrorPolicy, type PluginOptions } from '../plugin/options.js';
 import { SERVER_VERSION } from '../version.js';
 import { DependencyError, checkDependencies, dependentsOf, resolveLoadOrder, type DependencyNode, type OrderedPlugin } from './dependencies.js';
@@ -31,7 +31,12 @@ export interface PluginSpec {
   readonly options?: PluginOptions;
   /** A plugin the server may run without (config `optional`): its failure to load does not stop start-up or a reload. */
   readonly optional?: boolean;
+  /** A plugin that may approve a login (config `authenticator`): the only kind that gets the password at auth_started. */
+  readonly authenticator?: boolean;
 }
+
+/** Which plugins of a chain run: all, only authenticators, or all but them (auth_started runs in two parts). */
+export type ChainRole = 'all' | 'authenticators' | 'others';
 
 /** A plugin that could not be loaded, initialised or enabled. */
 export interface LoadFailure {
@@ -77,7 +82,13 @@ export interface Entry {
   /** The file it was loaded from (before any private copy) and its init config. */
   readonly source: string;
   readonly config: string;
+  readonly authenticator: boolean;
   failures: number;
+}
+
+/** A config entry as the manager loads it. */
+export function pluginSpec(entry: PluginEntryConfig): PluginSpec {
+  return { path: entry.file, name: entry.name, config: entry.config, options: entry.options, optional: entry.optional, authenticator: entry.authenticator };
 }
 
 function nodeOf(instance: PluginInstance): DependencyNode {
@@ -117,8 +128,9 @@ export class PluginManager {
   readonly #trace: 'info' | 'debug' | null;
 
   /** True when some enabled plugin handles `hook`: callers skip building a context otherwise. */
-  handles(hook: HookName): boolean {
-    return this.#chains[hookValue(hook)]!.length > 0;
+  handles(hook: HookName, role: ChainRole = 'all'): boolean {
+    const chain = this.#chains[hookValue(hook)]!;
+    return role === 'all' ? chain.length > 0 : chain.some((entry) => entry.authenticator === (role === 'authenticators'));
   }
 
   /** Opens a plugin file with the backend it needs (metadata read, nothing initialised). */
@@ -240,7 +252,7 @@ export class PluginManager {
         await refuse(item.instance, item.spec, coded(error, item.spec.path));
         continue;
       }
-      entries.push({ instance: item.instance, options: item.options, source: item.spec.path, config: item.config, failures: 0 });
+      entries.push({ instance: item.instance, options: item.options, source: item.spec.path, config: item.config, authenticator: item.spec.authenticator === true, failures: 0 });
       loaded.push(item.instance);
     }
     return { loaded, failed, replacing, entries };
@@ -313,7 +325,7 @@ export class PluginManager {
    */
   async loadFromConfig(config: PluginsConfig): Promise<LoadReport> {
     if (!config.enabled) return { loaded: [], failed: [] };
-    const report = await this.loadPlugins(config.plugins.filter((entry) => entry.enabled).map((entry) => ({ path: entry.file, name: entry.name, config: entry.config, options: entry.options })));
+    const report = await this.loadPlugins(config.plugins.filter((entry) => entry.enabled).map(pluginSpec));
     if (!config.autoLoad) return report;
     // Files a config entry names (enabled or not) are never auto-loaded.
     const configured = new Set(config.plugins.flatMap((entry) => entry.builds.map((path) => resolve(path))));
@@ -422,7 +434,7 @@ export class PluginManager {
    */
   async replacePlugin(name: string): Promise<PluginInstance> {
     const old = this.#require(name);
-    const staged = await this.stage([{ path: old.source, config: old.config, options: old.options }], new Set([name]));
+    const staged = await this.stage([{ path: old.source, config: old.config, options: old.options, authenticator: old.authenticator }], new Set([name]));
     const next = staged.loaded[0];
     if (next === undefined) throw staged.failed[0]!.error;
     if (next.name !== name) {
@@ -462,8 +474,9 @@ export class PluginManager {
    * outcome comes back without a promise; a promise is returned only from
    * the first plugin whose hooks run off the event loop.
    */
-  runChain(context: HookContext): HookOutcome | Promise<HookOutcome> {
-    return this.#runFrom(this.#chains[context.hookValue]!, 0, context, undefined);
+  runChain(context: HookContext, role: ChainRole = 'all'): HookOutcome | Promise<HookOutcome> {
+    const chain = this.#chains[context.hookValue]!;
+    return this.#runFrom(role === 'all' ? chain : chain.filter((entry) => entry.authenticator === (role === 'authenticators')), 0, context, undefined);
   }
 
   #runFrom(chain: readonly Entry[], from: number, context: HookContext, skipped: string[] | undefined): HookOutcome | Promise<HookOutcome> {

@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { HookName } from '../abi/hooks.js';
 import type { Logger } from '../log.js';
-import type { HookOutcome, PluginManager } from '../manager/plugin-manager.js';
+import type { ChainRole, HookOutcome, PluginManager } from '../manager/plugin-manager.js';
 import { HookContext } from '../plugin/hook-context.js';
 import type { MetadataValue } from '../plugin/hook-context.js';
 import { EncodedMetadata, encodeFields, type MetadataFields } from '../plugin/metadata-wire.js';
@@ -48,19 +48,20 @@ export class HookRunner {
     return this.#trace || this.#manager.handles(hook);
   }
 
-  /** Whether some enabled plugin handles `hook`. */
-  handles(hook: HookName): boolean {
-    return this.#manager.handles(hook);
+  /** Whether some enabled plugin (of `role`) handles `hook`. */
+  handles(hook: HookName, role: ChainRole = 'all'): boolean {
+    return this.#manager.handles(hook, role);
   }
 
   /**
    * Runs `hook`; `event` gives its keys (as fields, or already encoded),
    * called only when a plugin handles the hook. `carried` are keys earlier
-   * stages' plugins set, added on top. Gating hooks (the hook table says
-   * which) can refuse.
+   * stages' plugins set, added on top; `role` picks the plugins (auth_started
+   * runs authenticators apart). Gating hooks (the hook table says which) can
+   * refuse.
    */
-  run(hook: HookName, event: () => MetadataFields | EncodedMetadata, carried?: Iterable<readonly [string, MetadataValue]>): HookResult | Promise<HookResult> {
-    if (!this.#manager.handles(hook)) {
+  run(hook: HookName, event: () => MetadataFields | EncodedMetadata, carried?: Iterable<readonly [string, MetadataValue]>, role: ChainRole = 'all'): HookResult | Promise<HookResult> {
+    if (!this.#manager.handles(hook, role)) {
       if (this.#trace) this.#logger.info({ hook, handled: false, outcome: 'continue', duration_us: 0 }, 'hook');
       return NOTHING;
     }
@@ -68,7 +69,7 @@ export class HookRunner {
     const made = event();
     const context = new HookContext(hook, undefined, made instanceof EncodedMetadata ? made : encodeFields(made, hookSpec(hook).body ? BODY_KEY : undefined));
     if (carried !== undefined) for (const [key, value] of carried) context.setMetadata(key, value);
-    const outcome = this.#manager.runChain(context);
+    const outcome = this.#manager.runChain(context, role);
     if (outcome instanceof Promise) return outcome.then((settled) => this.#result(hook, context, settled, started));
     return this.#result(hook, context, outcome, started);
   }

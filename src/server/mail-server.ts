@@ -9,7 +9,7 @@ import { DeliveryQueue } from '../delivery/delivery-queue.js';
 import { HostError, isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { HotReloader } from '../manager/hot-reload.js';
-import { PluginManager, type LoadFailure, type PluginSpec } from '../manager/plugin-manager.js';
+import { PluginManager, pluginSpec, type LoadFailure } from '../manager/plugin-manager.js';
 import type { EncodedMetadata, MetadataFields } from '../plugin/metadata-wire.js';
 import type { PluginInstance } from '../plugin/lifecycle.js';
 import { DEFAULT_SANDBOX_LIMITS } from '../plugin/options.js';
@@ -34,11 +34,6 @@ const SANDBOX_MEMORY_PER_MESSAGE_BYTE = 4;
 const CLOSE_TIMEOUT_MS = 5000;
 
 type Callback<T> = (err?: Error | null, result?: T) => void;
-
-/** A config entry as the manager loads it. */
-function pluginSpec(entry: PluginEntryConfig): PluginSpec {
-  return { path: entry.file, name: entry.name, config: entry.config, options: entry.options };
-}
 
 /** The error that stops start-up or a reload: the first required plugin's own coded error, naming the others. */
 function requiredPluginsFailed(failures: readonly LoadFailure[]): HostError {
@@ -175,6 +170,7 @@ export class MailServer {
     });
     smtp.on('error', (err: Error) => this.#logger.warn({ err: err.message }, 'smtp session error'));
     this.#smtp = smtp;
+    this.#updateAuthOffer();
     smtp.listen(this.#config.server.port, this.#config.server.host);
     const server = (smtp as unknown as { server: import('node:net').Server }).server;
     await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err))]);
@@ -231,15 +227,34 @@ export class MailServer {
       }
     }
     this.#config = Object.freeze({ ...next, server: this.#config.server, storage: this.#config.storage, delivery: this.#config.delivery });
+    this.#updateAuthOffer();
     await this.#fire('config_changed', () => ({ config_path: next.file ?? '(embedded default)', changed_plugins: changed.join(',') }));
     this.#logger.info({ changed_plugins: changed }, 'config reloaded');
     return changed;
   }
 
+  /** AUTH is offered only when it is on and some enabled authenticator can approve a login. */
+  #authOffered(): boolean {
+    return this.#config.server.auth && this.#hooks.handles('auth_started', 'authenticators');
+  }
+
+  /** Says why AUTH is off although configured, and keeps the live server's command list in step (after a reload). */
+  #updateAuthOffer(): void {
+    const offered = this.#authOffered();
+    if (this.#config.server.auth && !offered) {
+      this.#logger.warn('AUTH is not offered: [server] auth = true, but no enabled plugin is configured with authenticator = true (docs/configuration.md)');
+    }
+    const disabled = (this.#smtp as unknown as { options?: { disabledCommands?: string[] } } | null)?.options?.disabledCommands;
+    if (disabled === undefined) return;
+    const at = disabled.indexOf('AUTH');
+    if (offered && at >= 0) disabled.splice(at, 1);
+    if (!offered && at < 0) disabled.push('AUTH');
+  }
+
   #smtpOptions(): ConstructorParameters<typeof HookedSMTPServer>[0] {
     const { server } = this.#config;
     const tls = server.tlsKey !== null && server.tlsCert !== null;
-    const disabled = [...(tls ? [] : ['STARTTLS']), ...(server.auth ? [] : ['AUTH'])];
+    const disabled = [...(tls ? [] : ['STARTTLS']), ...(this.#authOffered() ? [] : ['AUTH'])];
     const hooks = this.#hooks;
     return {
       name: server.hostname,
@@ -313,24 +328,28 @@ export class MailServer {
     return refusal ?? undefined;
   }
 
+  /**
+   * A login succeeds only when a plugin the config names an authenticator
+   * approved it (ran auth_started and continued) and no plugin refused. The
+   * other plugins run auth_started first, without the password: they may
+   * refuse a login (a rate limit), never approve one.
+   */
   async #authenticate(auth: SMTPServerAuthentication, session: SMTPServerSession): Promise<{ user: string }> {
     const base = { ...sessionFields(session), method: auth.method, username: auth.username ?? '' };
-    if (!this.#hooks.handles('auth_started')) {
-      // With no plugin to check credentials, nobody can log in.
-      this.#logger.warn({ session: session.id }, 'AUTH refused: no enabled plugin handles auth_started');
-      await this.#fire('auth_failed', () => ({ ...base, reason: 'no authentication plugin' }));
-      throw replyError(REPLIES.authInvalid);
-    }
-    const { outcome, refusal } = await this.#hooks.run('auth_started', () => ({ ...base, password: auth.password ?? '' }));
-    if (refusal === null && outcome.skipped !== undefined) {
-      // An authentication plugin that failed cannot have approved the password, whatever its on_error.
-      await this.#fire('auth_failed', () => ({ ...base, reason: 'error' }));
-      this.#refuse('auth_started', { ...REPLIES.authTemporary, plugin: outcome.skipped[0], reason: 'error' }, session);
-    }
-    if (refusal) {
-      await this.#fire('auth_failed', () => ({ ...base, reason: refusal.reason }));
+    const failed = async (reason: string, refusal: Refusal): Promise<never> => {
+      await this.#fire('auth_failed', () => ({ ...base, reason }));
       this.#refuse('auth_started', refusal, session);
+    };
+    if (!this.#hooks.handles('auth_started', 'authenticators')) {
+      this.#logger.warn({ session: session.id }, 'AUTH refused: no enabled authenticator plugin handles auth_started');
+      return failed('no authentication plugin', { ...REPLIES.authInvalid, plugin: undefined, reason: 'error' });
     }
+    const others = await this.#hooks.run('auth_started', () => base, undefined, 'others');
+    if (others.refusal) return failed(others.refusal.reason, others.refusal);
+    const { outcome, refusal } = await this.#hooks.run('auth_started', () => ({ ...base, password: auth.password ?? '' }), undefined, 'authenticators');
+    if (refusal) return failed(refusal.reason, refusal);
+    // An authenticator that failed cannot have approved the password, whatever its on_error.
+    if (outcome.skipped !== undefined) return failed('error', { ...REPLIES.authTemporary, plugin: outcome.skipped[0], reason: 'error' });
     await this.#fire('auth_completed', () => base);
     return { user: auth.username ?? '' };
   }

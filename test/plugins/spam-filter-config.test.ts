@@ -46,11 +46,11 @@ interface Running {
  * `config` goes into the per-plugin file plugins/spam_filter.json, which an
  * entry without `config` reads (as the repository's config.toml should).
  */
-async function startServer(kind: Kind, config: Record<string, unknown>, prepare?: (root: ReturnType<typeof serverRoot>) => void): Promise<Running> {
+async function startServer(kind: Kind, config: Record<string, unknown>, prepare?: (root: ReturnType<typeof serverRoot>) => void, entry = ''): Promise<Running> {
   const build = kind === 'native' ? 'library = "libspam_filter.so"\nsandbox = false' : 'wasm = "spam_filter.wasm"';
   const root = serverRoot({
     storage: 'fsync = false\n',
-    plugins: `[plugins]\nenabled = true\ndirectory = "./plugins"\nwasm_directory = "./wasm-plugins"\n\n[[plugins.plugin]]\nname = "spam-filter"\n${build}\n`,
+    plugins: `[plugins]\nenabled = true\ndirectory = "./plugins"\nwasm_directory = "./wasm-plugins"\n\n[[plugins.plugin]]\nname = "spam-filter"\n${build}\n${entry}`,
   });
   // A copy per server: two servers in one process must not share one loaded library.
   if (kind === 'native') copyFileSync(fixture('spam_filter'), join(root.dir, 'plugins', 'libspam_filter.so'));
@@ -76,8 +76,8 @@ async function startServer(kind: Kind, config: Record<string, unknown>, prepare?
 }
 
 /** Runs `body` against a fresh server and always stops it. */
-async function withServer(kind: Kind, config: Record<string, unknown>, body: (running: Running) => Promise<void>, prepare?: (root: ReturnType<typeof serverRoot>) => void): Promise<void> {
-  const running = await startServer(kind, config, prepare);
+async function withServer(kind: Kind, config: Record<string, unknown>, body: (running: Running) => Promise<void>, prepare?: (root: ReturnType<typeof serverRoot>) => void, entry = ''): Promise<void> {
+  const running = await startServer(kind, config, prepare, entry);
   try {
     await body(running);
   } finally {
@@ -170,13 +170,14 @@ for (const kind of ['native', 'sandboxed'] as const) {
       );
     });
 
-    it('does not load with auto_learn turned on: a feature it lacks never looks enabled', async () => {
+    it('does not load with auto_learn turned on: a feature it lacks never looks enabled, and the server does not start without it', async () => {
+      await expect(startServer(kind, { auto_learn: true })).rejects.toThrow(expect.objectContaining({ code: 'SMTP_E_PLUGIN_INIT' }));
+      // Marked optional, the server runs without the filter.
       await withServer(kind, { auto_learn: true }, async ({ server, logs, send }) => {
         expect(server.manager.get('spam-filter')).toBeUndefined();
         expect(logs.some((line) => line.includes('SMTP_E_PLUGIN_INIT'))).toBe(true);
-        // The server runs without the filter, as with any plugin whose init failed.
         expect(await send('spammer@example.net', 'unfiltered')).toMatch(/^250 /);
-      });
+      }, undefined, 'optional = true\n');
     });
   });
 }

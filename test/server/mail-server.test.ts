@@ -51,7 +51,7 @@ describe('the mail server with real clients', () => {
     root = serverRoot({
       server: 'max_message_bytes = 65536\nmax_clients = 200\ntls_key = "key.pem"\ntls_cert = "cert.pem"\nauth = true\nauth_insecure = true\nlog_hook_calls = true\n',
       plugins: (dir) =>
-        `[plugins]\nenabled = true\ndirectory = "./plugins"\n\n[[plugins.plugin]]\nname = "policy"\nlibrary = "libpolicy.so"\nconfig = '{"trace":"${join(dir, 'trace.log')}"}'\n\n` +
+        `[plugins]\nenabled = true\ndirectory = "./plugins"\n\n[[plugins.plugin]]\nname = "policy"\nlibrary = "libpolicy.so"\nauthenticator = true\nconfig = '{"trace":"${join(dir, 'trace.log')}"}'\n\n` +
         `[[plugins.plugin]]\nname = "spam-filter"\nlibrary = "libspam_filter.so"\n`,
     });
     selfSigned(root.dir);

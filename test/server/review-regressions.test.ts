@@ -35,7 +35,7 @@ describe('failure paths', () => {
   it('refuses AUTH when the authentication plugin failed, even with on_error = "continue"', async () => {
     const root = serverRoot({
       server: 'auth = true\nauth_insecure = true\n',
-      plugins: '[plugins]\ndirectory = "./plugins"\n\n[[plugins.plugin]]\nname = "bad-code"\nlibrary = "libbad.so"\non_error = "continue"\nmax_consecutive_failures = 1000\n',
+      plugins: '[plugins]\ndirectory = "./plugins"\n\n[[plugins.plugin]]\nname = "bad-code"\nlibrary = "libbad.so"\nauthenticator = true\non_error = "continue"\nmax_consecutive_failures = 1000\n',
     });
     copyFileSync(fixture('c_bad_code'), join(root.dir, 'plugins', 'libbad.so'));
     const server = new MailServer(loadConfig(root.config), silentLogger());
