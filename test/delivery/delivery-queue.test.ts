@@ -194,6 +194,24 @@ describe('DeliveryQueue, mode maildir', () => {
     await queue.stop();
   });
 
+  it('delivers a large message (its own file) and an inline one given with its body, byte-exact', async () => {
+    const spool = await openSpool();
+    const root = join(tempDir('dq-maildir-'), 'mail');
+    const { queue } = queueWith(spool, { mode: 'maildir', maildirRoot: root });
+    const large = Buffer.concat([Buffer.from('Subject: large\r\n\r\n'), Buffer.alloc(3 * 2 ** 20, 'x')]);
+    const big = await spool.store({ from: 'a@example.org', to: ['big@example.net'] }, large);
+    expect(big.path).toBeDefined();
+    const small = await store(spool, { from: 'a@example.org', to: ['small@example.net'] });
+    queue.enqueue(big);
+    queue.enqueue(small, MESSAGE);
+    await queue.idle();
+    const only = (box: string): Buffer => readFileSync(join(root, box, 'new', readdirSync(join(root, box, 'new'))[0]!));
+    expect(only('big@example.net').equals(large)).toBe(true);
+    expect(only('small@example.net')).toEqual(MESSAGE);
+    expect(await spool.list()).toEqual([]);
+    await queue.stop();
+  });
+
   it('recover(): a new queue delivers what the spool held, skipping recipients already delivered', async () => {
     const spool = await openSpool();
     const root = join(tempDir('dq-maildir-'), 'mail');
@@ -204,15 +222,18 @@ describe('DeliveryQueue, mode maildir', () => {
     ];
     // A previous run got as far as two@ for the second message.
     await spool.markDelivered(stored[1]!.id, 'two@example.net');
+    await spool.close();
 
-    const { queue, seen } = queueWith(new Spool({ dir: spool.dir, fsync: true }), { mode: 'maildir', maildirRoot: root });
+    const restarted = new Spool({ dir: spool.dir, fsync: true });
+    await restarted.open();
+    const { queue, seen } = queueWith(restarted, { mode: 'maildir', maildirRoot: root });
     expect(await queue.recover()).toBe(3);
     await queue.idle();
     expect(readdirSync(join(root, 'one@example.net', 'new'))).toHaveLength(2);
     expect(readdirSync(join(root, 'three@example.net', 'new'))).toHaveLength(1);
     expect(existsSync(join(root, 'two@example.net'))).toBe(false);
     expect(seen.delivered.map((d) => d.recipient).sort()).toEqual(['one@example.net', 'one@example.net', 'three@example.net']);
-    expect(await spool.list()).toEqual([]);
+    expect(await restarted.list()).toEqual([]);
     expect(await queue.recover()).toBe(0);
     await queue.stop();
   });
