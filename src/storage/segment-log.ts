@@ -23,6 +23,8 @@ export const BATCH_BYTES_MAX = 8 * 2 ** 20;
  * the event loop is not held for a big copy.
  */
 export const SYNC_WRITE_BYTES_MAX = 256 * 2 ** 10;
+/** Durable batches remembered for groupCommitMs's early flush. */
+const RECENT_BATCHES = 8;
 /** Records written without an fsync of their own (DONE) are made durable within this long if nothing else comes. */
 export const IDLE_SYNC_MS = 1000;
 
@@ -113,6 +115,8 @@ export class SegmentLog {
   #queuedDurable = 0;
   /** When the oldest durable record in the queue arrived (groupCommitMs > 0 only). */
   #firstQueuedAt = 0;
+  /** Durable records in each of the last RECENT_BATCHES batches (groupCommitMs > 0 only). */
+  readonly #recentBatches: number[] = [];
   #running = false;
   #scheduled = false;
   #timer: NodeJS.Timeout | null = null;
@@ -246,6 +250,11 @@ export class SegmentLog {
   }
 
   #kick(): void {
+    if (this.#timer !== null && this.#groupWaitMs() <= 0) {
+      // The company came before the window closed.
+      clearTimeout(this.#timer);
+      this.#timer = null;
+    }
     if (this.#running || this.#scheduled || this.#timer !== null) return;
     if (this.#queue.length === 0 && !this.#syncWanted) {
       this.#wakeDrained();
@@ -267,10 +276,17 @@ export class SegmentLog {
     });
   }
 
-  /** How much longer the queue should wait for company before it is written (groupCommitMs > 0). */
+  /**
+   * How much longer the queue should wait for company before it is written
+   * (groupCommitMs > 0). No longer once as many durable records are queued
+   * as the largest of the last few batches carried: with closed-loop
+   * clients (SMTP sessions waiting for their 250) everyone who can come has
+   * come, and waiting out the window would only add latency.
+   */
   #groupWaitMs(): number {
     const { groupCommitMs, fsync } = this.#options;
     if (groupCommitMs <= 0 || !fsync || this.#queuedBytes >= BATCH_BYTES_MAX || this.#queuedDurable === 0) return 0;
+    if (this.#recentBatches.length > 0 && this.#queuedDurable >= Math.max(...this.#recentBatches)) return 0;
     return this.#firstQueuedAt + groupCommitMs - Date.now();
   }
 
@@ -302,6 +318,10 @@ export class SegmentLog {
     this.#queue = count === this.#queue.length ? [] : this.#queue.slice(count);
     this.#queuedBytes -= bytes;
     this.#queuedDurable -= durable;
+    if (durable > 0 && this.#options.groupCommitMs > 0) {
+      this.#recentBatches.push(durable);
+      if (this.#recentBatches.length > RECENT_BATCHES) this.#recentBatches.shift();
+    }
     // What stays queued has waited while this batch is written: it waits at most groupCommitMs more.
     if (this.#options.groupCommitMs > 0 && this.#queuedDurable > 0) this.#firstQueuedAt = Date.now();
     return batch;

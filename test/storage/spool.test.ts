@@ -191,6 +191,18 @@ describe('Spool', () => {
     await spool.close();
   });
 
+  it('groupCommitMs > 0: once a batch has as many commits as the last ones carried, it does not wait out the window', async () => {
+    const spool = await openSpool({ groupCommitMs: 400 });
+    const started = Date.now();
+    // Five closed-loop writers, as SMTP sessions waiting for their 250: after the first window, each batch is full at once.
+    await Promise.all(Array.from({ length: 5 }, async () => {
+      for (let i = 0; i < 6; i++) await spool.store(ENVELOPE, MESSAGE);
+    }));
+    expect(spool.stats).toMatchObject({ records: 30, fsyncs: 6 });
+    expect(Date.now() - started).toBeLessThan(6 * 400);
+    await spool.close();
+  });
+
   it('fsync false: no fsync at all, writes still batched', async () => {
     const spool = await openSpool({ fsync: false });
     await Promise.all(Array.from({ length: 40 }, () => spool.store(ENVELOPE, MESSAGE)));
