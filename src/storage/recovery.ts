@@ -5,7 +5,6 @@
  * returned). The result is the set of live messages: stored, minus done,
  * with their delivery progress.
  */
-import { readFile } from 'node:fs/promises';
 import { readFd } from './fs-raw.js';
 import type { Envelope } from './incoming.js';
 import {
@@ -219,45 +218,4 @@ function safely<T>(read: () => T): T | null {
     if (error instanceof RecordFormatError) return null;
     throw error;
   }
-}
-
-/** What <id>.json held in the previous layout (two files per message). */
-export interface OldRecord {
-  readonly id: string;
-  readonly envelope: Envelope;
-  readonly size: number;
-  readonly receivedAt: string;
-  readonly extra: Record<string, string>;
-  readonly delivered: string[];
-}
-
-export function isOldRecord(value: unknown): value is OldRecord {
-  if (typeof value !== 'object' || value === null) return false;
-  const record = value as Partial<OldRecord>;
-  const strings = (list: unknown): boolean => Array.isArray(list) && list.every((item) => typeof item === 'string');
-  const stringMap = (map: unknown): boolean => typeof map === 'object' && map !== null && Object.values(map).every((v) => typeof v === 'string');
-  return (
-    typeof record.id === 'string' &&
-    typeof record.envelope === 'object' &&
-    record.envelope !== null &&
-    typeof record.envelope.from === 'string' &&
-    strings(record.envelope.to) &&
-    typeof record.size === 'number' &&
-    typeof record.receivedAt === 'string' &&
-    stringMap(record.extra) &&
-    strings(record.delivered)
-  );
-}
-
-/** The record in an old <id>.json; throws with the reason when it is not one. */
-export async function readOldRecord(path: string, id: string): Promise<OldRecord> {
-  const text = await readFile(path, 'utf8');
-  let record: unknown;
-  try {
-    record = JSON.parse(text);
-  } catch {
-    throw new Error('it is not JSON');
-  }
-  if (!isOldRecord(record) || record.id !== id) throw new Error('it is not a spool record');
-  return record;
 }

@@ -6,7 +6,6 @@
  * one fdatasync (group commit). The live messages are indexed in memory,
  * rebuilt from the segments at open. One process owns a spool directory.
  */
-import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, readFile, readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -17,7 +16,9 @@ import { closeFd, errorCode, fstatSize, openFd, renamePath, unlinkIfPresent } fr
 import { Incoming, type Envelope, type IncomingHost, type IncomingMessage, type SpooledMessage } from './incoming.js';
 import { makeDirectory, writeQuarantined } from './quarantine.js';
 import { BodyKind, HEADER_BYTES, INLINE_BYTES_LIMIT, RecordFormatError, crcMatches, decodeStore, encodeDelivered, encodeDone, encodeSegment, encodeStore, readHeader, type EncodedRecord } from './record.js';
-import { IndexBuilder, readOldRecord, type Entry, type OldRecord } from './recovery.js';
+import { ID_PATTERN, newId } from './message-id.js';
+import { adoptOldLayout, removeOrphans, type Adoption } from './old-layout.js';
+import { IndexBuilder, type Entry } from './recovery.js';
 import { SEGMENT_NAME, SegmentLog, damagedName, segmentName, type LogStats, type Position, type Segment } from './segment-log.js';
 
 export { quarantineFolder, type QuarantineFolder } from './quarantine.js';
@@ -55,24 +56,6 @@ const COMPACT_LIVE_FRACTION = 0.25;
 const COMPACT_BATCH_BYTES = 4 * 2 ** 20;
 export const LARGE_SUBDIR = 'large';
 const SEGMENT_RECORD_BYTES = encodeSegment(0, 0).bytes;
-
-const ID_PATTERN = /^[0-9a-z]+-[0-9a-f]+$/;
-const OLD_TEMP_PREFIX = '.tmp-';
-/** Random bytes drawn at a time for ids: one getrandom per 512 messages instead of one per message. */
-const ID_RANDOM_POOL_BYTES = 4096;
-let idPool = Buffer.alloc(0);
-let idPoolOffset = 0;
-
-function newId(): string {
-  if (idPoolOffset + 8 > idPool.length) {
-    idPool = randomBytes(ID_RANDOM_POOL_BYTES);
-    idPoolOffset = 0;
-  }
-  const random = idPool.toString('hex', idPoolOffset, idPoolOffset + 8);
-  idPoolOffset += 8;
-  // Base-36 milliseconds padded to a fixed width sort in time order as strings.
-  return `${Date.now().toString(36).padStart(9, '0')}-${random}`;
-}
 
 /** Directories open in this process: a second Spool on one would corrupt both. */
 const openDirs = new Set<string>();
@@ -341,12 +324,12 @@ export class Spool {
       offset: 0,
       bytes: 0,
     };
-    await this.#log!.append(record, true, { onWritten: (position) => this.#index_(entry, position) });
+    await this.#log!.append(record, true, { onWritten: (position) => this.#makeLive(entry, position) });
     return messageOf(entry);
   }
 
   /** Makes `entry` live at `position` (called in the writer's batch, synchronously). */
-  #index_(entry: Entry, position: Position): void {
+  #makeLive(entry: Entry, position: Position): void {
     entry.sequence = position.sequence;
     entry.offset = position.offset;
     entry.bytes = position.bytes;
@@ -519,7 +502,7 @@ export class Spool {
     if (this.#index.get(entry.id) !== entry || entry.sequence !== from.sequence) return;
     from.live--;
     from.liveBytes -= entry.bytes;
-    this.#index_(entry, position);
+    this.#makeLive(entry, position);
   }
 
   // ---- open: recovery and migration ----
@@ -597,10 +580,20 @@ export class Spool {
     await log.start();
 
     // 4. The previous layout's <id>.eml + <id>.json pairs.
-    const migrated = await this.#adoptOldLayout(names);
+    const adoption: Adoption = {
+      dir: this.dir,
+      largeDir: this.#largeDir,
+      logger: this.#logger,
+      log,
+      isLive: (id) => this.#index.has(id),
+      largePath: (id) => this.#largePath(id),
+      makeLargeDir: () => this.#makeLargeDir(),
+      makeLive: (entry, position) => this.#makeLive(entry, position),
+    };
+    const migrated = await adoptOldLayout(adoption, names);
 
     // 5. Files in large/ that no live message references.
-    const orphans = await this.#removeOrphans(migrated.kept);
+    const orphans = await removeOrphans(adoption, migrated.kept);
 
     this.#state = 'open';
     this.#maintainAgain = true;
@@ -620,105 +613,6 @@ export class Spool {
       },
       'spool opened',
     );
-  }
-
-  /**
-   * Adopts <id>.eml + <id>.json pairs of the previous layout: the .eml is
-   * renamed into large/, a STORE record referencing it is written durably,
-   * then the .json is removed. A crash between the steps is picked up at
-   * the next open: a .json whose id is already live is only removed. An
-   * entry that cannot be read is skipped but left in place, since it may
-   * hold acknowledged mail; leftovers of an interrupted old store (temp
-   * files, an .eml without its .json) are removed.
-   */
-  async #adoptOldLayout(names: readonly string[]): Promise<{ adopted: number; kept: Set<string> }> {
-    const log = this.#log!;
-    const jsons = new Set<string>();
-    const emls = new Set<string>();
-    const leftovers: string[] = [];
-    for (const name of names) {
-      if (name.startsWith(OLD_TEMP_PREFIX)) leftovers.push(name);
-      else if (name.endsWith('.json') && ID_PATTERN.test(name.slice(0, -5))) jsons.add(name.slice(0, -5));
-      else if (name.endsWith('.eml') && ID_PATTERN.test(name.slice(0, -4))) emls.add(name.slice(0, -4));
-    }
-    for (const id of emls) if (!jsons.has(id)) leftovers.push(`${id}.eml`);
-    const kept = new Set<string>();
-    const done: string[] = [];
-    const stores: Promise<Position>[] = [];
-    for (const id of jsons) {
-      const jsonPath = join(this.dir, `${id}.json`);
-      if (this.#index.has(id)) {
-        done.push(id);
-        continue;
-      }
-      let record: OldRecord;
-      let emlPath = join(this.dir, `${id}.eml`);
-      try {
-        record = await readOldRecord(jsonPath, id);
-        if (!emls.has(id)) emlPath = this.#largePath(id);
-        const { size } = await stat(emlPath);
-        if (size !== record.size) throw new Error(`${emlPath} holds ${size} bytes, its record says ${record.size}`);
-      } catch (error) {
-        kept.add(id);
-        this.#logger.warn({ code: 'SMTP_E_SPOOL_READ', id, path: jsonPath, err: error }, 'skipping a spool entry of the previous layout that cannot be read; it is left in place');
-        continue;
-      }
-      if (emlPath !== this.#largePath(id)) {
-        await this.#makeLargeDir();
-        await renamePath(emlPath, this.#largePath(id));
-        log.dirChanged();
-        log.largeChanged();
-      }
-      const entry: Entry = {
-        id,
-        envelope: { from: record.envelope.from, to: [...record.envelope.to] },
-        size: record.size,
-        receivedAt: record.receivedAt,
-        extra: { ...record.extra },
-        delivered: [...record.delivered],
-        path: this.#largePath(id),
-        sequence: 0,
-        offset: 0,
-        bytes: 0,
-      };
-      const storeRecord = encodeStore({ id, receivedAt: entry.receivedAt, from: entry.envelope.from, to: entry.envelope.to, delivered: entry.delivered, extra: entry.extra, size: entry.size, bodyKind: BodyKind.FILE }, []);
-      stores.push(log.append(storeRecord, true, { onWritten: (position) => this.#index_(entry, position) }));
-      done.push(id);
-    }
-    // Every STORE in one batch and one fsync; only then may the .json files go.
-    await Promise.all(stores);
-    const removals = [...done.map((id) => `${id}.json`), ...leftovers];
-    await Promise.all(removals.map((name) => unlinkIfPresent(join(this.dir, name))));
-    if (removals.length > 0) {
-      log.dirChanged();
-      await log.syncDirectory();
-    }
-    if (stores.length > 0 || leftovers.length > 0) this.#logger.info({ adopted: stores.length, leftovers_removed: leftovers.length, kept: kept.size }, 'spool entries of the previous layout adopted');
-    return { adopted: stores.length, kept };
-  }
-
-  /** Unlinks large/<id>.eml files that no live message references (a store cut short, a removal whose unlink did not happen). */
-  async #removeOrphans(kept: ReadonlySet<string>): Promise<number> {
-    let names: string[];
-    try {
-      names = await readdir(this.#largeDir);
-    } catch (error) {
-      if (errorCode(error) === 'ENOENT') return 0;
-      throw error;
-    }
-    let removed = 0;
-    for (const name of names) {
-      const id = name.endsWith('.eml') ? name.slice(0, -4) : '';
-      if (!ID_PATTERN.test(id)) {
-        this.#logger.warn({ code: 'SMTP_E_SPOOL_READ', path: join(this.#largeDir, name) }, 'unexpected file in the spool; left in place');
-        continue;
-      }
-      if (this.#index.has(id) || kept.has(id)) continue;
-      await unlinkIfPresent(join(this.#largeDir, name));
-      removed++;
-    }
-    if (removed > 0) this.#logger.info({ code: 'SMTP_E_SPOOL_READ', files: removed }, 'removed message files no live record references');
-    return removed;
   }
 
   // ---- checks ----
