@@ -477,7 +477,16 @@ export class Spool {
     let copies: Promise<Position>[] = [];
     let queuedBytes = 0;
     for (const entry of entries) {
-      const body = entry.path === undefined ? [await this.#readInline(entry)] : [];
+      let body: Buffer[] = [];
+      if (entry.path === undefined) {
+        try {
+          body = [await this.#readInline(entry)];
+        } catch (error) {
+          // Its bytes fail their CRC: a copy would carry the damage forward. It stays, and so does its segment.
+          this.#logger.error({ code: 'SMTP_E_SPOOL_READ', id: entry.id, segment: segmentName(segment.sequence), err: error }, 'cannot compact a message whose record cannot be read; its segment is kept');
+          continue;
+        }
+      }
       // The read awaited: check again, and queue the copy in this same turn,
       // so a DONE or DELIVERED for it queued later lands after the copy.
       if (this.#index.get(entry.id) !== entry || entry.sequence !== segment.sequence) continue;
