@@ -338,6 +338,11 @@ export class SegmentLog {
     durable &&= fsync;
     this.#syncWanted = false;
     let segment = this.#active;
+    if (batch.length === 0 && segment === null) {
+      // An idle flush after the active segment was retired: what was unsynced went with it (see #fail).
+      this.#unsynced = false;
+      return;
+    }
     try {
       // A batch never spans segments; one bigger than a whole segment gets a segment of its own.
       if (segment === null || (batch.length > 0 && segment.bytes + bytes > segmentBytesMax && segment.bytes > HEADER_ONLY_BYTES)) segment = await this.#roll();
