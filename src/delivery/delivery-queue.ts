@@ -1,9 +1,8 @@
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { silentLogger, type Logger } from '../log.js';
 import { hostError } from '../errors.js';
 import type { Spool, SpooledMessage } from '../storage/spool.js';
-import { MaildirError, deliverToMaildir } from './maildir.js';
+import { MaildirError, deliverToMaildir, type MessageBody } from './maildir.js';
 import { RelayError, createRelay, type Relay, type RelayOptions } from './relay.js';
 
 export type DeliveryMode = 'maildir' | 'relay' | 'none';
@@ -24,6 +23,8 @@ export interface DeliveryQueueOptions {
   readonly maxAttempts?: number;
   /** Messages delivered at once, so a burst does not open hundreds of relay connections. Default 4. */
   readonly concurrency?: number;
+  /** Bytes of message bodies handed to enqueue() kept in memory until delivered, so delivery need not read them back. Default 16 MiB. */
+  readonly bodyCacheBytesMax?: number;
   readonly logger?: Logger;
   /** Called after each successful delivery, once per recipient. */
   readonly onDelivered?: (message: SpooledMessage, recipient: string, detail: { mode: DeliveryMode; path?: string }) => void | Promise<void>;
@@ -35,6 +36,7 @@ export const DEFAULT_RETRY_INITIAL_MS = 1000;
 export const DEFAULT_RETRY_MAX_MS = 300_000;
 export const DEFAULT_MAX_ATTEMPTS = 20;
 export const DEFAULT_DELIVERY_CONCURRENCY = 4;
+export const DEFAULT_BODY_CACHE_BYTES_MAX = 16 * 2 ** 20;
 /** Retries are spread by up to this fraction of their delay, so messages deferred together do not retry in lockstep. */
 const RETRY_JITTER_FRACTION = 0.1;
 /** Where bounced messages go, under the spool directory. */
@@ -52,6 +54,9 @@ interface Job {
   /** Recipients refused for good, with why. */
   readonly failed: Map<string, string>;
   timer: NodeJS.Timeout | undefined;
+  /** The body in memory: given to enqueue() (counted in the cache), or read for the attempt in flight. */
+  body: Buffer | undefined;
+  bodyCached: boolean;
 }
 
 /**
@@ -72,6 +77,8 @@ export class DeliveryQueue {
   readonly #retryMaxMs: number;
   readonly #maxAttempts: number;
   readonly #concurrency: number;
+  readonly #bodyCacheBytesMax: number;
+  #bodyCacheBytes = 0;
   readonly #logger: Logger;
   readonly #onDelivered: DeliveryQueueOptions['onDelivered'];
   readonly #onBounced: DeliveryQueueOptions['onBounced'];
@@ -90,6 +97,7 @@ export class DeliveryQueue {
     this.#retryMaxMs = options.retryMaxMs ?? DEFAULT_RETRY_MAX_MS;
     this.#maxAttempts = Math.max(1, options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS);
     this.#concurrency = Math.max(1, options.concurrency ?? DEFAULT_DELIVERY_CONCURRENCY);
+    this.#bodyCacheBytesMax = Math.max(0, options.bodyCacheBytesMax ?? DEFAULT_BODY_CACHE_BYTES_MAX);
     this.#logger = (options.logger ?? silentLogger()).child({ component: 'delivery', mode: options.mode });
     this.#onDelivered = options.onDelivered;
     this.#onBounced = options.onBounced;
@@ -99,15 +107,26 @@ export class DeliveryQueue {
     this.#relay = options.mode === 'relay' ? createRelay(options.relay!) : undefined;
   }
 
-  /** Queues a stored message for delivery and returns at once; a message already queued is not queued twice. */
-  enqueue(message: SpooledMessage): void {
+  /**
+   * Queues a stored message for delivery and returns at once; a message
+   * already queued is not queued twice. `body`, the bytes of a message just
+   * stored inline, spares delivery reading them back (kept while the cache
+   * has room).
+   */
+  enqueue(message: SpooledMessage, body?: Buffer | null): void {
     if (this.#stopped) {
       // Still in the spool: the next start's recover() delivers it.
       this.#logger.debug({ id: message.id }, 'queue stopped; message left in the spool');
       return;
     }
     if (this.#jobs.has(message.id)) return;
-    const job: Job = { message, attempts: 0, tries: 0, delivered: new Set(message.delivered), failed: new Map(), timer: undefined };
+    if (this.#mode === 'none') {
+      this.#drop(message);
+      return;
+    }
+    const cached = body != null && body.length === message.size && this.#bodyCacheBytes + body.length <= this.#bodyCacheBytesMax;
+    if (cached) this.#bodyCacheBytes += body.length;
+    const job: Job = { message, attempts: 0, tries: 0, delivered: new Set(message.delivered), failed: new Map(), timer: undefined, body: cached ? body : undefined, bodyCached: cached };
     this.#jobs.set(message.id, job);
     this.#ready.push(job);
     this.#pump();
@@ -137,13 +156,13 @@ export class DeliveryQueue {
     for (const job of this.#jobs.values()) clearTimeout(job.timer);
     this.#ready.length = 0;
     while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
-    this.#jobs.clear();
+    for (const job of this.#jobs.values()) this.#finish(job);
     this.#relay?.close();
     this.#wakeIdle();
   }
 
   #isIdle(): boolean {
-    return this.#stopped ? this.#inFlight.size === 0 : this.#jobs.size === 0;
+    return this.#inFlight.size === 0 && (this.#stopped || this.#jobs.size === 0);
   }
 
   #wakeIdle(): void {
@@ -165,6 +184,19 @@ export class DeliveryQueue {
     }
   }
 
+  /** Mode none: the message leaves the spool as soon as it is in it (its DONE rides along with the next batch). */
+  #drop(message: SpooledMessage): void {
+    const run = this.#spool
+      .remove(message.id)
+      .then(() => this.#logger.debug({ id: message.id }, 'delivery mode none: message dropped from the spool'))
+      .catch((error: unknown) => this.#logger.error({ id: message.id, err: error }, 'delivery mode none: cannot drop the message from the spool; it is delivered (dropped) again at the next start'))
+      .finally(() => {
+        this.#inFlight.delete(run);
+        this.#wakeIdle();
+      });
+    this.#inFlight.add(run);
+  }
+
   async #run(job: Job): Promise<void> {
     try {
       await this.#attempt(job);
@@ -180,18 +212,19 @@ export class DeliveryQueue {
   async #attempt(job: Job): Promise<void> {
     const { message } = job;
     job.tries++;
-    if (!(await this.#stillSpooled(message))) {
-      this.#jobs.delete(message.id);
-      return;
-    }
-    if (this.#mode === 'none') {
-      await this.#spool.remove(message.id);
-      this.#jobs.delete(message.id);
-      this.#logger.debug({ id: message.id }, 'delivery mode none: message dropped from the spool');
+    // Gone already: delivered or bounced elsewhere (e.g. queued twice across recover()).
+    if (!this.#spool.has(message.id)) {
+      this.#finish(job);
       return;
     }
     const pending = [...new Set(message.envelope.to)].filter((r) => !job.delivered.has(r) && !job.failed.has(r));
-    const temporary = this.#mode === 'maildir' ? await this.#deliverMaildir(job, pending) : await this.#deliverRelay(job, pending);
+    let temporary: Map<string, string>;
+    try {
+      temporary = this.#mode === 'maildir' ? await this.#deliverMaildir(job, pending) : await this.#deliverRelay(job, pending);
+    } finally {
+      // A body read for this attempt is not kept for a retry that may be hours away.
+      if (!job.bodyCached) job.body = undefined;
+    }
 
     if (temporary.size > 0) {
       job.attempts++;
@@ -205,8 +238,28 @@ export class DeliveryQueue {
     if (job.failed.size > 0) await this.#bounce(job);
     else {
       await this.#spool.remove(message.id);
-      this.#jobs.delete(message.id);
+      this.#finish(job);
     }
+  }
+
+  /** The job is over: forget it and give its cached body back. */
+  #finish(job: Job): void {
+    this.#jobs.delete(job.message.id);
+    this.#dropBody(job);
+  }
+
+  #dropBody(job: Job): void {
+    if (job.bodyCached && job.body !== undefined) this.#bodyCacheBytes -= job.body.length;
+    job.body = undefined;
+    job.bodyCached = false;
+  }
+
+  /** Where the bytes come from: the cached body, the message's own file, or the spool (read once per attempt). */
+  async #bodyOf(job: Job): Promise<MessageBody> {
+    if (job.body !== undefined) return job.body;
+    if (job.message.path !== undefined) return { path: job.message.path };
+    job.body = await this.#spool.readBody(job.message);
+    return job.body;
   }
 
   /** Delivers to each pending recipient; returns the temporary failures. */
@@ -215,7 +268,7 @@ export class DeliveryQueue {
     for (const recipient of pending) {
       let path: string;
       try {
-        path = await deliverToMaildir(this.#maildirRoot, recipient, job.message, this.#fsync);
+        path = await deliverToMaildir(this.#maildirRoot, recipient, job.message, this.#fsync, await this.#bodyOf(job));
       } catch (error) {
         if (error instanceof MaildirError && error.permanent) job.failed.set(recipient, error.message);
         else temporary.set(recipient, (error as Error).message);
@@ -230,7 +283,8 @@ export class DeliveryQueue {
   async #deliverRelay(job: Job, pending: readonly string[]): Promise<Map<string, string>> {
     const temporary = new Map<string, string>();
     try {
-      await this.#relay!.send(job.message, pending);
+      const body = await this.#bodyOf(job);
+      await this.#relay!.send(job.message, pending, Buffer.isBuffer(body) ? body : this.#spool.openBody(job.message));
       await this.#recordDelivered(job, pending, undefined);
     } catch (error) {
       if (!(error instanceof RelayError)) throw error;
@@ -280,7 +334,7 @@ export class DeliveryQueue {
       attempts: String(job.tries),
       bounced_at: new Date().toISOString(),
     });
-    this.#jobs.delete(message.id);
+    this.#finish(job);
     this.stats.bounced++;
     this.#logger.warn({ id: message.id, failed: job.failed.size }, 'message bounced');
     try {
@@ -291,6 +345,8 @@ export class DeliveryQueue {
   }
 
   #retryLater(job: Job, why: string): void {
+    // The cache is for messages delivered at once; a retry reads the body back.
+    this.#dropBody(job);
     if (this.#stopped) return;
     const baseMs = Math.min(this.#retryMaxMs, this.#retryInitialMs * 2 ** (job.attempts - 1));
     const delayMs = Math.round(baseMs * (1 - RETRY_JITTER_FRACTION * Math.random()));
@@ -302,16 +358,5 @@ export class DeliveryQueue {
       this.#ready.push(job);
       this.#pump();
     }, delayMs);
-  }
-
-  /** False when the entry is already gone (delivered or bounced elsewhere, e.g. queued twice across recover()). */
-  async #stillSpooled(message: SpooledMessage): Promise<boolean> {
-    try {
-      await stat(message.path);
-      return true;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
-      throw error;
-    }
   }
 }

@@ -1,10 +1,17 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { copyFile, mkdir, rename, rm } from 'node:fs/promises';
+import { copyFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { HostError } from '../errors.js';
 import { syncDirectory, syncFile, type SpooledMessage } from '../storage/spool.js';
+
+/**
+ * Where a delivery reads the message from: its bytes in memory (an inline
+ * message), or a file to copy (a large message's own file), so a large
+ * message is never loaded whole.
+ */
+export type MessageBody = Buffer | { readonly path: string };
 
 /** NAME_MAX on every common filesystem; a longer recipient cannot be a folder name. */
 const FOLDER_NAME_BYTES_MAX = 255;
@@ -43,11 +50,14 @@ function uniqueName(): string {
 /**
  * Delivers one message to `<root>/<recipient>/new/` the Maildir way: the
  * bytes go to tmp/ first, are fsynced, then renamed into new/, so a reader
- * never sees a partial message. Returns the path in new/.
+ * never sees a partial message. Returns the path in new/. `body` is where
+ * the bytes come from (default: the message's own file).
  */
-export async function deliverToMaildir(root: string, recipient: string, message: SpooledMessage, fsync: boolean): Promise<string> {
+export async function deliverToMaildir(root: string, recipient: string, message: SpooledMessage, fsync: boolean, body?: MessageBody): Promise<string> {
   const problem = folderProblem(recipient);
   if (problem !== undefined) throw new MaildirError(`recipient ${JSON.stringify(recipient)} ${problem}: it cannot be a mailbox folder under ${root}`, true);
+  const source = body ?? (message.path === undefined ? undefined : { path: message.path });
+  if (source === undefined) throw new MaildirError(`message ${message.id} is stored inline and no body was given (Spool.readBody)`, false);
   const mailbox = join(root, recipient);
   const name = uniqueName();
   const tmpPath = join(mailbox, 'tmp', name);
@@ -67,7 +77,8 @@ export async function deliverToMaildir(root: string, recipient: string, message:
         if (dir === dirname(highestCreated) || dir === dirname(dir)) break;
       }
     }
-    await copyFile(message.path, tmpPath, constants.COPYFILE_EXCL);
+    if (Buffer.isBuffer(source)) await writeFile(tmpPath, source, { flag: 'wx', mode: 0o600 });
+    else await copyFile(source.path, tmpPath, constants.COPYFILE_EXCL);
     if (fsync) await syncFile(tmpPath);
     await rename(tmpPath, newPath);
     if (fsync) await syncDirectory(join(mailbox, 'new'));

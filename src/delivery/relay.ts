@@ -1,4 +1,4 @@
-import { createReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { domainToASCII } from 'node:url';
 import nodemailer from 'nodemailer';
 import { HostError } from '../errors.js';
@@ -18,8 +18,10 @@ export interface Relay {
    * Sends the message to `recipients` in one SMTP transaction. Rejects with
    * a RelayError unless every recipient was accepted; the error says which
    * ones were (they must not be sent again) and whether retrying can help.
+   * `body` is the message's bytes, or a stream of them (a large message is
+   * streamed from its file, never loaded whole).
    */
-  send(message: SpooledMessage, recipients: readonly string[]): Promise<void>;
+  send(message: SpooledMessage, recipients: readonly string[], body: Buffer | NodeJS.ReadableStream): Promise<void>;
   close(): void;
 }
 
@@ -116,13 +118,13 @@ export function createRelay(options: RelayOptions): Relay {
 
   const where = `${options.host}:${options.port}`;
 
-  async function send(message: SpooledMessage, recipients: readonly string[]): Promise<void> {
+  async function send(message: SpooledMessage, recipients: readonly string[], body: Buffer | NodeJS.ReadableStream): Promise<void> {
     if (recipients.length === 0) return;
     let info: { accepted?: unknown[]; rejected?: unknown[]; rejectedErrors?: SmtpFailure[] };
     try {
       info = await transport.sendMail({
         envelope: { from: message.envelope.from, to: [...recipients] },
-        raw: createReadStream(message.path),
+        raw: body as Buffer | Readable,
       });
     } catch (cause) {
       const failure = cause as SmtpFailure;
