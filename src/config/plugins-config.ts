@@ -1,5 +1,5 @@
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, isAbsolute, join } from 'node:path';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from 'node:path';
 import { parse, TomlError } from 'smol-toml';
 import { hostError, isHostError } from '../errors.js';
 import { resolvePluginOptions, type PluginOptions, type SandboxLimits } from '../plugin/options.js';
@@ -16,6 +16,16 @@ export interface PluginEntryConfig {
   /** The JSON text passed to init. */
   readonly config: string;
   readonly options: PluginOptions;
+  /**
+   * False (the default): an enabled entry that cannot be loaded, initialised
+   * or enabled stops start-up. True: it is logged and the server runs without it.
+   */
+  readonly optional: boolean;
+  /**
+   * Only an authenticator may approve a login at auth_started, and only
+   * authenticators are given the password (docs/configuration.md).
+   */
+  readonly authenticator: boolean;
 }
 
 /** The [plugins] section. */
@@ -26,11 +36,15 @@ export interface PluginsConfig {
   readonly autoLoad: boolean;
   /** Reload a plugin when its file changes (the guide's development mode). */
   readonly hotReload: boolean;
+  /** Absolute folders outside directory / wasm_directory that entries may also name files in. */
+  readonly trustedDirectories: readonly string[];
   readonly plugins: readonly PluginEntryConfig[];
 }
 
-const SECTION_KEYS = ['enabled', 'directory', 'wasm_directory', 'auto_load', 'hot_reload', 'plugin'] as const;
-const ENTRY_KEYS = ['name', 'enabled', 'library', 'wasm', 'component', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits', 'allow_connect', 'blocking'] as const;
+const SECTION_KEYS = ['enabled', 'directory', 'wasm_directory', 'auto_load', 'hot_reload', 'trusted_directories', 'plugin'] as const;
+const ENTRY_KEYS = ['name', 'enabled', 'optional', 'authenticator', 'library', 'wasm', 'component', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits', 'allow_connect', 'blocking'] as const;
+/** A bound on plugins.trusted_directories, like every list in the config. */
+const TRUSTED_DIRECTORIES_MAX = 64;
 const LIMIT_KEYS: Record<string, keyof SandboxLimits> = {
   memory_mb: 'memoryMb',
   hook_timeout_ms: 'hookTimeoutMs',
@@ -40,6 +54,36 @@ const LIMIT_KEYS: Record<string, keyof SandboxLimits> = {
 };
 
 type Table = Record<string, unknown>;
+
+/** The path through its symlinks when it exists, else as written. */
+function realOrSelf(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return path;
+  }
+}
+
+/** True when `path` lies below `dir` (both absolute). `..` segments never escape unnoticed: both are normalised first. */
+export function isInside(dir: string, path: string): boolean {
+  const rel = relative(dir, path);
+  return rel !== '' && rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel);
+}
+
+/**
+ * Why `file` is not contained in one of `allowed`, or null when it is: it
+ * must lie below one of them as written (lexically, after `..` is resolved)
+ * and, when it exists, through its symlinks too (so a link inside the folder
+ * pointing elsewhere is refused like the path it points to).
+ */
+export function containment(file: string, allowed: readonly string[]): string | null {
+  const lexical = resolve(file);
+  if (!allowed.some((dir) => isInside(resolve(dir), lexical))) return `resolves to ${lexical}`;
+  if (!existsSync(lexical)) return null;
+  const real = realOrSelf(lexical);
+  if (!allowed.some((dir) => isInside(realOrSelf(resolve(dir)), real))) return `is a link to ${real}`;
+  return null;
+}
 
 export function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -126,6 +170,14 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
   };
   const directory = at(text(table.directory, 'plugins.directory') ?? './plugins');
   const wasmDirectory = at(text(table.wasm_directory, 'plugins.wasm_directory') ?? './wasm-plugins');
+  const trustedRaw = table.trusted_directories ?? [];
+  if (!Array.isArray(trustedRaw) || trustedRaw.some((dir) => typeof dir !== 'string' || dir === '')) fail('plugins.trusted_directories', `expected an array of absolute folder paths, got ${JSON.stringify(trustedRaw)}`);
+  if ((trustedRaw as string[]).length > TRUSTED_DIRECTORIES_MAX) fail('plugins.trusted_directories', `expected at most ${TRUSTED_DIRECTORIES_MAX} folders, got ${(trustedRaw as string[]).length}`);
+  for (const dir of trustedRaw as string[]) {
+    // Relative to what? The point of the key is to name a folder outright.
+    if (!isAbsolute(dir)) fail('plugins.trusted_directories', `expected absolute paths, got "${dir}"`);
+  }
+  const trustedDirectories = Object.freeze((trustedRaw as string[]).map((dir) => normalize(dir)));
   const rawEntries = table.plugin ?? [];
   if (!Array.isArray(rawEntries)) fail('plugins.plugin', 'expected [[plugins.plugin]] entries');
   const names = new Set<string>();
@@ -157,6 +209,15 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     const libraryPath = library === undefined ? undefined : isAbsolute(library) ? library : join(directory, library);
     const sandboxedBuild = component ?? wasm;
     const wasmPath = sandboxedBuild === undefined ? undefined : isAbsolute(sandboxedBuild) ? sandboxedBuild : join(wasmDirectory, sandboxedBuild);
+    // A config line must not be able to load code from anywhere on the machine.
+    const contained = (configKey: 'library' | 'wasm' | 'component', written: string, path: string, home: string, homeKey: string): void => {
+      const outside = containment(path, [home, ...trustedDirectories]);
+      if (outside !== null) {
+        fail(key(configKey), `"${written}" ${outside}, outside plugins.${homeKey} (${home})${trustedDirectories.length > 0 ? ` and plugins.trusted_directories` : ''}: move it there, or list its folder in plugins.trusted_directories`, index);
+      }
+    };
+    if (library !== undefined) contained('library', library, libraryPath!, directory, 'directory');
+    if (sandboxedBuild !== undefined) contained(component === undefined ? 'wasm' : 'component', sandboxedBuild, wasmPath!, wasmDirectory, 'wasm_directory');
     const file = sandboxed ? wasmPath! : libraryPath!;
     const builds = [libraryPath, wasmPath].filter((path): path is string => path !== undefined);
     const config = text(entry.config, key('config'), index) ?? pluginConfigFile(directory, name) ?? '{}';
@@ -192,7 +253,17 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     check('allow_connect', allowConnect);
     check('blocking', blocking);
     const options: PluginOptions = resolvePluginOptions({ limits: limits as Partial<SandboxLimits>, ...onError, ...maxFailures, ...allowConnect, ...blocking });
-    return Object.freeze({ name, enabled: bool(entry.enabled, key('enabled'), true, index), file, builds: Object.freeze(builds), sandboxed, config, options });
+    return Object.freeze({
+      name,
+      enabled: bool(entry.enabled, key('enabled'), true, index),
+      file,
+      builds: Object.freeze(builds),
+      sandboxed,
+      config,
+      options,
+      optional: bool(entry.optional, key('optional'), false, index),
+      authenticator: bool(entry.authenticator, key('authenticator'), false, index),
+    });
   });
   return Object.freeze({
     enabled: bool(table.enabled, 'plugins.enabled', true),
@@ -200,6 +271,17 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     wasmDirectory,
     autoLoad: bool(table.auto_load, 'plugins.auto_load', false),
     hotReload: bool(table.hot_reload, 'plugins.hot_reload', false),
+    trustedDirectories,
     plugins: Object.freeze(plugins),
   });
+}
+
+/**
+ * The entries that may approve a login: enabled, and marked authenticator.
+ * With none, the server does not offer AUTH even when [server] auth = true
+ * (docs/configuration.md, "Who may approve a login").
+ */
+export function authenticatorNames(plugins: PluginsConfig): string[] {
+  if (!plugins.enabled) return [];
+  return plugins.plugins.filter((entry) => entry.enabled && entry.authenticator).map((entry) => entry.name);
 }

@@ -1,8 +1,8 @@
-import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadPluginsConfig } from '../../src/config/plugins-config.js';
+import { authenticatorNames, loadPluginsConfig } from '../../src/config/plugins-config.js';
 import { PluginManager } from '../../src/manager/plugin-manager.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { fixture, wasmFixture } from '../helpers/fixtures.js';
@@ -89,5 +89,50 @@ describe('config.toml [plugins]', () => {
     for (const [toml, expected] of cases) {
       expect(() => loadPluginsConfig(root(toml)), toml).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(expected) }));
     }
+  });
+
+  it('reads optional and authenticator (both false unless an entry says so) and names a wrong value', () => {
+    const toml = (extra: string): string =>
+      `[plugins]\ndirectory = "./plugins"\n\n[[plugins.plugin]]\nname = "plain"\nlibrary = "libplain.so"\n\n[[plugins.plugin]]\nname = "spam-filter"\nlibrary = "libspam_filter.so"\n${extra}`;
+    const config = loadPluginsConfig(root(toml('optional = true\nauthenticator = true\n')));
+    expect(config.plugins.map((p) => [p.name, p.optional, p.authenticator])).toEqual([['plain', false, false], ['spam-filter', true, true]]);
+    expect(authenticatorNames(config)).toEqual(['spam-filter']);
+    expect(authenticatorNames(loadPluginsConfig(root(toml('authenticator = true\nenabled = false\n'))))).toEqual([]);
+    expect(authenticatorNames(loadPluginsConfig(root(toml(''))))).toEqual([]);
+    expect(() => loadPluginsConfig(root(toml('optional = "yes"\n')))).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(/config\.toml:11: plugins\.plugin\[1\]\.optional: expected true or false, got "yes"/) }));
+    expect(() => loadPluginsConfig(root(toml('authenticator = 1\n')))).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(/config\.toml:11: plugins\.plugin\[1\]\.authenticator: expected true or false, got 1/) }));
+  });
+
+  it('refuses a plugin file outside its folder, lexically and through symlinks, unless a trusted directory holds it', () => {
+    const toml = (entry: string, section = ''): string => `[plugins]\ndirectory = "./plugins"\nwasm_directory = "./wasm-plugins"\n${section}\n[[plugins.plugin]]\nname = "x"\n${entry}\n`;
+    const elsewhere = mkdtempSync(join(tmpdir(), 'elsewhere-'));
+    copyFileSync(fixture('c_plain'), join(elsewhere, 'libx.so'));
+    const refused: [string, RegExp][] = [
+      [toml('library = "../../elsewhere/x.so"'), /config\.toml:7: plugins\.plugin\[0\]\.library: "\.\.\/\.\.\/elsewhere\/x\.so" resolves to \/.*\/elsewhere\/x\.so, outside plugins\.directory \(\/.*\/plugins\): move it there, or list its folder in plugins\.trusted_directories/],
+      [toml(`library = "${join(elsewhere, 'libx.so')}"`), /config\.toml:7: plugins\.plugin\[0\]\.library: ".*libx\.so" resolves to .*, outside plugins\.directory/],
+      [toml('library = "sub/../../libplain.so"'), /plugins\.plugin\[0\]\.library: "sub\/\.\.\/\.\.\/libplain\.so" resolves to .*config-[^/]*\/libplain\.so, outside plugins\.directory/],
+      // A library belongs in directory, not in wasm_directory, and the other way round.
+      [toml('library = "../wasm-plugins/read_set.so"'), /plugins\.plugin\[0\]\.library: .* outside plugins\.directory/],
+      [toml('wasm = "../plugins/spam_filter.wasm"'), /config\.toml:7: plugins\.plugin\[0\]\.wasm: .* outside plugins\.wasm_directory/],
+      [toml('component = "/tmp/spam_filter.component.wasm"'), /config\.toml:7: plugins\.plugin\[0\]\.component: .* outside plugins\.wasm_directory/],
+      [toml('library = "libplain.so"', 'trusted_directories = ["opt/plugins"]'), /config\.toml:4: plugins\.trusted_directories: expected absolute paths, got "opt\/plugins"/],
+      [toml('library = "libplain.so"', 'trusted_directories = "/opt"'), /config\.toml:4: plugins\.trusted_directories: expected an array of absolute folder paths/],
+    ];
+    for (const [text, expected] of refused) {
+      expect(() => loadPluginsConfig(root(text)), text).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(expected) }));
+    }
+    // A symlink inside the folder that points out of it is what it points to.
+    const linked = root(toml('library = "libx.so"'));
+    symlinkSync(join(elsewhere, 'libx.so'), join(dirname(linked), 'plugins', 'libx.so'));
+    expect(() => loadPluginsConfig(linked)).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(/plugins\.plugin\[0\]\.library: "libx\.so" is a link to .*elsewhere-.*\/libx\.so, outside plugins\.directory/) }));
+    // Listed in trusted_directories, both are allowed; a link within the folder stays fine.
+    const trusted = `trusted_directories = [${JSON.stringify(elsewhere)}]`;
+    expect(loadPluginsConfig(root(toml(`library = "${join(elsewhere, 'libx.so')}"`, trusted))).plugins[0]!.file).toBe(join(elsewhere, 'libx.so'));
+    const linkedTrusted = root(toml('library = "libx.so"', trusted));
+    symlinkSync(join(elsewhere, 'libx.so'), join(dirname(linkedTrusted), 'plugins', 'libx.so'));
+    expect(loadPluginsConfig(linkedTrusted).trustedDirectories).toEqual([elsewhere]);
+    const inside = root(toml('library = "libalias.so"'));
+    symlinkSync(join(dirname(inside), 'plugins', 'libplain.so'), join(dirname(inside), 'plugins', 'libalias.so'));
+    expect(loadPluginsConfig(inside).plugins[0]!.file).toBe(join(dirname(inside), 'plugins', 'libalias.so'));
   });
 });
