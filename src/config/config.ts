@@ -35,6 +35,8 @@ export interface ServerConfig {
   readonly minDataRateBytesPerS: number;
   /** Simultaneous connections from one client IP; the next gets 421 4.7.0 and is closed. */
   readonly maxClientsPerIp: number;
+  /** Networks (CIDR, normalised) max_clients_per_ip does not apply to; by default [policy] relay_networks, as Postfix's smtpd_client_event_limit_exceptions = $mynetworks. */
+  readonly maxClientsPerIpExceptions: readonly string[];
 }
 
 /** The [policy] section: what is accepted at RCPT (src/server/relay-policy.ts decides). */
@@ -107,6 +109,8 @@ export const DEFAULTS = Object.freeze({
     // Postfix smtpd_client_connection_count_limit (half its default_process_limit of 100);
     // at most max_clients when not set.
     max_clients_per_ip: 50,
+    // null: [policy] relay_networks (Postfix smtpd_client_event_limit_exceptions = $mynetworks).
+    max_clients_per_ip_exceptions: null as string[] | null,
   }),
   storage: Object.freeze({ spool: 'disk', spool_dir: './var/spool', quarantine_dir: './var/quarantine', fsync: true, group_commit_ms: 0 }),
   delivery: Object.freeze({
@@ -153,7 +157,7 @@ const CHOICES: Record<string, readonly string[]> = {
   'delivery.mode': ['maildir', 'relay', 'none'],
 };
 /** Keys whose value is a list of strings (their default may be null: "derived"). */
-const STRING_LISTS = new Set(['server.auth_methods', 'policy.local_domains', 'policy.relay_networks', 'policy.local_recipients']);
+const STRING_LISTS = new Set(['server.auth_methods', 'server.max_clients_per_ip_exceptions', 'policy.local_domains', 'policy.relay_networks', 'policy.local_recipients']);
 const TOP_KEYS = ['server', 'storage', 'delivery', 'policy', 'plugins'] as const;
 /** Bounds on the lists and the map file, like every other input. */
 const LIST_ENTRIES_MAX = 10_000;
@@ -239,6 +243,15 @@ function readRecipientsFile(path: string, localDomains: readonly string[], fail:
   return entries;
 }
 
+/** CIDR texts checked and normalised, duplicates dropped. */
+function networksOf(texts: readonly string[], section: string, key: string, fail: Fail): string[] {
+  const networks = texts.map((text) => {
+    const network = parseNetwork(text);
+    return typeof network === 'string' ? fail(section, key, network) : formatNetwork(network);
+  });
+  return [...new Set(networks)];
+}
+
 /** Validates [policy] and freezes it; defaults that depend on [server] are filled here. */
 function policyOf(p: (typeof DEFAULTS)['policy'], hostname: string, at: (path: string) => string, fail: Fail): PolicyConfig {
   const localDomains = [...new Set((p.local_domains ?? [hostname, 'localhost']).map((domain) => domain.trim().toLowerCase().replace(/\.$/, '')))];
@@ -248,10 +261,7 @@ function policyOf(p: (typeof DEFAULTS)['policy'], hostname: string, at: (path: s
       if (problem !== null) fail('policy', 'local_domains', problem);
     }
   }
-  const relayNetworks = p.relay_networks.map((text) => {
-    const network = parseNetwork(text);
-    return typeof network === 'string' ? fail('policy', 'relay_networks', network) : formatNetwork(network);
-  });
+  const relayNetworks = networksOf(p.relay_networks, 'policy', 'relay_networks', fail);
   let localRecipients: string[] | null = null;
   if (p.local_recipients !== null) {
     localRecipients = p.local_recipients.map((entry, i) => {
@@ -267,7 +277,7 @@ function policyOf(p: (typeof DEFAULTS)['policy'], hostname: string, at: (path: s
   }
   return Object.freeze({
     localDomains: Object.freeze(localDomains),
-    relayNetworks: Object.freeze([...new Set(relayNetworks)]),
+    relayNetworks: Object.freeze(relayNetworks),
     maxRecipients: p.max_recipients,
     localRecipients: localRecipients === null ? null : Object.freeze([...new Set(localRecipients)]),
   });
@@ -366,6 +376,7 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
   }
   const maxClientsPerIp = Math.min(s.max_clients_per_ip, s.max_clients);
   const policy = policyOf(p, s.hostname, at, fail);
+  const maxClientsPerIpExceptions = s.max_clients_per_ip_exceptions === null ? policy.relayNetworks : Object.freeze(networksOf(s.max_clients_per_ip_exceptions, 'server', 'max_clients_per_ip_exceptions', fail));
   const pluginsRaw = (document.plugins ?? {}) as Table;
   const pluginsSection = overrides.pluginDir === undefined ? pluginsRaw : { ...pluginsRaw, directory: resolve(overrides.pluginDir) };
   const parsed = parsePluginsSection(pluginsSection, file ?? join(base, 'config.toml'), source);
@@ -403,6 +414,7 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
       dataTimeoutMs: s.data_timeout_ms,
       minDataRateBytesPerS: s.min_data_rate_bytes_per_s,
       maxClientsPerIp,
+      maxClientsPerIpExceptions,
     }),
     storage,
     delivery: Object.freeze({

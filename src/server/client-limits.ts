@@ -15,6 +15,8 @@ export interface ClientLimits {
   readonly dataTimeoutMs: number;
   readonly minDataRateBytesPerS: number;
   readonly maxClientsPerIp: number;
+  /** Client networks (CIDR) the per-IP cap does not apply to. */
+  readonly maxClientsPerIpExceptions: readonly string[];
 }
 
 export const DEFAULT_CLIENT_LIMITS: ClientLimits = Object.freeze({
@@ -22,6 +24,7 @@ export const DEFAULT_CLIENT_LIMITS: ClientLimits = Object.freeze({
   dataTimeoutMs: DEFAULTS.server.data_timeout_ms,
   minDataRateBytesPerS: DEFAULTS.server.min_data_rate_bytes_per_s,
   maxClientsPerIp: Math.min(DEFAULTS.server.max_clients_per_ip, DEFAULTS.server.max_clients),
+  maxClientsPerIpExceptions: Object.freeze([...DEFAULTS.policy.relay_networks]),
 });
 
 /** Why a connection was cut. */

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import { networkMatcher, parseNetwork, type Network } from '../config/networks.js';
 import { ClientSlots, ConnectionDeadline, DEFAULT_CLIENT_LIMITS, type ClientLimits, type DeadlineReason } from './client-limits.js';
 
 /**
@@ -140,12 +141,21 @@ export class HookedSMTPServer extends SMTPServer {
   readonly #gate: CommandGate;
   readonly #limits: ClientLimits;
   readonly #slots: ClientSlots;
+  /** Clients the per-IP cap does not apply to (trusted networks, as Postfix exempts $mynetworks). */
+  readonly #uncapped: (ip: string) => boolean;
 
   constructor(options: SMTPServerOptions, gate: CommandGate, limits: ClientLimits = DEFAULT_CLIENT_LIMITS) {
     super({ ...options, socketTimeout: limits.commandTimeoutMs + SOCKET_TIMEOUT_SLACK_MS });
     this.#gate = gate;
     this.#limits = Object.freeze({ ...limits });
     this.#slots = new ClientSlots(limits.maxClientsPerIp);
+    this.#uncapped = networkMatcher(
+      limits.maxClientsPerIpExceptions.map((text) => {
+        const network = parseNetwork(text);
+        if (typeof network === 'string') throw new TypeError(`maxClientsPerIpExceptions: ${network}`);
+        return network satisfies Network;
+      }),
+    );
   }
 
   /** Connections per client IP, as counted for max_clients_per_ip. */
@@ -157,7 +167,7 @@ export class HookedSMTPServer extends SMTPServer {
   override connect(socket: Socket, socketOptions?: ConstructorParameters<typeof SMTPConnection>[2]): void {
     const connection = new GatedConnection(this, socket, socketOptions);
     const ip = connection.remoteAddress;
-    const release = this.#slots.acquire(ip);
+    const release = this.#uncapped(ip) ? () => undefined : this.#slots.acquire(ip);
     if (release === null) return this.#refuseBusy(socket, ip);
     let ended = false;
     const deadline = new ConnectionDeadline(this.#limits, (reason) => {

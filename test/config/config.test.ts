@@ -59,12 +59,16 @@ describe('config.toml', () => {
 
   it('fills the client limits and the relay policy with their defaults (Postfix\'s), frozen', () => {
     const config = loadConfig(serverRoot().config);
-    expect(config.server).toMatchObject({ commandTimeoutMs: 300_000, dataTimeoutMs: 1_800_000, minDataRateBytesPerS: 500, maxClientsPerIp: 50 });
+    expect(config.server).toMatchObject({ commandTimeoutMs: 300_000, dataTimeoutMs: 1_800_000, minDataRateBytesPerS: 500, maxClientsPerIp: 50, maxClientsPerIpExceptions: ['127.0.0.0/8', '::1/128'] });
     expect(config.policy).toEqual({ localDomains: ['mx.test', 'localhost'], relayNetworks: ['127.0.0.0/8', '::1/128'], maxRecipients: 100, localRecipients: null });
     expect(Object.isFrozen(config.policy) && Object.isFrozen(config.policy.localDomains) && Object.isFrozen(config.policy.relayNetworks)).toBe(true);
     // The per-IP default never exceeds max_clients; a value set above it is a mistake.
     expect(loadConfig(serverRoot({ server: 'max_clients = 10\n' }).config).server.maxClientsPerIp).toBe(10);
-    expect(loadConfig(serverRoot({ server: 'command_timeout_ms = 5000\ndata_timeout_ms = 60000\nmin_data_rate_bytes_per_s = 0\nmax_clients_per_ip = 3\n' }).config).server).toMatchObject({ commandTimeoutMs: 5000, dataTimeoutMs: 60_000, minDataRateBytesPerS: 0, maxClientsPerIp: 3 });
+    expect(loadConfig(serverRoot({ server: 'command_timeout_ms = 5000\ndata_timeout_ms = 60000\nmin_data_rate_bytes_per_s = 0\nmax_clients_per_ip = 3\nmax_clients_per_ip_exceptions = []\n' }).config).server).toMatchObject({ commandTimeoutMs: 5000, dataTimeoutMs: 60_000, minDataRateBytesPerS: 0, maxClientsPerIp: 3, maxClientsPerIpExceptions: [] });
+    // The exceptions follow relay_networks unless set.
+    const trusted = serverRoot();
+    appendFileSync(trusted.config, '\n[policy]\nrelay_networks = ["192.0.2.0/24"]\n');
+    expect(loadConfig(trusted.config).server.maxClientsPerIpExceptions).toEqual(['192.0.2.0/24']);
   });
 
   it('allows auth_insecure only on a loopback listener and refuses a host that cannot be an address', () => {
@@ -140,6 +144,7 @@ describe('config.toml', () => {
       ['min_data_rate_bytes_per_s = -1\n', /config\.toml:5: server\.min_data_rate_bytes_per_s: expected an integer from 0 to 1000000000, got -1/],
       ['max_clients_per_ip = 0\n', /config\.toml:5: server\.max_clients_per_ip: expected an integer from 1 to 100000, got 0/],
       ['max_clients = 10\nmax_clients_per_ip = 20\n', /config\.toml:6: server\.max_clients_per_ip: expected at most server\.max_clients \(10\), got 20/],
+      ['max_clients_per_ip_exceptions = ["127.0.0.1/8"]\n', /config\.toml:5: server\.max_clients_per_ip_exceptions: "127\.0\.0\.1\/8" has host bits set \(did you mean "127\.0\.0\.0\/8"\?\)/],
     ];
     for (const [server, expected] of cases) {
       expect(() => loadConfig(serverRoot({ server }).config), server).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(expected) }));

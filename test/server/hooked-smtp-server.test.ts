@@ -12,7 +12,7 @@ import type { ClientLimits } from '../../src/server/client-limits.js';
 import { HookedSMTPServer, type CommandGate } from '../../src/server/hooked-smtp-server.js';
 import { LineClient } from '../helpers/smtp-client.js';
 
-const LIMITS: ClientLimits = { commandTimeoutMs: 1500, dataTimeoutMs: 10_000, minDataRateBytesPerS: 500, maxClientsPerIp: 3 };
+const LIMITS: ClientLimits = { commandTimeoutMs: 1500, dataTimeoutMs: 10_000, minDataRateBytesPerS: 500, maxClientsPerIp: 3, maxClientsPerIpExceptions: [] };
 const OPEN_GATE: CommandGate = { active: () => false, check: async () => undefined };
 
 async function listen(smtp: HookedSMTPServer): Promise<number> {
@@ -49,8 +49,8 @@ describe('HookedSMTPServer with limits', () => {
     for (const smtp of servers.splice(0)) await new Promise<void>((done) => smtp.close(() => done()));
   });
 
-  async function start(gate: CommandGate = OPEN_GATE, options: ConstructorParameters<typeof HookedSMTPServer>[0] = {}): Promise<{ smtp: HookedSMTPServer; port: number }> {
-    const smtp = new HookedSMTPServer({ logger: false, disableReverseLookup: true, authOptional: true, ...options }, gate, LIMITS);
+  async function start(gate: CommandGate = OPEN_GATE, options: ConstructorParameters<typeof HookedSMTPServer>[0] = {}, limits: ClientLimits = LIMITS): Promise<{ smtp: HookedSMTPServer; port: number }> {
+    const smtp = new HookedSMTPServer({ logger: false, disableReverseLookup: true, authOptional: true, ...options }, gate, limits);
     servers.push(smtp);
     return { smtp, port: await listen(smtp) };
   }
@@ -86,6 +86,18 @@ describe('HookedSMTPServer with limits', () => {
     for (let i = 0; i < 20 && smtp.slots.clients > 0; i++) await new Promise((r) => setTimeout(r, 50));
     expect(smtp.slots.clients).toBe(0);
     expect(cut).toEqual(['max_clients_per_ip', 'command_timeout']);
+  });
+
+  it('does not cap clients in maxClientsPerIpExceptions, and caps the others', async () => {
+    const { smtp, port } = await start(OPEN_GATE, {}, { ...LIMITS, maxClientsPerIpExceptions: ['127.0.0.1/32'] });
+    const trusted = await Promise.all(Array.from({ length: 5 }, () => LineClient.open(port, '127.0.0.1')));
+    const other = await Promise.all(Array.from({ length: 4 }, () => LineClient.open(port, '127.0.0.2')));
+    clients.push(...trusted, ...other);
+    expect(await Promise.all(trusted.map((client) => client.next()))).toEqual(Array(5).fill(expect.stringMatching(/^220 /)));
+    const replies = await Promise.all(other.map((client) => client.next()));
+    expect(replies.filter((reply) => reply.startsWith('220 '))).toHaveLength(3);
+    expect(replies).toContain('421 4.7.0 Too many connections from your address');
+    expect([smtp.slots.held('127.0.0.1'), smtp.slots.held('127.0.0.2')]).toEqual([0, 3]);
   });
 
   it('runs the deadlines on the parser STARTTLS installs: DATA at a good rate passes, the next command is due after the reply', async () => {
