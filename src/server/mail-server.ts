@@ -18,7 +18,9 @@ import { quarantineFolder, Spool, type SpooledMessage } from '../storage/spool.j
 import { SERVER_VERSION } from '../version.js';
 import { HookRunner, QUARANTINE_KEY, QUARANTINE_PATH_KEY, QUARANTINE_PATH_REFUSED, replyError, type Refusal } from './hook-runner.js';
 import { HookedSMTPServer } from './hooked-smtp-server.js';
+import { listenError } from './listen-error.js';
 import { checkHeaders } from './message-headers.js';
+import { decideRecipient, replyText } from './relay-policy.js';
 
 /** The hooks whose context carries message_body. */
 const MESSAGE_BODY_HOOKS: readonly HookName[] = ['message_received', 'message_validated', 'message_filtered'];
@@ -156,12 +158,14 @@ export class MailServer {
     const smtp = new HookedSMTPServer(this.#smtpOptions(), {
       active: () => this.#wants('command_received'),
       check: (session, command, line) => this.#commandReceived(session, command, line),
-    });
+    }, this.#config.server);
     smtp.on('error', (err: Error) => this.#logger.warn({ err: err.message }, 'smtp session error'));
+    smtp.on('limit', (event: object) => this.#logger.info(event, 'client limit: connection refused or cut'));
     this.#smtp = smtp;
     smtp.listen(this.#config.server.port, this.#config.server.host);
     const server = (smtp as unknown as { server: import('node:net').Server }).server;
-    await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err))]);
+    // once() rejects on 'error' too, so either promise may carry the listen error.
+    await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err))]).catch((err: unknown) => Promise.reject(listenError(err, this.#config.server.host, this.#config.server.port)));
     this.#port = (server.address() as AddressInfo).port;
     this.#logger.info({ host: this.#config.server.host, port: this.#port, test_mode: this.#config.testMode }, 'listening');
     await this.#hooks.run('server_started', this.#serverMetadata());
@@ -236,7 +240,14 @@ export class MailServer {
       onSecure: (socket, session, callback) => this.#settle(this.#connectionUpgraded(socket, session), callback),
       onAuth: (auth, session, callback) => this.#settle(this.#authenticate(auth, session), callback),
       onMailFrom: (address, session, callback) => (this.#wants('command_validated') ? this.#settle(this.#validated(session, 'MAIL', address), callback) : callback()),
-      onRcptTo: (address, session, callback) => (this.#wants('command_validated') ? this.#settle(this.#validated(session, 'RCPT', address), callback) : callback()),
+      onRcptTo: (address, session, callback) => {
+        const verdict = decideRecipient(this.#config.policy, { clientIp: session.remoteAddress, authenticated: Boolean(session.user), recipient: address.address, recipientCount: session.envelope.rcptTo.length });
+        if (!verdict.accept) {
+          this.#logger.info({ session: session.id, remote_ip: session.remoteAddress, recipient: address.address, code: verdict.code }, `recipient refused by [policy]: ${verdict.text}`);
+          return callback(replyError({ code: verdict.code, text: replyText(verdict) }));
+        }
+        return this.#wants('command_validated') ? this.#settle(this.#validated(session, 'RCPT', address), callback) : callback();
+      },
       onData: (stream, session, callback) => this.#settle(this.#message(stream, session), callback),
       onClose: (session) => {
         this.#hooks.run('connection_closed', this.#sessionMetadata(session)).catch((err: unknown) => this.#logger.error({ err: String(err) }, 'connection_closed hook failed'));

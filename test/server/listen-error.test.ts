@@ -1,8 +1,14 @@
 import { once } from 'node:events';
 import { createServer, type AddressInfo, type Server } from 'node:net';
+import { join } from 'node:path';
+import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { listenAddress, listenError } from '../../src/server/listen-error.js';
+import { loadConfig } from '../../src/config/config.js';
 import { HookedSMTPServer } from '../../src/server/hooked-smtp-server.js';
+import { listenAddress, listenError } from '../../src/server/listen-error.js';
+import { MailServer } from '../../src/server/mail-server.js';
+import { PROJECT_ROOT } from '../../src/paths.js';
+import { runClient, serverRoot } from '../helpers/server.js';
 
 const NO_GATE = { active: () => false, check: async () => undefined };
 
@@ -34,6 +40,30 @@ describe('listenError', () => {
       message: `the server could not listen on 127.0.0.1:${port}: the address is already in use (another server listens there) (EADDRINUSE)`,
     });
     expect((error as Error).cause).toMatchObject({ code: 'EADDRINUSE' });
+  });
+
+  it('is what MailServer.start() rejects with when its port is taken', async () => {
+    const holder = createServer();
+    open.push(holder);
+    holder.listen(0, '127.0.0.1');
+    await once(holder, 'listening');
+    const { port } = holder.address() as AddressInfo;
+    const root = serverRoot({ storage: 'spool = "none"\n', delivery: 'mode = "none"\n' });
+    const server = new MailServer(loadConfig(root.config, { port }), pino({ level: 'silent' }));
+    await expect(server.start()).rejects.toMatchObject({ code: 'SMTP_E_LISTEN', message: `the server could not listen on 127.0.0.1:${port}: the address is already in use (another server listens there) (EADDRINUSE)` });
+    await server.stop();
+  });
+
+  it('makes the smtp-server command print it and exit 1', async () => {
+    const holder = createServer();
+    open.push(holder);
+    holder.listen(0, '127.0.0.1');
+    await once(holder, 'listening');
+    const { port } = holder.address() as AddressInfo;
+    const root = serverRoot();
+    const run = await runClient(process.execPath, [join(PROJECT_ROOT, 'bin', 'smtp-server.js'), '--config', root.config, '--port', String(port)], 20_000);
+    expect(run.status).toBe(1);
+    expect(run.stderr).toContain(`error SMTP_E_LISTEN: the server could not listen on 127.0.0.1:${port}: the address is already in use (another server listens there) (EADDRINUSE)\n`);
   });
 
   it('names an address no interface has (EADDRNOTAVAIL)', async () => {

@@ -1,6 +1,13 @@
-import { describe, expect, it } from 'vitest';
-import type { PolicyConfig } from '../../src/config/config.js';
+import { appendFileSync, copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig, type PolicyConfig } from '../../src/config/config.js';
+import { MailServer } from '../../src/server/mail-server.js';
 import { decideRecipient, mayRelay, replyText, type RecipientQuery } from '../../src/server/relay-policy.js';
+import { fixture } from '../helpers/fixtures.js';
+import { serverRoot } from '../helpers/server.js';
+import { LineClient } from '../helpers/smtp-client.js';
 
 const DEFAULT_POLICY: PolicyConfig = Object.freeze({
   localDomains: Object.freeze(['mx.example.org', 'localhost']),
@@ -74,5 +81,69 @@ describe('decideRecipient', () => {
     expect(ask(relayOnly, { recipient: 'a@localhost', clientIp: '127.0.0.1' })).toEqual(RELAY_DENIED('a@localhost'));
     expect(ask(relayOnly, { recipient: 'postmaster', clientIp: '127.0.0.1' }).accept).toBe(false);
     expect(ask(relayOnly, { recipient: 'a@localhost', authenticated: true })).toEqual({ accept: true, local: false });
+  });
+});
+
+describe('the relay policy in a running MailServer, real clients from 127.0.0.1 and 127.0.0.2', () => {
+  let running: { server: MailServer; port: number } | undefined;
+  const clients: LineClient[] = [];
+
+  beforeAll(async () => {
+    // relay_networks holds 127.0.0.1 only: 127.0.0.2 is "the internet" here. The
+    // test plugin approves alice/secret at auth_started.
+    const root = serverRoot({
+      server: 'auth = true\nauth_insecure = true\n',
+      plugins: '[plugins]\ndirectory = "./plugins"\n\n[[plugins.plugin]]\nname = "policy"\nlibrary = "libpolicy.so"\nauthenticator = true\n',
+    });
+    appendFileSync(root.config, '\n[policy]\nrelay_networks = ["127.0.0.1/32"]\nlocal_recipients = ["alice", "bob"]\n');
+    copyFileSync(fixture('c_policy'), join(root.dir, 'plugins', 'libpolicy.so'));
+    const server = new MailServer(loadConfig(root.config), pino({ level: 'silent' }));
+    running = { server, port: await server.start() };
+  });
+  afterAll(async () => {
+    for (const client of clients.splice(0)) client.destroy();
+    await running?.server.stop();
+  });
+
+  async function session(localAddress: string): Promise<LineClient> {
+    const client = await LineClient.open(running!.port, localAddress);
+    clients.push(client);
+    expect(await client.next()).toMatch(/^220 /);
+    expect(await client.command('EHLO client.example')).toMatch(/^250/);
+    expect(await client.command('MAIL FROM:<someone@client.example>')).toMatch(/^250/);
+    return client;
+  }
+
+  it('refuses relay from a client outside relay_networks with 554 5.7.1, accepts its mail for local users', async () => {
+    const outside = await session('127.0.0.2');
+    expect(await outside.command('RCPT TO:<you@example.org>')).toBe('554 5.7.1 <you@example.org>: Relay access denied');
+    expect(await outside.command('RCPT TO:<you%example.org@mx.test>')).toBe('554 5.7.1 <you%example.org@mx.test>: Relay access denied');
+    expect(await outside.command('RCPT TO:<Alice@MX.test>')).toMatch(/^250 /);
+    expect(await outside.command('RCPT TO:<carol@mx.test>')).toBe('550 5.1.1 <carol@mx.test>: Recipient address rejected: User unknown in local recipient table');
+    expect(await outside.command('RCPT TO:<postmaster@localhost>')).toMatch(/^250 /);
+    expect(await outside.command('DATA')).toMatch(/^354/);
+    expect(await outside.command('Subject: hi\r\n\r\nhello\r\n.')).toMatch(/^250 2\.0\.0 Ok: queued as /);
+  });
+
+  it('relays for relay_networks and for an authenticated client', async () => {
+    const inside = await session('127.0.0.1');
+    expect(await inside.command('RCPT TO:<you@example.org>')).toMatch(/^250 /);
+    const client = await LineClient.open(running!.port, '127.0.0.2');
+    clients.push(client);
+    await client.next();
+    await client.command('EHLO client.example');
+    expect(await client.command(`AUTH PLAIN ${Buffer.from('\0alice\0secret').toString('base64')}`)).toMatch(/^235 /);
+    expect(await client.command('MAIL FROM:<alice@client.example>')).toMatch(/^250/);
+    expect(await client.command('RCPT TO:<you@example.org>')).toMatch(/^250 /);
+  });
+
+  it('answers the 101st RCPT and later 452 4.5.3, pipelined', async () => {
+    const client = await session('127.0.0.1');
+    client.write(Array.from({ length: 102 }, (_, i) => `RCPT TO:<r${i}@example.org>\r\n`).join(''));
+    const replies: string[] = [];
+    for (let i = 0; i < 102; i++) replies.push(await client.next());
+    expect(replies.slice(0, 100).every((reply) => reply.startsWith('250 '))).toBe(true);
+    expect(replies.slice(100)).toEqual(['452 4.5.3 Too many recipients', '452 4.5.3 Too many recipients']);
+    expect(await client.command('RSET')).toMatch(/^250/);
   });
 });
