@@ -55,7 +55,7 @@ export const ERROR_CODES = {
   SMTP_E_SPOOL_READ: ['A spool entry could not be read back (for delivery or recovery).', undefined],
   SMTP_E_DELIVERY_MAILDIR: ['Maildir delivery failed, or the recipient is not a safe mailbox name.', undefined],
   SMTP_E_DELIVERY_RELAY: ['The smarthost refused the message (permanent) or could not be reached (temporary, retried).', undefined],
-  SMTP_E_CONFIG: ['The config file cannot be read, is not valid TOML, or has an unknown key or a value of the wrong type.', undefined],
+  SMTP_E_CONFIG: ['The config file cannot be read, is not valid TOML, has an unknown key or a value of the wrong type or out of range, names a plugin file outside its directory, or asks for something unsafe where it is (auth_insecure off loopback).', undefined],
   SMTP_E_PLUGIN_OPTIONS: ['A plugin limit or failure-policy option is out of range or of the wrong type.', undefined],
   SMTP_E_WASM_INVALID: ['The file is not a WebAssembly module, is truncated, or does not compile.', undefined],
   SMTP_E_WASM_UNSUPPORTED: ['The module uses a WebAssembly feature the sandbox does not run (SIMD, threads, shared or 64-bit memory, exceptions).', undefined],
@@ -70,6 +70,7 @@ export const ERROR_CODES = {
   SMTP_E_QUARANTINE_PATH: ['A plugin asked for a quarantine_path outside [storage] quarantine_dir (or one that cannot be created); the message was kept in quarantine_dir itself.', undefined],
   SMTP_E_NET_DENIED: ['A plugin asked to connect to an address its allow_connect grants do not list; the host refused the connection (the plugin sees SMTP_NET_E_DENIED) and logged it.', undefined],
   SMTP_E_WASM_BOUNDS: ['The module handed back a pointer or length outside its memory or over a metadata bound.', TEMPFAIL],
+  SMTP_E_LISTEN: ['The server could not listen on its address: the port is in use, needs privileges, or the host is not an address of this machine or does not resolve.', undefined],
 } as const satisfies Record<string, readonly [string, SmtpReply | undefined]>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

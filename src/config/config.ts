@@ -1,9 +1,11 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname as osHostname, tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { mkdtempSync } from 'node:fs';
 import { parse, TomlError } from 'smol-toml';
 import { hostError } from '../errors.js';
+import { formatNetwork, isLoopbackHost, parseNetwork } from './networks.js';
 import { escapeRegExp, parsePluginsSection, type PluginsConfig } from './plugins-config.js';
 
 export const AUTH_METHODS = ['PLAIN', 'LOGIN'] as const;
@@ -25,6 +27,32 @@ export interface ServerConfig {
   readonly authInsecure: boolean;
   /** Log every plugin call (plugin, hook, result, duration) at info; always on in test mode. */
   readonly logHookCalls: boolean;
+  /** A client must send each complete command line within this long after the server is ready for it (Postfix smtpd_timeout with per-request deadlines). */
+  readonly commandTimeoutMs: number;
+  /** The whole message, from the 354 reply to the final dot, must arrive within this long. */
+  readonly dataTimeoutMs: number;
+  /** In DATA each byte earns 1/rate s more time, never more than commandTimeoutMs ahead (Postfix smtpd_min_data_rate); 0: no rate, commandTimeoutMs between reads. */
+  readonly minDataRateBytesPerS: number;
+  /** Simultaneous connections from one client IP; the next gets 421 4.7.0 and is closed. */
+  readonly maxClientsPerIp: number;
+  /** Networks (CIDR, normalised) max_clients_per_ip does not apply to; by default [policy] relay_networks, as Postfix's smtpd_client_event_limit_exceptions = $mynetworks. */
+  readonly maxClientsPerIpExceptions: readonly string[];
+}
+
+/** The [policy] section: what is accepted at RCPT (src/server/relay-policy.ts decides). */
+export interface PolicyConfig {
+  /** Mail for these domains (lower-case) is accepted from anyone. */
+  readonly localDomains: readonly string[];
+  /** Clients in these networks may relay (CIDR text, normalised: "127.0.0.0/8", "::1/128"). */
+  readonly relayNetworks: readonly string[];
+  /** Recipients per transaction; the next RCPT gets 452 4.5.3. */
+  readonly maxRecipients: number;
+  /**
+   * The known local users (lower-case): "alice" (at every local domain),
+   * "alice@example.org" or "@example.org" (everyone there). null: every local
+   * user is accepted.
+   */
+  readonly localRecipients: readonly string[] | null;
 }
 
 export interface StorageConfig {
@@ -53,6 +81,7 @@ export interface AppConfig {
   readonly server: ServerConfig;
   readonly storage: StorageConfig;
   readonly delivery: DeliveryConfig;
+  readonly policy: PolicyConfig;
   readonly plugins: PluginsConfig;
 }
 
@@ -71,6 +100,17 @@ export const DEFAULTS = Object.freeze({
     auth_required: false,
     auth_insecure: false,
     log_hook_calls: false,
+    // Postfix smtpd_timeout (300s) under smtpd_per_request_deadline; Haraka's inactivity_timeout is 300 s too.
+    command_timeout_ms: 300_000,
+    // Neither peer bounds DATA as a whole; ours: 25 MiB (max_message_bytes) at 14.6 KB/s.
+    data_timeout_ms: 1_800_000,
+    // Postfix smtpd_min_data_rate.
+    min_data_rate_bytes_per_s: 500,
+    // Postfix smtpd_client_connection_count_limit (half its default_process_limit of 100);
+    // at most max_clients when not set.
+    max_clients_per_ip: 50,
+    // null: [policy] relay_networks (Postfix smtpd_client_event_limit_exceptions = $mynetworks).
+    max_clients_per_ip_exceptions: null as string[] | null,
   }),
   storage: Object.freeze({ spool: 'disk', spool_dir: './var/spool', quarantine_dir: './var/quarantine', fsync: true, group_commit_ms: 0 }),
   delivery: Object.freeze({
@@ -82,6 +122,17 @@ export const DEFAULTS = Object.freeze({
     retry_max_ms: 300_000,
     max_attempts: 20,
   }),
+  policy: Object.freeze({
+    // null: [server] hostname and "localhost" (Postfix mydestination = $myhostname, localhost.$mydomain, localhost).
+    local_domains: null as string[] | null,
+    // Postfix's mynetworks_style = host: this machine only.
+    relay_networks: ['127.0.0.0/8', '::1/128'] as string[],
+    // RFC 5321 4.5.3.1.8's minimum buffer (Postfix allows 1000).
+    max_recipients: 100,
+    // null: every local user is accepted (Postfix local_recipient_maps = empty).
+    local_recipients: null as string[] | null,
+    local_recipients_file: null as string | null,
+  }),
 });
 
 /** Bounds on numeric settings: [min, max]. */
@@ -90,6 +141,11 @@ const RANGES: Record<string, readonly [number, number]> = {
   // Bounded by what a hook context may hold (DEFAULT_METADATA_LIMITS.valueBytesMax): message_body is one value.
   'server.max_message_bytes': [1024, 64 * 1024 * 1024],
   'server.max_clients': [1, 100_000],
+  'server.command_timeout_ms': [1000, 3_600_000],
+  'server.data_timeout_ms': [1000, 86_400_000],
+  'server.min_data_rate_bytes_per_s': [0, 1_000_000_000],
+  'server.max_clients_per_ip': [1, 100_000],
+  'policy.max_recipients': [1, 100_000],
   'storage.group_commit_ms': [0, 1000],
   'delivery.relay_port': [1, 65_535],
   'delivery.retry_initial_ms': [1, 3_600_000],
@@ -100,7 +156,30 @@ const CHOICES: Record<string, readonly string[]> = {
   'storage.spool': ['disk', 'none'],
   'delivery.mode': ['maildir', 'relay', 'none'],
 };
-const TOP_KEYS = ['server', 'storage', 'delivery', 'plugins'] as const;
+/** Keys whose value is a list of strings (their default may be null: "derived"). */
+const STRING_LISTS = new Set(['server.auth_methods', 'server.max_clients_per_ip_exceptions', 'policy.local_domains', 'policy.relay_networks', 'policy.local_recipients']);
+const TOP_KEYS = ['server', 'storage', 'delivery', 'policy', 'plugins'] as const;
+/** Bounds on the lists and the map file, like every other input. */
+const LIST_ENTRIES_MAX = 10_000;
+const LOCAL_RECIPIENTS_MAX = 1_000_000;
+const LOCAL_RECIPIENTS_FILE_BYTES_MAX = 64 * 1024 * 1024;
+const HOST_NAME = /^(?=.{1,253}\.?$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$/i;
+
+/** Why `host` cannot be listened on as written, or null. Names are resolved at listen (SMTP_E_LISTEN). */
+function hostProblem(host: string): string | null {
+  if (isIP(host) !== 0) return null;
+  if (/^\[.*\]$/.test(host)) return `expected an IPv6 address without brackets, got "${host}"`;
+  if (/^[\d.]+$/.test(host)) return `"${host}" is not a valid IPv4 address`;
+  if (!HOST_NAME.test(host)) return `expected an IP address or a host name, got "${host}"`;
+  return null;
+}
+
+/** A domain as local_domains holds it: a host name or an address literal ("[192.0.2.1]"), lower-case, no final dot. */
+function domainProblem(domain: string): string | null {
+  const literal = /^\[(.*)\]$/.exec(domain);
+  if (literal) return isIP(literal[1]!.replace(/^ipv6:/i, '')) !== 0 ? null : `"${domain}" is not an address literal`;
+  return HOST_NAME.test(domain) ? null : `"${domain}" is not a domain name`;
+}
 
 export interface ConfigOverrides {
   readonly port?: number;
@@ -121,6 +200,87 @@ function lineOfKey(source: string, section: string, key: string): number | undef
     else if (current === section && new RegExp(`^${escapeRegExp(key)}\\s*=`).test(line)) return i + 1;
   }
   return undefined;
+}
+
+type Fail = (section: string, key: string, expected: string) => never;
+
+/** Entries of local_recipients (inline or from the file), checked and lower-cased; `where` names the entry in messages. */
+function recipientEntry(raw: string, localDomains: readonly string[], where: string): string {
+  const entry = raw.trim().toLowerCase();
+  if (entry === '' || /[\s\x00-\x1f\x7f]/.test(entry)) throw new Error(`${where}: ${JSON.stringify(raw)} is not a user, user@domain or @domain`);
+  const at = entry.lastIndexOf('@');
+  if (at < 0) return entry;
+  const domain = entry.slice(at + 1).replace(/\.$/, '');
+  if (domain === '') throw new Error(`${where}: ${JSON.stringify(raw)} has no domain`);
+  // A user of a domain that is not local would never be looked up: surely a typo.
+  if (!localDomains.includes(domain)) throw new Error(`${where}: ${JSON.stringify(raw)}: ${domain} is not in policy.local_domains (${localDomains.join(', ')})`);
+  return `${entry.slice(0, at)}@${domain}`;
+}
+
+/** Reads a local_recipients_file: one user, user@domain or @domain per line (the first word; "#" starts a comment), so a Postfix map file serves. */
+function readRecipientsFile(path: string, localDomains: readonly string[], fail: Fail): string[] {
+  let text: string;
+  let size: number;
+  try {
+    size = statSync(path).size;
+    text = size > LOCAL_RECIPIENTS_FILE_BYTES_MAX ? '' : readFileSync(path, 'utf8');
+  } catch (cause) {
+    return fail('policy', 'local_recipients_file', `cannot read ${path} (${(cause as Error).message})`);
+  }
+  if (size > LOCAL_RECIPIENTS_FILE_BYTES_MAX) fail('policy', 'local_recipients_file', `${path} is ${size} bytes; at most ${LOCAL_RECIPIENTS_FILE_BYTES_MAX} are read`);
+  const entries: string[] = [];
+  const lines = text.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const word = lines[i]!.replace(/#.*/, '').trim().split(/\s+/)[0]!;
+    if (word === '') continue;
+    if (entries.length >= LOCAL_RECIPIENTS_MAX) fail('policy', 'local_recipients_file', `${path} holds more than ${LOCAL_RECIPIENTS_MAX} entries`);
+    try {
+      entries.push(recipientEntry(word, localDomains, `${path}:${i + 1}`));
+    } catch (error) {
+      fail('policy', 'local_recipients_file', (error as Error).message);
+    }
+  }
+  return entries;
+}
+
+/** CIDR texts checked and normalised, duplicates dropped. */
+function networksOf(texts: readonly string[], section: string, key: string, fail: Fail): string[] {
+  const networks = texts.map((text) => {
+    const network = parseNetwork(text);
+    return typeof network === 'string' ? fail(section, key, network) : formatNetwork(network);
+  });
+  return [...new Set(networks)];
+}
+
+/** Validates [policy] and freezes it; defaults that depend on [server] are filled here. */
+function policyOf(p: (typeof DEFAULTS)['policy'], hostname: string, at: (path: string) => string, fail: Fail): PolicyConfig {
+  const localDomains = [...new Set((p.local_domains ?? [hostname, 'localhost']).map((domain) => domain.trim().toLowerCase().replace(/\.$/, '')))];
+  if (p.local_domains !== null) {
+    for (const domain of localDomains) {
+      const problem = domainProblem(domain);
+      if (problem !== null) fail('policy', 'local_domains', problem);
+    }
+  }
+  const relayNetworks = networksOf(p.relay_networks, 'policy', 'relay_networks', fail);
+  let localRecipients: string[] | null = null;
+  if (p.local_recipients !== null) {
+    localRecipients = p.local_recipients.map((entry, i) => {
+      try {
+        return recipientEntry(entry, localDomains, `entry ${i + 1}`);
+      } catch (error) {
+        return fail('policy', 'local_recipients', (error as Error).message);
+      }
+    });
+  }
+  if (p.local_recipients_file !== null) {
+    localRecipients = [...(localRecipients ?? []), ...readRecipientsFile(at(p.local_recipients_file), localDomains, fail)];
+  }
+  return Object.freeze({
+    localDomains: Object.freeze(localDomains),
+    relayNetworks: Object.freeze(relayNetworks),
+    maxRecipients: p.max_recipients,
+    localRecipients: localRecipients === null ? null : Object.freeze([...new Set(localRecipients)]),
+  });
 }
 
 /**
@@ -158,7 +318,7 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
   }
 
   /** Merges a section over its defaults, checking each value's type against the default's. */
-  const section = <T extends Record<string, unknown>>(sectionName: 'server' | 'storage' | 'delivery', defaults: T): T => {
+  const section = <T extends Record<string, unknown>>(sectionName: 'server' | 'storage' | 'delivery' | 'policy', defaults: T): T => {
     const raw = document[sectionName] ?? {};
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw hostError('SMTP_E_CONFIG', `${name}: ${sectionName}: expected a table`);
     const out: Record<string, unknown> = { ...defaults };
@@ -171,8 +331,9 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
         if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) fail(sectionName, key, `expected an integer from ${min} to ${max}, got ${JSON.stringify(value)}`);
       } else if (CHOICES[full]) {
         if (typeof value !== 'string' || !CHOICES[full]!.includes(value)) fail(sectionName, key, `expected one of ${CHOICES[full]!.map((c) => `"${c}"`).join(', ')}, got ${JSON.stringify(value)}`);
-      } else if (Array.isArray(expected)) {
+      } else if (STRING_LISTS.has(full) || Array.isArray(expected)) {
         if (!Array.isArray(value) || value.some((item) => typeof item !== 'string')) fail(sectionName, key, `expected an array of strings, got ${JSON.stringify(value)}`);
+        if ((value as string[]).length > LIST_ENTRIES_MAX) fail(sectionName, key, `expected at most ${LIST_ENTRIES_MAX} entries, got ${(value as string[]).length}`);
       } else if (typeof expected === 'boolean') {
         if (typeof value !== 'boolean') fail(sectionName, key, `expected true or false, got ${JSON.stringify(value)}`);
       } else if (typeof value !== 'string' || value === '') {
@@ -186,7 +347,8 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
   const s = section('server', DEFAULTS.server);
   const st = section('storage', DEFAULTS.storage);
   const d = section('delivery', DEFAULTS.delivery);
-  const at = (p: string): string => (isAbsolute(p) ? p : join(base, p));
+  const p = section('policy', DEFAULTS.policy);
+  const at = (path: string): string => (isAbsolute(path) ? path : join(base, path));
   for (const method of s.auth_methods) {
     if (!(AUTH_METHODS as readonly string[]).includes(method.toUpperCase())) fail('server', 'auth_methods', `expected methods from ${AUTH_METHODS.join(', ')}, got "${method}"`);
   }
@@ -201,6 +363,20 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
   if (d.retry_max_ms < d.retry_initial_ms) fail('delivery', 'retry_max_ms', `expected at least retry_initial_ms (${d.retry_initial_ms})`);
 
   const testMode = overrides.testMode === true;
+  const host = testMode ? '127.0.0.1' : s.host;
+  const hostWrong = hostProblem(s.host);
+  if (hostWrong !== null) fail('server', 'host', hostWrong);
+  // AUTH in clear text is only for a listener nobody else can reach.
+  if (s.auth_insecure && !isLoopbackHost(host)) {
+    fail('server', 'auth_insecure', `true is only allowed on a loopback listener (host 127.0.0.0/8, ::1 or localhost); host is "${host}": offer STARTTLS (tls_key, tls_cert) instead`);
+  }
+  const serverTable = (document.server ?? {}) as Table;
+  if (serverTable.max_clients_per_ip !== undefined && s.max_clients_per_ip > s.max_clients) {
+    fail('server', 'max_clients_per_ip', `expected at most server.max_clients (${s.max_clients}), got ${s.max_clients_per_ip}`);
+  }
+  const maxClientsPerIp = Math.min(s.max_clients_per_ip, s.max_clients);
+  const policy = policyOf(p, s.hostname, at, fail);
+  const maxClientsPerIpExceptions = s.max_clients_per_ip_exceptions === null ? policy.relayNetworks : Object.freeze(networksOf(s.max_clients_per_ip_exceptions, 'server', 'max_clients_per_ip_exceptions', fail));
   const pluginsRaw = (document.plugins ?? {}) as Table;
   const pluginsSection = overrides.pluginDir === undefined ? pluginsRaw : { ...pluginsRaw, directory: resolve(overrides.pluginDir) };
   const parsed = parsePluginsSection(pluginsSection, file ?? join(base, 'config.toml'), source);
@@ -222,7 +398,7 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
     file,
     testMode,
     server: Object.freeze({
-      host: testMode ? '127.0.0.1' : s.host,
+      host,
       port: overrides.port ?? (testMode ? 2525 : s.port),
       hostname: s.hostname,
       maxMessageBytes: s.max_message_bytes,
@@ -234,6 +410,11 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
       authRequired: s.auth_required,
       authInsecure: s.auth_insecure,
       logHookCalls: testMode || s.log_hook_calls,
+      commandTimeoutMs: s.command_timeout_ms,
+      dataTimeoutMs: s.data_timeout_ms,
+      minDataRateBytesPerS: s.min_data_rate_bytes_per_s,
+      maxClientsPerIp,
+      maxClientsPerIpExceptions,
     }),
     storage,
     delivery: Object.freeze({
@@ -245,6 +426,7 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
       retryMaxMs: d.retry_max_ms,
       maxAttempts: d.max_attempts,
     }),
+    policy,
     plugins,
   });
 }

@@ -18,8 +18,10 @@ import { SERVER_VERSION } from '../version.js';
 import { BODY_HOOKS } from './hook-table.js';
 import { HookRunner, andThen } from './hook-runner.js';
 import { HookedSMTPServer } from './hooked-smtp-server.js';
+import { listenError } from './listen-error.js';
 import { MessagePipeline } from './message-pipeline.js';
-import { REPLIES, errorReply, replyError, type Refusal } from './reply-policy.js';
+import { decideRecipient } from './relay-policy.js';
+import { REPLIES, errorReply, recipientRefused, replyError, type Refusal } from './reply-policy.js';
 import { domainOf, sessionEncoding, sessionEvent, sessionFields } from './session-fields.js';
 
 /**
@@ -156,28 +158,46 @@ export class MailServer {
       throw requiredPluginsFailed(required);
     }
     this.#warnSmallSandboxes(loaded);
-    this.#reloader?.start();
-    await this.#fire('config_loaded', () => ({ config_path: this.#config.file ?? '(embedded default)' }));
-    await this.#fire('server_starting', () => this.#serverFields());
-    if (this.#spool) {
-      await this.#spool.open();
-      const recovered = await this.#queue!.recover();
-      if (recovered > 0) this.#logger.info({ messages: recovered }, 'delivering what the spool held at start');
+    try {
+      this.#reloader?.start();
+      await this.#fire('config_loaded', () => ({ config_path: this.#config.file ?? '(embedded default)' }));
+      await this.#fire('server_starting', () => this.#serverFields());
+      if (this.#spool) {
+        await this.#spool.open();
+        const recovered = await this.#queue!.recover();
+        if (recovered > 0) this.#logger.info({ messages: recovered }, 'delivering what the spool held at start');
+      }
+      const smtp = new HookedSMTPServer(this.#smtpOptions(), {
+        active: () => this.#hooks.wants('command_received'),
+        check: (session, command, line) => this.#commandReceived(session, command, line),
+      }, this.#config.server);
+      smtp.on('error', (err: Error) => this.#logger.warn({ err: err.message }, 'smtp session error'));
+      smtp.on('limit', (event: object) => this.#logger.info(event, 'client limit: connection refused or cut'));
+      this.#smtp = smtp;
+      this.#updateAuthOffer();
+      smtp.listen(this.#config.server.port, this.#config.server.host);
+      const server = (smtp as unknown as { server: import('node:net').Server }).server;
+      // once() rejects on 'error' too, so either promise may carry the listen error.
+      await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err))]).catch((err: unknown) => Promise.reject(listenError(err, this.#config.server.host, this.#config.server.port)));
+      this.#port = (server.address() as AddressInfo).port;
+      this.#logger.info({ host: this.#config.server.host, port: this.#port, test_mode: this.#config.testMode }, 'listening');
+      await this.#fire('server_started', () => this.#serverFields());
+    } catch (error) {
+      // A port in use or a spool it cannot open: nothing started may outlive the refusal (the reloader's watcher would keep the process alive).
+      await this.#abandonStart();
+      throw error;
     }
-    const smtp = new HookedSMTPServer(this.#smtpOptions(), {
-      active: () => this.#hooks.wants('command_received'),
-      check: (session, command, line) => this.#commandReceived(session, command, line),
-    });
-    smtp.on('error', (err: Error) => this.#logger.warn({ err: err.message }, 'smtp session error'));
-    this.#smtp = smtp;
-    this.#updateAuthOffer();
-    smtp.listen(this.#config.server.port, this.#config.server.host);
-    const server = (smtp as unknown as { server: import('node:net').Server }).server;
-    await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err))]);
-    this.#port = (server.address() as AddressInfo).port;
-    this.#logger.info({ host: this.#config.server.host, port: this.#port, test_mode: this.#config.testMode }, 'listening');
-    await this.#fire('server_started', () => this.#serverFields());
     return this.#port;
+  }
+
+  async #abandonStart(): Promise<void> {
+    const smtp = this.#smtp;
+    this.#smtp = null;
+    if (smtp) await new Promise<void>((done) => smtp.close(() => done()));
+    await this.#queue?.stop();
+    await this.#spool?.close();
+    await this.#reloader?.stop();
+    await this.#manager.deinit();
   }
 
   /** Stops accepting, lets sessions in flight finish, then tears down. */
@@ -187,6 +207,7 @@ export class MailServer {
     this.#smtp = null;
     if (smtp) await new Promise<void>((done) => smtp.close(() => done()));
     await this.#queue?.stop();
+    await this.#spool?.close();
     await this.#reloader?.stop();
     await this.#fire('server_stopped', () => this.#serverFields());
     await this.#manager.deinit();
@@ -274,7 +295,15 @@ export class MailServer {
       onSecure: (socket, session, callback) => (hooks.wants('connection_upgraded') ? this.#answer(() => this.#connectionUpgraded(socket, session), callback) : callback()),
       onAuth: (auth, session, callback) => this.#answer(() => this.#authenticate(auth, session), callback),
       onMailFrom: (address, session, callback) => (hooks.wants('command_validated') ? this.#answer(() => this.#validated(session, 'MAIL', address), callback) : callback()),
-      onRcptTo: (address, session, callback) => (hooks.wants('command_validated') ? this.#answer(() => this.#validated(session, 'RCPT', address), callback) : callback()),
+      onRcptTo: (address, session, callback) => {
+        const verdict = decideRecipient(this.#config.policy, { clientIp: session.remoteAddress, authenticated: session.user !== undefined && session.user !== false, recipient: address.address, recipientCount: session.envelope.rcptTo.length });
+        if (!verdict.accept) {
+          const refused = recipientRefused(verdict.refusal, verdict.recipient);
+          this.#logger.info({ session: session.id, remote_ip: session.remoteAddress, recipient: address.address, code: refused.code }, `recipient refused by [policy]: ${refused.text}`);
+          return callback(replyError(refused));
+        }
+        return hooks.wants('command_validated') ? this.#answer(() => this.#validated(session, 'RCPT', address), callback) : callback();
+      },
       onData: (stream, session, callback) => this.#answer(() => this.#pipeline.receive(stream, session), callback),
       onClose: (session) => {
         if (hooks.wants('connection_closed')) hooks.notify('connection_closed', () => sessionEncoding(session));

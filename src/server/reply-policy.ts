@@ -3,6 +3,7 @@ import { isHostError } from '../errors.js';
 import type { HookOutcome } from '../manager/plugin-manager.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { hookSpec, type DefaultRefusal } from './hook-table.js';
+import type { RecipientRefusal } from './relay-policy.js';
 
 /**
  * Every SMTP reply the server chooses itself is decided here: what a
@@ -48,9 +49,25 @@ export const REPLIES = Object.freeze({
   /** A plugin at auth_started failed under on_error = "continue": it cannot have approved the password. */
   authTemporary: reply(454, '4.7.0', 'Temporary authentication failure'),
   authInvalid: reply(535, '5.7.8', 'Authentication credentials invalid'),
+  /** One client address over max_clients_per_ip: Postfix's anvil answer, then the socket closes. */
+  tooManyConnections: reply(421, '4.7.0', 'Too many connections from your address'),
   /** smtp-server's own answer to a message over SIZE, repeated when the stream says so. */
   messageTooBig: reply(552, '5.3.4', 'Message too big'),
 });
+
+/** [policy] refusals at RCPT, with Postfix's codes and texts. */
+export function recipientRefused(refusal: RecipientRefusal, recipient: string): Reply {
+  switch (refusal) {
+    case 'too-many-recipients': return reply(452, '4.5.3', 'Too many recipients');
+    case 'relay-denied': return reply(554, '5.7.1', `<${recipient}>: Relay access denied`);
+    case 'unknown-user': return reply(550, '5.1.1', `<${recipient}>: Recipient address rejected: User unknown in local recipient table`);
+  }
+}
+
+/** A client past command_timeout_ms, data_timeout_ms or min_data_rate: Postfix's words, then the connection closes. */
+export function timedOut(serverName: string): Reply {
+  return reply(421, '4.4.2', `${serverName} Error: timeout exceeded`);
+}
 
 /** 550 5.6.0 for headers the server's checks refused. */
 export function malformedHeaders(problem: string): Reply {

@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs';
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DEFAULTS, loadConfig } from '../../src/config/config.js';
@@ -55,5 +55,99 @@ describe('config.toml', () => {
     const root = serverRoot();
     writeFileSync(root.config, '[server]\nport = 25\n[mailbox]\nx = 1\n');
     expect(() => loadConfig(root.config)).toThrow(/mailbox: unknown section/);
+  });
+
+  it('fills the client limits and the relay policy with their defaults (Postfix\'s), frozen', () => {
+    const config = loadConfig(serverRoot().config);
+    expect(config.server).toMatchObject({ commandTimeoutMs: 300_000, dataTimeoutMs: 1_800_000, minDataRateBytesPerS: 500, maxClientsPerIp: 50, maxClientsPerIpExceptions: ['127.0.0.0/8', '::1/128'] });
+    expect(config.policy).toEqual({ localDomains: ['mx.test', 'localhost'], relayNetworks: ['127.0.0.0/8', '::1/128'], maxRecipients: 100, localRecipients: null });
+    expect(Object.isFrozen(config.policy) && Object.isFrozen(config.policy.localDomains) && Object.isFrozen(config.policy.relayNetworks)).toBe(true);
+    // The per-IP default never exceeds max_clients; a value set above it is a mistake.
+    expect(loadConfig(serverRoot({ server: 'max_clients = 10\n' }).config).server.maxClientsPerIp).toBe(10);
+    expect(loadConfig(serverRoot({ server: 'command_timeout_ms = 5000\ndata_timeout_ms = 60000\nmin_data_rate_bytes_per_s = 0\nmax_clients_per_ip = 3\nmax_clients_per_ip_exceptions = []\n' }).config).server).toMatchObject({ commandTimeoutMs: 5000, dataTimeoutMs: 60_000, minDataRateBytesPerS: 0, maxClientsPerIp: 3, maxClientsPerIpExceptions: [] });
+    // The exceptions follow relay_networks unless set.
+    const trusted = serverRoot();
+    appendFileSync(trusted.config, '\n[policy]\nrelay_networks = ["192.0.2.0/24"]\n');
+    expect(loadConfig(trusted.config).server.maxClientsPerIpExceptions).toEqual(['192.0.2.0/24']);
+  });
+
+  it('allows auth_insecure only on a loopback listener and refuses a host that cannot be an address', () => {
+    for (const host of ['127.0.0.1', '127.1.2.3', '::1', 'localhost', '::ffff:127.0.0.1']) {
+      const root = serverRoot({ server: 'auth_insecure = true\n' });
+      writeFileSync(root.config, readFileSync(root.config, 'utf8').replace('host = "127.0.0.1"', `host = "${host}"`));
+      expect(loadConfig(root.config).server.authInsecure, host).toBe(true);
+    }
+    const cases: [string, RegExp][] = [
+      ['0.0.0.0', /config\.toml:5: server\.auth_insecure: true is only allowed on a loopback listener \(host 127\.0\.0\.0\/8, ::1 or localhost\); host is "0\.0\.0\.0"/],
+      ['::', /server\.auth_insecure: true is only allowed on a loopback listener .*host is "::"/],
+      ['192.0.2.10', /server\.auth_insecure: .*host is "192\.0\.2\.10"/],
+      ['mail.example.org', /server\.auth_insecure: .*host is "mail\.example\.org"/],
+      ['127.0.0.300', /config\.toml:2: server\.host: "127\.0\.0\.300" is not a valid IPv4 address/],
+      ['[::1]', /config\.toml:2: server\.host: expected an IPv6 address without brackets, got "\[::1\]"/],
+      ['my host', /config\.toml:2: server\.host: expected an IP address or a host name, got "my host"/],
+    ];
+    for (const [host, expected] of cases) {
+      const root = serverRoot({ server: 'auth_insecure = true\n' });
+      writeFileSync(root.config, readFileSync(root.config, 'utf8').replace('host = "127.0.0.1"', `host = "${host}"`));
+      expect(() => loadConfig(root.config), host).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(expected) }));
+    }
+    // --test-mode listens on 127.0.0.1 whatever host says, so auth_insecure is fine there.
+    const root = serverRoot({ server: 'auth_insecure = true\n' });
+    writeFileSync(root.config, readFileSync(root.config, 'utf8').replace('host = "127.0.0.1"', 'host = "0.0.0.0"'));
+    expect(loadConfig(root.config, { testMode: true }).server).toMatchObject({ host: '127.0.0.1', authInsecure: true });
+  });
+
+  it('reads [policy]: domains lower-cased, networks normalised, local users from the list and the map file', () => {
+    const root = serverRoot();
+    writeFileSync(join(root.dir, 'recipients'), '# Postfix-style map: the first word counts\nCarol@Example.org   OK\n\n@lists.example.org\ndave # the rest is a comment\n');
+    appendFileSync(root.config, '\n[policy]\nlocal_domains = ["Example.org", "lists.example.org.", "[192.0.2.1]"]\nrelay_networks = ["10.0.0.0/8", "2001:DB8::/32", "192.0.2.7"]\nmax_recipients = 5\nlocal_recipients = ["Alice", "bob@example.org"]\nlocal_recipients_file = "recipients"\n');
+    expect(loadConfig(root.config).policy).toEqual({
+      localDomains: ['example.org', 'lists.example.org', '[192.0.2.1]'],
+      relayNetworks: ['10.0.0.0/8', '2001:db8::/32', '192.0.2.7/32'],
+      maxRecipients: 5,
+      localRecipients: ['alice', 'bob@example.org', 'carol@example.org', '@lists.example.org', 'dave'],
+    });
+    const empty = serverRoot();
+    appendFileSync(empty.config, '\n[policy]\nlocal_domains = []\nrelay_networks = []\n');
+    expect(loadConfig(empty.config).policy).toMatchObject({ localDomains: [], relayNetworks: [], localRecipients: null });
+  });
+
+  it('names the file, the line and the key of every [policy] mistake, the map file\'s own line included', () => {
+    const cases: [string, RegExp][] = [
+      ['relay_networks = ["10.0.0.1/8"]', /config\.toml:L: policy\.relay_networks: "10\.0\.0\.1\/8" has host bits set \(did you mean "10\.0\.0\.0\/8"\?\)/],
+      ['relay_networks = ["2001:db8::1/32"]', /policy\.relay_networks: "2001:db8::1\/32" has host bits set \(did you mean "2001:db8::\/32"\?\)/],
+      ['relay_networks = ["localhost"]', /config\.toml:L: policy\.relay_networks: "localhost" is not an IPv4 or IPv6 network/],
+      ['relay_networks = ["10.0.0.0/33"]', /policy\.relay_networks: "10\.0\.0\.0\/33": the prefix length must be an integer from 0 to 32/],
+      ['relay_networks = "127.0.0.0/8"', /config\.toml:L: policy\.relay_networks: expected an array of strings, got "127\.0\.0\.0\/8"/],
+      ['local_domains = ["exa mple.org"]', /config\.toml:L: policy\.local_domains: "exa mple\.org" is not a domain name/],
+      ['max_recipients = 0', /config\.toml:L: policy\.max_recipients: expected an integer from 1 to 100000, got 0/],
+      ['local_recipients = ["bob@other.org"]', /config\.toml:L: policy\.local_recipients: entry 1: "bob@other\.org": other\.org is not in policy\.local_domains \(mx\.test, localhost\)/],
+      ['local_recipients = ["bo b"]', /policy\.local_recipients: entry 1: "bo b" is not a user, user@domain or @domain/],
+      ['local_recipients_file = "missing"', /config\.toml:L: policy\.local_recipients_file: cannot read .*missing/],
+      ['local_recipients_file = "map"', /config\.toml:L: policy\.local_recipients_file: .*\/map:3: "eve@elsewhere\.org": elsewhere\.org is not in policy\.local_domains/],
+      ['relay = true', /config\.toml:L: policy\.relay: unknown key \(known: local_domains, relay_networks, max_recipients, local_recipients, local_recipients_file\)/],
+    ];
+    for (const [line, expected] of cases) {
+      const root = serverRoot();
+      writeFileSync(join(root.dir, 'map'), 'alice\nbob@mx.test\neve@elsewhere.org\n');
+      const at = readFileSync(root.config, 'utf8').split('\n').length + 2;
+      appendFileSync(root.config, `\n[policy]\n${line}\n`);
+      const withLine = new RegExp(expected.source.replace('config\\.toml:L', `config\\.toml:${at}`));
+      expect(() => loadConfig(root.config), line).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(withLine) }));
+    }
+  });
+
+  it('names the client-limit keys with their units and ranges', () => {
+    const cases: [string, RegExp][] = [
+      ['command_timeout_ms = 10\n', /config\.toml:5: server\.command_timeout_ms: expected an integer from 1000 to 3600000, got 10/],
+      ['data_timeout_ms = "1h"\n', /config\.toml:5: server\.data_timeout_ms: expected an integer from 1000 to 86400000, got "1h"/],
+      ['min_data_rate_bytes_per_s = -1\n', /config\.toml:5: server\.min_data_rate_bytes_per_s: expected an integer from 0 to 1000000000, got -1/],
+      ['max_clients_per_ip = 0\n', /config\.toml:5: server\.max_clients_per_ip: expected an integer from 1 to 100000, got 0/],
+      ['max_clients = 10\nmax_clients_per_ip = 20\n', /config\.toml:6: server\.max_clients_per_ip: expected at most server\.max_clients \(10\), got 20/],
+      ['max_clients_per_ip_exceptions = ["127.0.0.1/8"]\n', /config\.toml:5: server\.max_clients_per_ip_exceptions: "127\.0\.0\.1\/8" has host bits set \(did you mean "127\.0\.0\.0\/8"\?\)/],
+    ];
+    for (const [server, expected] of cases) {
+      expect(() => loadConfig(serverRoot({ server }).config), server).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(expected) }));
+    }
   });
 });

@@ -5,7 +5,9 @@ import { describe, expect, it } from 'vitest';
 import { authenticatorNames, loadPluginsConfig } from '../../src/config/plugins-config.js';
 import { PluginManager } from '../../src/manager/plugin-manager.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
+import { PROJECT_ROOT } from '../../src/paths.js';
 import { fixture, wasmFixture } from '../helpers/fixtures.js';
+import { runClient } from '../helpers/server.js';
 
 /** A server root with plugins/ and wasm-plugins/ holding copies of the spam filter builds, and a config.toml. */
 function root(toml: string): string {
@@ -134,5 +136,12 @@ describe('config.toml [plugins]', () => {
     const inside = root(toml('library = "libalias.so"'));
     symlinkSync(join(dirname(inside), 'plugins', 'libplain.so'), join(dirname(inside), 'plugins', 'libalias.so'));
     expect(loadPluginsConfig(inside).plugins[0]!.file).toBe(join(dirname(inside), 'plugins', 'libalias.so'));
+  });
+
+  it('stops the smtp-server command before it listens when a library path climbs out with ../', async () => {
+    const config = root(`[plugins]\ndirectory = "./plugins"\n\n[[plugins.plugin]]\nname = "x"\nlibrary = "../../elsewhere/x.so"\n`);
+    const run = await runClient(process.execPath, [join(PROJECT_ROOT, 'bin', 'smtp-server.js'), '--config', config, '--port', '0'], 20_000);
+    expect(run.status).toBe(1);
+    expect(run.stderr).toMatch(/^error SMTP_E_CONFIG: .*config\.toml:6: plugins\.plugin\[0\]\.library: "\.\.\/\.\.\/elsewhere\/x\.so" resolves to .*, outside plugins\.directory/m);
   });
 });
