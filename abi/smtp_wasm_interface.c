@@ -10,8 +10,11 @@
  * them undefined. Its functions are weak, so a plugin's own definitions win;
  * a plugin with neither the table nor all six fails to link with
  * "undefined symbol: smtp_plugin_get_interface".
+ *
+ * Including smtp_wasm.h here makes every C plugin's wasm build check the
+ * header's wasm32 layout assertions.
  */
-#include "smtp_plugin.h"
+#include "smtp_wasm.h"
 
 #define SMTP_WASM_FORWARD __attribute__((weak)) SMTP_PLUGIN_EXPORT
 
