@@ -1,8 +1,8 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FIXTURE_DIR, FIXTURE_SOURCES, fixture, wasmFixture } from '../helpers/fixtures.js';
 import { callJson, runCli } from '../helpers/cli.js';
 
@@ -172,6 +172,7 @@ describe('smtp-server plugin call on sandboxed plugins', () => {
 
 describe('smtp-server plugin build on C plugins, native and sandboxed', () => {
   const dir = mkdtempSync(join(tmpdir(), 'c-both-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const built: Record<string, string> = {};
   const build = (source: string, target: 'native' | 'wasm', zig: string, output: string): void => {
     const run = runCli(['plugin', 'build', join(FIXTURE_SOURCES, source), '--target', target, '--zig', zig, '-o', join(dir, output)]);
@@ -248,7 +249,8 @@ describe('smtp-server plugin build on C plugins, native and sandboxed', () => {
   });
 
   it('refuses what a C plugin cannot be, with coded errors', () => {
-    const broken = mkdtempSync(join(tmpdir(), 'c-broken-'));
+    const broken = join(dir, 'broken');
+    mkdirSync(broken);
     // Neither smtp_plugin_get_interface nor the six functions: the sandbox has nothing to call.
     writeFileSync(join(broken, 'no_interface.c'), '#include "smtp_plugin.h"\nSMTP_PLUGIN_DECLARE_ABI_VERSION()\n');
     const link = runCli(['plugin', 'build', join(broken, 'no_interface.c'), '--target', 'wasm']);
