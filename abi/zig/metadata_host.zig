@@ -1,7 +1,7 @@
 //! An in-memory implementation of the host side of a hook context: the
 //! metadata store and the smtp_host_api functions over it. Zig unit tests get
 //! it through `plugin.HookContext.init`; the Node host's native runtime
-//! (src/native/host_runtime.zig) serves real hook calls with the same code.
+//! (src/runtime/host_runtime.zig) serves real hook calls with the same code.
 const std = @import("std");
 pub const plugin = @import("plugin.zig");
 

@@ -8,10 +8,11 @@ import { backendsStopped, openPlugin } from '../plugin/backends.js';
 import { resolvePluginOptions } from '../plugin/options.js';
 import { createLogger } from '../log.js';
 import { metadataToJson } from '../plugin/metadata.js';
-import { BUILD_TARGETS, OPTIMIZE_MODES, buildPlugin, testPlugin, type BuildTarget, type OptimizeMode } from '../toolchain/build.js';
+import { BUILD_TARGETS, OPTIMIZE_MODES, buildPlugin, sourceLanguage, testPlugin, type BuildTarget, type OptimizeMode } from '../toolchain/build.js';
 
 export const PLUGIN_USAGE = `usage:
   smtp-server plugin build FILE.zig [--target native|wasm] [-o OUT] [--zig VERSION] [--optimize MODE]
+  smtp-server plugin build FILE.c [--target native|wasm] [-o OUT] [--zig VERSION] [--optimize MODE]
   smtp-server plugin build FILE.js --target component [-o OUT]
   smtp-server plugin test FILE.zig [--zig VERSION]
   smtp-server plugin info FILE
@@ -58,7 +59,9 @@ async function build(args: string[]): Promise<number> {
 
 function test(args: string[]): number {
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { zig: { type: 'string' } } });
-  return testPlugin(onePositional(positionals, 'test'), values.zig);
+  const source = onePositional(positionals, 'test');
+  if (sourceLanguage(source) !== 'zig') usage(`plugin test runs the Zig unit tests of a .zig source; ${source} is not one`);
+  return testPlugin(source, values.zig);
 }
 
 async function info(args: string[]): Promise<number> {

@@ -14,6 +14,7 @@ import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js
 import { PluginFlag } from '../abi/hooks.js';
 import { deniedConnectLogger } from '../plugin/denied-log.js';
 import { NativeContextSlot, boundedStrlen, callNativeHook, hostAllocator, type NativePointer } from '../runtime/host-runtime.js';
+import { checkLibraryFile } from './library-file.js';
 
 type Library = ReturnType<typeof koffi.load>;
 type InterfacePointers = Record<(typeof INTERFACE_FIELDS)[number], NativePointer>;
@@ -261,6 +262,8 @@ function loadPrivateCopy(path: string): Library {
   try {
     const copy = join(dir, basename(path));
     copyFileSync(path, copy);
+    // The copy is what dlopen maps: a file truncated or half-written (even while it was copied) is refused with a coded error instead of a SIGBUS.
+    checkLibraryFile(copy);
     return koffi.load(copy);
   } finally {
     rmSync(dir, { recursive: true, force: true });

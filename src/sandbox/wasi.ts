@@ -104,6 +104,8 @@ export function createWasi(memory: () => WebAssembly.Memory, logger: Logger): Wa
       return ERRNO_SUCCESS;
     },
     sched_yield: (): number => ERRNO_SUCCESS,
+    // No preopened directories: wasi-libc's start-up scan stops at the first EBADF, so fopen() then fails with an errno instead of the scan ending the module (exit 71).
+    fd_prestat_get: (): number => ERRNO_BADF,
     proc_exit: (code: number): never => {
       throw new ProcExit(code);
     },

@@ -1,9 +1,10 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { COMPONENT_CACHE_DIR, contentHash, transpileInto } from '../component/transpile.js';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { hostError } from '../errors.js';
-import { ABI_WIT, RUNTIME_LIBRARY, RUNTIME_SOURCE, ZIG_HOST_MODULE_ROOT, ZIG_MODULE_ROOT, sharedLibraryName } from '../paths.js';
+import { ABI_DIR, ABI_WIT, RUNTIME_LIBRARY, RUNTIME_SOURCE, ZIG_HOST_MODULE_ROOT, ZIG_MODULE_ROOT, sharedLibraryName } from '../paths.js';
 import { PINNED_ZIG_VERSION, findZig, zigEnv } from './zig.js';
 
 export const BUILD_TARGETS = ['native', 'wasm', 'component'] as const;
@@ -19,6 +20,24 @@ export const WASM_STACK_BYTES = 1024 * 1024;
 
 /** WASI features a JavaScript component does without: the sandbox grants none of them. */
 export const COMPONENT_DISABLED_FEATURES: readonly string[] = ['random', 'stdio', 'clocks', 'http', 'fetch-event'];
+
+/** The plugin's six functions, as the sandbox calls them (abi/smtp_wasm.h). */
+const PLUGIN_FUNCTIONS = ['init', 'deinit', 'get_metadata', 'execute_hook', 'enable', 'disable'] as const;
+
+/** The Zig root of a C plugin's WebAssembly build: it links the guest half of the sandbox. */
+export const C_WASM_ROOT = join(ABI_DIR, 'zig', 'wasm_c_plugin.zig');
+/** The six smtp_plugin_* exports over smtp_plugin_get_interface, linked from an archive only when the C file lacks them. */
+export const C_WASM_INTERFACE_SOURCE = join(ABI_DIR, 'smtp_wasm_interface.c');
+
+/** What a source file is written in, by its extension: .c is C, .js a component, anything else Zig. */
+export type SourceLanguage = 'zig' | 'c' | 'js';
+
+export function sourceLanguage(source: string): SourceLanguage {
+  const extension = extname(source).toLowerCase();
+  if (extension === '.c') return 'c';
+  if (extension === '.js' || extension === '.mjs') return 'js';
+  return 'zig';
+}
 
 /** For tests that build components of other worlds or with other features. */
 export interface ComponentBuildOptions {
@@ -55,8 +74,35 @@ export function pluginBuildArgs(source: string, output: string, optimize: Optimi
   ];
 }
 
+/**
+ * The zig arguments that build a C plugin (written against abi/smtp_plugin.h
+ * alone) with Zig's bundled clang and libc. Native: a shared library. Wasm: a
+ * reactor module of the C file, libc (wasi-libc), the guest half of the
+ * sandbox (C_WASM_ROOT) and `interfaceArchive` (C_WASM_INTERFACE_SOURCE
+ * compiled into an archive), with the six smtp_plugin_* functions forced
+ * into the exports. Being an archive member, the interface code is linked
+ * only when the C file does not define those six itself; then it calls the C
+ * file's smtp_plugin_get_interface, and its absence is a link error.
+ */
+export function cPluginBuildArgs(source: string, output: string, optimize: OptimizeMode, target: 'native' | 'wasm', interfaceArchive?: string): string[] {
+  const common = ['-O', optimize, '-lc', `-I${ABI_DIR}`];
+  if (target === 'native') return ['build-lib', '-dynamic', ...common, resolve(source), `-femit-bin=${resolve(output)}`];
+  if (interfaceArchive === undefined) throw new Error('a C plugin\'s wasm build needs the interface archive');
+  return [
+    'build-exe', '-fno-entry', '-rdynamic', '-mexec-model=reactor', '-target', 'wasm32-wasi', '--stack', String(WASM_STACK_BYTES),
+    ...common, ...PLUGIN_FUNCTIONS.map((name) => `--export=smtp_plugin_${name}`),
+    resolve(source), interfaceArchive, `-Mroot=${C_WASM_ROOT}`,
+    `-femit-bin=${resolve(output)}`,
+  ];
+}
+
+/** The zig arguments that compile C_WASM_INTERFACE_SOURCE for wasm32 into the archive `output`. */
+export function cInterfaceArchiveArgs(output: string): string[] {
+  return ['build-lib', '-target', 'wasm32-wasi', '-O', 'ReleaseSmall', `-I${ABI_DIR}`, C_WASM_INTERFACE_SOURCE, `-femit-bin=${output}`];
+}
+
 export function defaultOutput(source: string, target: BuildTarget): string {
-  const name = basename(source).replace(/\.(zig|js)$/, '');
+  const name = basename(source).replace(/\.(zig|c|js|mjs)$/i, '');
   return join(dirname(source), target === 'native' ? sharedLibraryName(name) : `${name}.wasm`);
 }
 
@@ -103,22 +149,55 @@ function checkRun(run: Run, what: string): void {
   if (run.status !== 0) throw hostError('SMTP_E_BUILD_FAILED', `${what} failed:\n${run.stderr.trim()}`);
 }
 
-/** Zig 0.14 leaves the object file beside a dynamic library it emits; nothing reads it. */
+/** Zig 0.14 leaves the object file beside the library or module it emits (a failed link too); nothing reads it. */
 function removeObjectBeside(output: string): void {
   rmSync(`${output}.o`, { force: true });
+}
+
+/** A C file that defines neither smtp_plugin_get_interface nor all six functions fails to link for wasm with this. */
+const MISSING_INTERFACE = 'undefined symbol: smtp_plugin_get_interface';
+
+/** Builds a C plugin with Zig's C compiler (see cPluginBuildArgs). */
+async function buildC(zig: string, source: string, output: string, optimize: OptimizeMode, target: 'native' | 'wasm'): Promise<void> {
+  if (target === 'native') {
+    checkRun(await runZigAsync(zig, cPluginBuildArgs(source, output, optimize, target)), `zig build-lib (native) ${source}`);
+    return;
+  }
+  const scratch = mkdtempSync(join(tmpdir(), 'smtp-c-wasm-'));
+  try {
+    const archive = join(scratch, 'libsmtp_wasm_interface.a');
+    checkRun(await runZigAsync(zig, cInterfaceArchiveArgs(archive)), `zig build-lib ${C_WASM_INTERFACE_SOURCE}`);
+    const run = await runZigAsync(zig, cPluginBuildArgs(source, output, optimize, target, archive));
+    if (run.status !== 0 && run.stderr.includes(MISSING_INTERFACE)) {
+      throw hostError('SMTP_E_BUILD_FAILED', `zig build-exe (wasm) ${source} failed: a C plugin must define smtp_plugin_get_interface or all six of smtp_plugin_init, _deinit, _get_metadata, _execute_hook, _enable and _disable (abi/smtp_plugin.h):\n${run.stderr.trim()}`);
+    }
+    checkRun(run, `zig build-exe (wasm) ${source}`);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
 }
 
 /** Builds one plugin source; returns the path of the library it wrote. */
 export async function buildPlugin(options: PluginBuildOptions): Promise<string> {
   const target = options.target ?? 'native';
   if (!BUILD_TARGETS.includes(target)) throw hostError('SMTP_E_BUILD_TARGET', `unknown target "${String(target)}" (expected ${BUILD_TARGETS.join(' or ')})`);
+  const language = sourceLanguage(options.source);
+  if (language === 'c' && target === 'component') throw hostError('SMTP_E_BUILD_TARGET', `${options.source}: a C plugin builds with --target native or wasm; component is for JavaScript`);
+  if (language === 'js' && target !== 'component') throw hostError('SMTP_E_BUILD_TARGET', `${options.source}: a JavaScript plugin builds with --target component only`);
   const output = options.output ?? defaultOutput(options.source, target);
   mkdirSync(dirname(resolve(output)), { recursive: true });
   if (target === 'component') return buildComponent(options.source, output, options.component);
   const zig = findZig(options.zigVersion ?? PINNED_ZIG_VERSION);
-  const run = await runZigAsync(zig, pluginBuildArgs(options.source, output, options.optimize ?? 'ReleaseFast', target));
-  checkRun(run, `zig build (${target}) ${options.source}`);
-  removeObjectBeside(resolve(output));
+  const optimize = options.optimize ?? 'ReleaseFast';
+  try {
+    if (language === 'c') {
+      await buildC(zig, options.source, output, optimize, target);
+    } else {
+      checkRun(await runZigAsync(zig, pluginBuildArgs(options.source, output, optimize, target)), `zig build (${target}) ${options.source}`);
+    }
+  } finally {
+    removeObjectBeside(resolve(output));
+  }
   return resolve(output);
 }
 
@@ -132,7 +211,7 @@ export function testPlugin(source: string, zigVersion: string = PINNED_ZIG_VERSI
   return result.status ?? 1;
 }
 
-/** Builds the native host runtime (src/native/host_runtime.zig). */
+/** Builds the native host runtime (src/runtime/host_runtime.zig). */
 export async function buildRuntime(zigVersion: string = PINNED_ZIG_VERSION, output: string = RUNTIME_LIBRARY): Promise<string> {
   mkdirSync(dirname(output), { recursive: true });
   const zig = findZig(zigVersion);

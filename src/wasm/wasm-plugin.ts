@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { ABI_VERSION, ABI_VERSION_1_1, formatAbiVersion, isAbiCompatible } from '../abi/hooks.js';
+import { ABI_VERSION, formatAbiVersion, isAbiCompatible } from '../abi/hooks.js';
+import { WASM32_METADATA, WASM32_POINTER_BYTES, WASM_CONTEXT_STATUS, WASM_GUEST_EXPORTS, WASM_PLUGIN_EXPORTS, wasmMetadataSize } from '../abi/wasm-layout.js';
 import { HostError, hostError, isHostError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { HookContext } from '../plugin/hook-context.js';
@@ -21,14 +22,8 @@ const INPUT_SHRINK_FRACTION = 4;
 const WASM_MAGIC = [0x00, 0x61, 0x73, 0x6d];
 
 /** What a module must export: the plugin's six functions, the marker, and the guest half of the binding. */
-const PLUGIN_EXPORTS = [
-  'smtp_plugin_abi_version', 'smtp_plugin_init', 'smtp_plugin_deinit', 'smtp_plugin_get_metadata',
-  'smtp_plugin_execute_hook', 'smtp_plugin_enable', 'smtp_plugin_disable',
-] as const;
-const GUEST_EXPORTS = [
-  'smtp_wasm_alloc', 'smtp_wasm_free', 'smtp_wasm_host_allocator', 'smtp_wasm_context_create',
-  'smtp_wasm_context_load', 'smtp_wasm_context_status', 'smtp_wasm_take_changes',
-] as const;
+const PLUGIN_EXPORTS = WASM_PLUGIN_EXPORTS;
+const GUEST_EXPORTS = WASM_GUEST_EXPORTS;
 
 interface GuestExports {
   memory?: WebAssembly.Memory;
@@ -276,33 +271,34 @@ class WasmPlugin implements Plugin {
   /** smtp_plugin_metadata on wasm32: eight 4-byte pointers, then a u64 (and from ABI 1.1 the u64 flags). */
   #readMetadata(live: Live, ptr: number, abiVersion: number): PluginMetadata {
     if (ptr === 0) fail('SMTP_E_PLUGIN_METADATA', `${this.path}: get_metadata returned NULL`);
-    const size = abiVersion >= ABI_VERSION_1_1 ? 48 : 40;
+    const size = wasmMetadataSize(abiVersion);
+    const { offsets } = WASM32_METADATA;
     const struct = this.#memoryBytes(live, ptr, size, 'metadata');
     const view = new DataView(struct.buffer, struct.byteOffset, size);
-    const pointer = (index: number): number => view.getUint32(index * 4, true);
-    const field = (index: number, name: string, max: number = METADATA_LIMITS.fieldBytesMax): string | null => this.#cString(live, pointer(index), max, name);
+    const pointer = (field: keyof typeof offsets): number => view.getUint32(offsets[field], true);
+    const field = (name: keyof typeof offsets, max: number = METADATA_LIMITS.fieldBytesMax): string | null => this.#cString(live, pointer(name), max, name);
     const dependencies: string[] = [];
-    const list = pointer(5);
+    const list = pointer('dependencies');
     if (list !== 0) {
       for (let index = 0; ; index++) {
         if (index > METADATA_LIMITS.dependenciesMax) fail('SMTP_E_PLUGIN_METADATA', `${this.path}: metadata dependencies has more than ${METADATA_LIMITS.dependenciesMax} entries or no NULL terminator`);
-        const entryBytes = this.#memoryBytes(live, list + index * 4, 4, 'dependencies');
-        const entry = new DataView(entryBytes.buffer, entryBytes.byteOffset, 4).getUint32(0, true);
+        const entryBytes = this.#memoryBytes(live, list + index * WASM32_POINTER_BYTES, WASM32_POINTER_BYTES, 'dependencies');
+        const entry = new DataView(entryBytes.buffer, entryBytes.byteOffset, WASM32_POINTER_BYTES).getUint32(0, true);
         if (entry === 0) break;
         dependencies.push(this.#cString(live, entry, METADATA_LIMITS.fieldBytesMax, `dependencies[${index}]`)!);
       }
     }
     const raw: RawMetadata = {
-      name: field(0, 'name'),
-      version: field(1, 'version'),
-      author: field(2, 'author'),
-      description: field(3, 'description', METADATA_LIMITS.descriptionBytesMax),
-      license: field(4, 'license'),
+      name: field('name'),
+      version: field('version'),
+      author: field('author'),
+      description: field('description', METADATA_LIMITS.descriptionBytesMax),
+      license: field('license'),
       dependencies,
-      minServerVersion: field(6, 'min_server_version'),
-      maxServerVersion: field(7, 'max_server_version'),
-      handledHooks: view.getBigUint64(32, true),
-      flags: size === 48 ? view.getBigUint64(40, true) : 0n,
+      minServerVersion: field('min_server_version'),
+      maxServerVersion: field('max_server_version'),
+      handledHooks: view.getBigUint64(offsets.handled_hooks, true),
+      flags: size > offsets.flags ? view.getBigUint64(offsets.flags, true) : 0n,
     };
     return validateMetadata(raw, this.path);
   }
@@ -363,8 +359,8 @@ class WasmPlugin implements Plugin {
       if (live.loadedId !== context.id || live.loadedVersion !== context.version) this.#load(live, context);
       const code = exports.smtp_plugin_execute_hook(live.context);
       const status = exports.smtp_wasm_context_status(live.context) >>> 0;
-      if (status >>> 2 !== 0) this.#collect(live, context);
-      if ((status & 1) === 1) {
+      if (status >>> WASM_CONTEXT_STATUS.CHANGED_SHIFT !== 0) this.#collect(live, context);
+      if ((status & WASM_CONTEXT_STATUS.CANCEL) !== 0) {
         context.cancel = true;
         live.loadedId = 0; // the guest copy now carries cancel
       }

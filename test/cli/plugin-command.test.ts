@@ -1,8 +1,8 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FIXTURE_DIR, FIXTURE_SOURCES, fixture, wasmFixture } from '../helpers/fixtures.js';
 import { callJson, runCli } from '../helpers/cli.js';
 
@@ -167,5 +167,105 @@ describe('smtp-server plugin call on sandboxed plugins', () => {
     expect(callJson(run).code).toBe(0);
     const line = run.stderr.split('\n').find((l) => l.includes('hello from the sandbox'));
     expect(JSON.parse(line!)).toMatchObject({ stream: 'stderr', msg: 'hello from the sandbox' });
+  });
+});
+
+describe('smtp-server plugin build on C plugins, native and sandboxed', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'c-both-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const built: Record<string, string> = {};
+  const build = (source: string, target: 'native' | 'wasm', zig: string, output: string): void => {
+    const run = runCli(['plugin', 'build', join(FIXTURE_SOURCES, source), '--target', target, '--zig', zig, '-o', join(dir, output)]);
+    expect(run.status, run.stderr).toBe(0);
+    expect(run.stdout.trim()).toBe(join(dir, output));
+    built[output] = run.stdout.trim();
+  };
+
+  beforeAll(() => {
+    for (const zig of ['0.14.1', '0.17.1']) {
+      build('c_spam_filter.c', 'native', zig, `${zig}/libc_spam_filter.so`);
+      build('c_spam_filter.c', 'wasm', zig, `${zig}/c_spam_filter.wasm`);
+    }
+    build('c_probe.c', 'native', '0.14.1', 'libc_probe.so');
+    build('c_probe.c', 'wasm', '0.14.1', 'c_probe.wasm');
+  });
+
+  it('builds the C spam filter (smtp_plugin_get_interface) both ways, with the verdicts of the gcc build', () => {
+    // Nothing is left beside the outputs (Zig 0.14 writes a .o there).
+    expect(readdirSync(join(dir, '0.14.1')).sort()).toEqual(['c_spam_filter.wasm', 'libc_spam_filter.so']);
+    const cases = [
+      ['--meta', `message_body=${SIX_KEYWORDS}`, '--meta', 'sender=a@example.com'],
+      ['--meta', `message_body=${CLEAN}`],
+      ['--config', '{"spam_threshold": 2}', '--meta', 'message_body=Buy VIAGRA, Click Here'],
+    ];
+    for (const args of cases) {
+      const expected = callJson(runCli(['plugin', 'call', fixture('c_spam_filter'), '--hook', 'message_filtered', ...args]));
+      for (const file of Object.keys(built).filter((name) => name.includes('spam'))) {
+        expect(callJson(runCli(['plugin', 'call', built[file]!, '--hook', 'message_filtered', ...args])), `${file} ${args.join(' ')}`).toEqual(expected);
+      }
+    }
+    expect(callJson(runCli(['plugin', 'call', built['0.14.1/c_spam_filter.wasm']!, '--hook', 'message_filtered', '--meta', `message_body=${SIX_KEYWORDS}`])))
+      .toMatchObject({ code: 1, metadata: { spam_score: '6', is_spam: 'true' } });
+  });
+
+  it('gives the same code, cancel flag and metadata changes from the native and the wasm build of one C file', () => {
+    const bytes = join(dir, 'binary.dat');
+    writeFileSync(bytes, Buffer.from([0x78, 0x00, 0x79, 0xff, 0x01]));
+    const cases: string[][] = [
+      ['--hook', 'message_received', '--meta-file', `in=${bytes}`],
+      ['--hook', 'command_validated', '--config', '{"greeting":"hi"}', '--meta', 'mode=stop'],
+      ['--hook', 'message_received', '--meta', 'mode=cancel', '--meta', 'in=abc'],
+      ['--hook', 'server_started', '--meta', 'mode=flag'],
+    ];
+    for (const args of cases) {
+      const native = callJson(runCli(['plugin', 'call', built['libc_probe.so']!, ...args]));
+      const wasm = callJson(runCli(['plugin', 'call', built['c_probe.wasm']!, ...args]));
+      expect(wasm, args.join(' ')).toEqual(native);
+      // The probe reached every part of the ABI it tries: the clock, a refused connect, a status code.
+      expect(native.metadata, args.join(' ')).toMatchObject({ calls: '1', clock: 'plausible', connect: '-1', empty_key_status: '3' });
+    }
+    const reversed = callJson(runCli(['plugin', 'call', built['c_probe.wasm']!, ...cases[0]!]));
+    // plugin call prints values as UTF-8 text: 0xff shows as U+FFFD.
+    expect(reversed.metadata.out).toBe('\u0001\ufffdy\u0000x');
+    expect(callJson(runCli(['plugin', 'call', built['c_probe.wasm']!, ...cases[2]!]))).toMatchObject({ code: 2, cancel: true, metadata: { hook: '0', out: 'cba' } });
+    expect(callJson(runCli(['plugin', 'call', built['c_probe.wasm']!, ...cases[3]!]))).toMatchObject({ code: 0, cancel: true, metadata: { hook: '16' } });
+    for (const file of ['libc_probe.so', 'c_probe.wasm']) {
+      const bad = runCli(['plugin', 'call', built[file]!, '--hook', 'message_received', '--meta', 'mode=bad']);
+      expect(bad.stderr, file).toContain('error SMTP_E_PLUGIN_HOOK_CODE: plugin "c-probe": message_received returned 7');
+      const init = runCli(['plugin', 'call', built[file]!, '--hook', 'message_received', '--config', '{"fail": true}']);
+      expect(init.stderr, file).toContain('error SMTP_E_PLUGIN_INIT');
+    }
+  });
+
+  it('prints the same metadata for both builds with plugin info', () => {
+    const [native, wasm] = ['libc_probe.so', 'c_probe.wasm'].map((file) => {
+      const run = runCli(['plugin', 'info', built[file]!]);
+      expect(run.status, run.stderr).toBe(0);
+      return JSON.parse(run.stdout) as Record<string, unknown>;
+    });
+    expect(native).toMatchObject({ kind: 'native', name: 'c-probe', version: '2.1.0', dependencies: ['spam-filter@^1.0'], max_server_version: '1.0.0', handled_hooks: ['message_received', 'command_validated'] });
+    expect({ ...wasm, file: undefined, kind: undefined }).toEqual({ ...native, file: undefined, kind: undefined });
+    expect(wasm!.kind).toBe('wasm');
+  });
+
+  it('refuses what a C plugin cannot be, with coded errors', () => {
+    const broken = join(dir, 'broken');
+    mkdirSync(broken);
+    // Neither smtp_plugin_get_interface nor the six functions: the sandbox has nothing to call.
+    writeFileSync(join(broken, 'no_interface.c'), '#include "smtp_plugin.h"\nSMTP_PLUGIN_DECLARE_ABI_VERSION()\n');
+    const link = runCli(['plugin', 'build', join(broken, 'no_interface.c'), '--target', 'wasm']);
+    expect(link.status).toBe(1);
+    expect(link.stderr).toContain('error SMTP_E_BUILD_FAILED');
+    expect(link.stderr).toContain('must define smtp_plugin_get_interface or all six');
+    expect(existsSync(join(broken, 'no_interface.wasm'))).toBe(false);
+    expect(existsSync(join(broken, 'no_interface.wasm.o'))).toBe(false);
+    writeFileSync(join(broken, 'syntax.c'), '#include "smtp_plugin.h"\nint smtp_plugin_enable(void) { return undefined_name; }\n');
+    for (const target of ['native', 'wasm']) {
+      const run = runCli(['plugin', 'build', join(broken, 'syntax.c'), '--target', target]);
+      expect(run.stderr, target).toContain('error SMTP_E_BUILD_FAILED');
+      expect(run.stderr, target).toContain('undefined_name');
+    }
+    expect(runCli(['plugin', 'build', join(broken, 'syntax.c'), '--target', 'component']).stderr).toContain('error SMTP_E_BUILD_TARGET');
+    expect(runCli(['plugin', 'test', join(broken, 'syntax.c')]).stderr).toContain('error SMTP_E_CLI_USAGE');
   });
 });
