@@ -238,3 +238,25 @@ test "the seccomp filter fits classic BPF's jumps" {
     try buildFilter(&b, 1234);
     try std.testing.expect(b.len < program_max);
 }
+
+test "under the filter, open and socket fail with EPERM, fork fails, and threads and abort still work" {
+    const pid = try std.posix.fork();
+    if (pid == 0) {
+        installSeccomp() catch std.posix.exit(10);
+        if (linux.E.init(linux.open("/etc/passwd", .{}, 0)) != .PERM) std.posix.exit(11);
+        if (linux.E.init(linux.openat(linux.AT.FDCWD, "/etc/passwd", .{}, 0)) != .PERM) std.posix.exit(12);
+        if (linux.E.init(linux.socket(linux.AF.INET, linux.SOCK.STREAM, 0)) != .PERM) std.posix.exit(13);
+        if (linux.E.init(linux.fork()) != .PERM) std.posix.exit(14);
+        const limit: linux.rlimit = .{ .cur = 1, .max = 1 };
+        if (linux.E.init(linux.prlimit(0, .CPU, &limit, null)) != .PERM) std.posix.exit(15);
+        const thread = std.Thread.spawn(.{}, struct {
+            fn run() void {}
+        }.run, .{}) catch std.posix.exit(16);
+        thread.join();
+        // abort() signals this process (tgkill on itself): allowed.
+        std.c.abort();
+    }
+    const result = std.posix.waitpid(pid, 0);
+    try std.testing.expect(std.posix.W.IFSIGNALED(result.status));
+    try std.testing.expectEqual(@as(u32, std.posix.SIG.ABRT), std.posix.W.TERMSIG(result.status));
+}
