@@ -180,7 +180,6 @@ export fn smtp_isolation_call(self: *Channel, op: u32, hook_type: i32, request_l
 /// Spins until the child publishes or `until_ns`; done, or pending for a
 /// net request or no answer yet.
 fn spin(self: *Channel, until_ns: u64) Outcome {
-    const started = channel.nowNs();
     var round: u32 = 0;
     while (true) : (round +%= 1) {
         const seq = @atomicLoad(u32, &self.header.reply_seq, .acquire);
@@ -189,7 +188,7 @@ fn spin(self: *Channel, until_ns: u64) Outcome {
             self.seen_reply_seq = seq;
             return .done;
         }
-        if (!channel.spinRound(round, started, until_ns)) return .pending;
+        if (!channel.spinRound(round, until_ns)) return .pending;
     }
 }
 

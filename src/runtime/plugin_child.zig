@@ -129,7 +129,7 @@ fn serve(path: []const u8) noreturn {
 
 /// Spins for the next request (header.child_spin_ns), then sleeps on it.
 fn waitRequest() channel.Op {
-    const started = channel.nowNs();
+    const spin_until = channel.nowNs() + header.child_spin_ns;
     var spinning = true;
     var round: u32 = 0;
     while (true) : (round +%= 1) {
@@ -138,7 +138,7 @@ fn waitRequest() channel.Op {
             seen_request_seq = seq;
             return header.op;
         }
-        if (spinning) spinning = channel.spinRound(round, started, started + header.child_spin_ns);
+        if (spinning) spinning = channel.spinRound(round, spin_until);
         if (!spinning) channel.sleepOn(&header.request_seq, seq, &header.child_sleeping, null);
     }
 }
