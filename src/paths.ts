@@ -29,3 +29,7 @@ export function sharedLibraryName(name: string, platform: NodeJS.Platform = proc
 }
 
 export const RUNTIME_LIBRARY = join(BUILD_DIR, 'native', sharedLibraryName('smtp_host_runtime'));
+
+/** The program that runs a native plugin in a child process (isolation = "process"), built beside the runtime. */
+export const CHILD_SOURCE = join(PROJECT_ROOT, 'src', 'runtime', 'plugin_child.zig');
+export const CHILD_PROGRAM = join(BUILD_DIR, 'native', 'smtp-plugin-child');

@@ -42,7 +42,7 @@ export interface PluginsConfig {
 }
 
 const SECTION_KEYS = ['enabled', 'directory', 'wasm_directory', 'auto_load', 'hot_reload', 'trusted_directories', 'plugin'] as const;
-const ENTRY_KEYS = ['name', 'enabled', 'optional', 'authenticator', 'library', 'wasm', 'component', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits', 'allow_connect', 'blocking'] as const;
+const ENTRY_KEYS = ['name', 'enabled', 'optional', 'authenticator', 'library', 'wasm', 'component', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits', 'allow_connect', 'blocking', 'isolation'] as const;
 /** A bound on plugins.trusted_directories, like every list in the config. */
 const TRUSTED_DIRECTORIES_MAX = 64;
 const LIMIT_KEYS: Record<string, keyof SandboxLimits> = {
@@ -252,7 +252,11 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     check('max_consecutive_failures', maxFailures);
     check('allow_connect', allowConnect);
     check('blocking', blocking);
-    const options: PluginOptions = resolvePluginOptions({ limits: limits as Partial<SandboxLimits>, ...onError, ...maxFailures, ...allowConnect, ...blocking });
+    const isolation = entry.isolation === undefined ? {} : { isolation: entry.isolation as string };
+    check('isolation', isolation);
+    // Only a native library can run in a process of its own; a sandboxed build already runs out of the server's memory.
+    if (entry.isolation !== undefined && sandboxed) fail(key('isolation'), 'applies to a native library, but this entry runs its sandboxed build', index);
+    const options: PluginOptions = resolvePluginOptions({ limits: limits as Partial<SandboxLimits>, ...onError, ...maxFailures, ...allowConnect, ...blocking, ...isolation });
     return Object.freeze({
       name,
       enabled: bool(entry.enabled, key('enabled'), true, index),

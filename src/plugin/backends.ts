@@ -4,10 +4,11 @@ import { isComponent, loadComponentPlugin } from '../component/component-plugin.
 import { hostError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { loadNativePlugin } from '../native/native-plugin.js';
+import { loadProcessPlugin, processesStopped } from '../isolation/process-plugin.js';
 import { loadWasmPlugin } from '../wasm/wasm-plugin.js';
 import { loadWorkerPlugin, workersStopped } from '../wasm/worker-plugin.js';
 import { PluginFlag } from '../abi/hooks.js';
-import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from './options.js';
+import { DEFAULT_PLUGIN_OPTIONS, ISOLATIONS, type Isolation, type PluginOptions } from './options.js';
 import type { Plugin } from './plugin.js';
 
 /**
@@ -25,15 +26,14 @@ export const WASM_EXTENSION = '.wasm';
 /** What a plugin file holds, from its name and header. */
 export type FileKind = 'native' | 'wasm-module' | 'component';
 
-/** How a native library runs (config `isolation`): in the server's process, or (later) in a child process of its own. */
-export const ISOLATIONS = ['in-process'] as const;
-export type Isolation = (typeof ISOLATIONS)[number];
+/** How a native library runs (config `isolation`): in the server's process, or in a child process of its own (src/isolation/). */
+export { ISOLATIONS, type Isolation };
 
 export interface OpenOptions {
   /** Limits, failure policy and grants. */
   readonly options?: PluginOptions;
   readonly logger?: Logger;
-  /** For a native library: where it runs. Default in-process. */
+  /** For a native library: where it runs. Default: the options' isolation, else in-process. */
   readonly isolation?: Isolation;
 }
 
@@ -58,6 +58,7 @@ async function loadSandboxed(path: string, options: PluginOptions, logger: Logge
 
 export const BACKENDS = {
   native: { isolated: false, load: (path, options, logger) => loadNativePlugin(path, { options, logger }) },
+  process: { isolated: true, load: (path, options, logger) => loadProcessPlugin(path, { options, logger }) },
   wasm: { isolated: true, load: loadSandboxed },
   component: { isolated: true, load: (path, options, logger) => loadComponentPlugin(path, { options, logger }) },
 } as const satisfies Record<string, Backend>;
@@ -92,9 +93,9 @@ export function backendFor(path: string, open: OpenOptions = {}): BackendName {
   const kind = fileKind(path);
   if (kind === 'component') return 'component';
   if (kind === 'wasm-module') return 'wasm';
-  const isolation = open.isolation ?? 'in-process';
+  const isolation = open.isolation ?? open.options?.isolation ?? 'in-process';
   if (!ISOLATIONS.includes(isolation)) throw hostError('SMTP_E_PLUGIN_OPTIONS', `${path}: isolation "${String(isolation)}" is not one of ${ISOLATIONS.join(', ')}`);
-  return 'native';
+  return isolation === 'process' ? 'process' : 'native';
 }
 
 /** Whether a plugin's code runs out of the server's memory (a crash there is the plugin's, not the server's). */
@@ -105,6 +106,7 @@ export function isIsolated(plugin: Plugin): boolean {
 /** Resolves when every backend's out-of-thread resources (sandbox workers) are gone: before the process exits. */
 export async function backendsStopped(): Promise<void> {
   await workersStopped();
+  await processesStopped();
 }
 
 /**

@@ -16,6 +16,10 @@ export interface SandboxLimits {
   readonly metadataKeysMax: number;
 }
 
+/** Where a native library runs (config `isolation`): in the server's process, or in a child process of its own (src/isolation/). */
+export const ISOLATIONS = ['in-process', 'process'] as const;
+export type Isolation = (typeof ISOLATIONS)[number];
+
 export interface PluginOptions {
   readonly limits: SandboxLimits;
   readonly onError: OnErrorPolicy;
@@ -25,6 +29,8 @@ export interface PluginOptions {
   readonly allowConnect: readonly string[];
   /** Run hooks off the event loop: true or false overrides the plugin's SMTP_PLUGIN_FLAG_BLOCKING; undefined follows it. */
   readonly blocking: boolean | undefined;
+  /** For a native library: where it runs; undefined means in-process. */
+  readonly isolation?: Isolation;
 }
 
 /** The address forms net_connect understands (abi/smtp_plugin.h). */
@@ -69,6 +75,7 @@ export type PluginOptionsInput = {
   readonly maxConsecutiveFailures?: number;
   readonly allowConnect?: readonly unknown[];
   readonly blocking?: boolean;
+  readonly isolation?: string;
 };
 
 /** Fills defaults and checks every value; `where` names the source in errors. */
@@ -102,11 +109,15 @@ export function resolvePluginOptions(input: PluginOptionsInput = {}, where = 'pl
   if (input.blocking !== undefined && typeof input.blocking !== 'boolean') {
     throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: expected true or false for blocking, got ${JSON.stringify(input.blocking)}`);
   }
+  if (input.isolation !== undefined && !ISOLATIONS.includes(input.isolation as Isolation)) {
+    throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: expected one of ${ISOLATIONS.map((each) => `"${each}"`).join(', ')} for isolation, got ${JSON.stringify(input.isolation)}`);
+  }
   return Object.freeze({
     limits: Object.freeze(limits as unknown as SandboxLimits),
     onError: onError as OnErrorPolicy,
     maxConsecutiveFailures: max,
     allowConnect: Object.freeze([...(allowConnect as string[])]),
     blocking: input.blocking,
+    ...(input.isolation === undefined ? {} : { isolation: input.isolation as Isolation }),
   });
 }

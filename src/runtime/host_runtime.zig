@@ -106,3 +106,8 @@ export fn smtp_host_strnlen(s: [*]const u8, max: usize) isize {
     }
     return -1;
 }
+
+// The host half of process-isolated native plugins (src/isolation/).
+comptime {
+    _ = @import("isolation_host.zig");
+}

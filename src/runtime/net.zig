@@ -128,6 +128,50 @@ fn waitFor(fd: posix.socket_t, events: i16, deadline: i64) error{Io}!bool {
     }
 }
 
+/// Opens a stream connection to `address` without checking grants (the
+/// caller did): a connected non-blocking socket, or a negative
+/// smtp_net_status. The process-isolated backend calls this in the host for
+/// its child, then passes the socket over.
+pub fn connectAddress(address: []const u8, timeout_ms: u32) i32 {
+    const target = parseAddress(address) orelse return status(.address);
+    const sockaddr = switch (target) {
+        inline else => |a| a,
+    };
+    const domain: u32 = if (target == .unix) posix.AF.UNIX else posix.AF.INET;
+    const fd = posix.socket(domain, posix.SOCK.STREAM | posix.SOCK.CLOEXEC | posix.SOCK.NONBLOCK, 0) catch return status(.limit);
+    const deadline = std.time.milliTimestamp() + timeout_ms;
+    posix.connect(fd, &sockaddr.any, sockaddr.getOsSockLen()) catch |err| switch (err) {
+        error.WouldBlock => {
+            const ready = waitFor(fd, posix.POLL.OUT, deadline) catch {
+                posix.close(fd);
+                return status(.io);
+            };
+            if (!ready) {
+                posix.close(fd);
+                return status(.timeout);
+            }
+            posix.getsockoptError(fd) catch {
+                posix.close(fd);
+                return status(.connect);
+            };
+        },
+        else => {
+            posix.close(fd);
+            return status(.connect);
+        },
+    };
+    return fd;
+}
+
+/// Takes a connected socket into `ctx`'s handles: the handle, or
+/// SMTP_NET_E_LIMIT (the socket is closed then).
+pub fn adopt(ctx: *const plugin.HookContext, fd: posix.socket_t) i32 {
+    return insert(ctx, fd) orelse {
+        posix.close(fd);
+        return status(.limit);
+    };
+}
+
 pub const Io = struct {
     pub fn nowUnixMs(ctx: *const plugin.HookContext) callconv(.c) i64 {
         _ = ctx;
@@ -141,37 +185,9 @@ pub const Io = struct {
             store.recordDenied(address);
             return status(.denied);
         }
-        const target = parseAddress(address) orelse return status(.address);
-        const sockaddr = switch (target) {
-            inline else => |a| a,
-        };
-        const domain: u32 = if (target == .unix) posix.AF.UNIX else posix.AF.INET;
-        const fd = posix.socket(domain, posix.SOCK.STREAM | posix.SOCK.CLOEXEC | posix.SOCK.NONBLOCK, 0) catch return status(.limit);
-        const deadline = std.time.milliTimestamp() + timeout_ms;
-        posix.connect(fd, &sockaddr.any, sockaddr.getOsSockLen()) catch |err| switch (err) {
-            error.WouldBlock => {
-                const ready = waitFor(fd, posix.POLL.OUT, deadline) catch {
-                    posix.close(fd);
-                    return status(.io);
-                };
-                if (!ready) {
-                    posix.close(fd);
-                    return status(.timeout);
-                }
-                posix.getsockoptError(fd) catch {
-                    posix.close(fd);
-                    return status(.connect);
-                };
-            },
-            else => {
-                posix.close(fd);
-                return status(.connect);
-            },
-        };
-        return insert(ctx, fd) orelse {
-            posix.close(fd);
-            return status(.limit);
-        };
+        const fd = connectAddress(address, timeout_ms);
+        if (fd < 0) return fd;
+        return adopt(ctx, fd);
     }
 
     pub fn netSend(ctx: *plugin.HookContext, handle: i32, data: [*]const u8, len: usize, timeout_ms: u32) callconv(.c) i32 {

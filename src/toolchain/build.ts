@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { COMPONENT_CACHE_DIR, contentHash, transpileInto } from '../component/transpile.js';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { hostError } from '../errors.js';
-import { ABI_DIR, ABI_WIT, RUNTIME_LIBRARY, RUNTIME_SOURCE, ZIG_HOST_MODULE_ROOT, ZIG_MODULE_ROOT, sharedLibraryName } from '../paths.js';
+import { ABI_DIR, ABI_WIT, CHILD_PROGRAM, CHILD_SOURCE, RUNTIME_LIBRARY, RUNTIME_SOURCE, ZIG_HOST_MODULE_ROOT, ZIG_MODULE_ROOT, sharedLibraryName } from '../paths.js';
 import { PINNED_ZIG_VERSION, findZig, zigEnv } from './zig.js';
 
 export const BUILD_TARGETS = ['native', 'wasm', 'component'] as const;
@@ -226,5 +226,16 @@ export async function buildRuntime(zigVersion: string = PINNED_ZIG_VERSION, outp
   checkRun(run, 'zig build-lib host_runtime.zig');
   removeObjectBeside(temporary);
   renameSync(temporary, output);
+  // The child program of process-isolated plugins (src/isolation/), beside it.
+  const child = join(dirname(output), basename(CHILD_PROGRAM));
+  const childTemporary = `${child}.${process.pid}.tmp`;
+  const childRun = await runZigAsync(zig, [
+    'build-exe', '-lc', '-O', 'ReleaseFast',
+    '--dep', 'smtp-host', `-Mroot=${CHILD_SOURCE}`, `-Msmtp-host=${ZIG_HOST_MODULE_ROOT}`,
+    `-femit-bin=${childTemporary}`,
+  ]);
+  checkRun(childRun, 'zig build-exe plugin_child.zig');
+  removeObjectBeside(childTemporary);
+  renameSync(childTemporary, child);
   return output;
 }
