@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, isAbsolute } from 'node:path';
 import { PROJECT_ROOT } from '../dist/src/paths.js';
 import { accepts, cpuTicks, findTool, freePort, statusKiB, TICKS_PER_SECOND, waitFor } from './_support.mjs';
 
@@ -98,11 +98,13 @@ export function hostConfig(name, { entries = '', spool = 'none', groupCommitMs =
   mkdirSync(join(dir, 'plugins'));
   const spoolDir = spool === 'tmpfs' ? tempDir(`bench-spool-${name}-`, TMPFS) : join(dir, 'spool');
   spoolDirs.set(join(dir, 'config.toml'), spoolDir);
+  // The plugin builds live in their own folders (the build cache): those are trusted, as an admin would list /opt/smtp-plugins.
+  const trusted = [...new Set([...entries.matchAll(/^(?:library|wasm|component) = (".*")$/gm)].map((m) => JSON.parse(m[1])).filter(isAbsolute).map(dirname))];
   writeFileSync(join(dir, 'config.toml'), [
     '[server]\nhost = "127.0.0.1"\nport = 0\nmax_clients = 200\nhostname = "bench.localdomain"\n',
     `[storage]\nspool = "${spool === 'none' ? 'none' : 'disk'}"\nspool_dir = ${toml(spoolDir)}\nfsync = ${spool === 'durable'}\ngroup_commit_ms = ${groupCommitMs}\n`,
     '[delivery]\nmode = "none"\n',
-    `[plugins]\nenabled = true\ndirectory = "plugins"\n\n${entries}`,
+    `[plugins]\nenabled = true\ndirectory = "plugins"\ntrusted_directories = ${toml(trusted)}\n\n${entries}`,
   ].join('\n'));
   return join(dir, 'config.toml');
 }

@@ -1,16 +1,25 @@
-import type { Readable } from 'node:stream';
 import type { SMTPServerSession } from 'smtp-server';
 import type { ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { DeliveryQueue } from '../delivery/delivery-queue.js';
 import type { MetadataValue } from '../plugin/hook-context.js';
-import { encodeFields, type EncodedMetadata } from '../plugin/metadata-wire.js';
-import { quarantineFolder, type Spool, type SpooledMessage } from '../storage/spool.js';
+import { encodeFields, type EncodedMetadata, type MetadataFields } from '../plugin/metadata-wire.js';
+import type { HookName } from '../abi/hooks.js';
+import { quarantineFolder, type IncomingMessage, type Spool, type SpooledMessage } from '../storage/spool.js';
+import { receiveData, type DataStream, type ReceivedData } from './data-receiver.js';
+import { MemoryBudget } from './memory-budget.js';
 import { BODY_HOOKS, BODY_KEY } from './hook-table.js';
 import { HookRunner, QUARANTINE_KEY, QUARANTINE_PATH_KEY } from './hook-runner.js';
 import { checkHeaders } from './message-headers.js';
 import { REPLIES, acceptedText, malformedHeaders, replyError, type Refusal } from './reply-policy.js';
 import { domainOf, sessionEvent } from './session-fields.js';
+
+/**
+ * Bytes of message bodies held in memory at once for the hooks that carry
+ * message_body (message_received, _validated, _filtered): a large message is
+ * read back from its spool file only within this budget.
+ */
+export const BODY_HOOKS_MEMORY_BYTES_MAX = 64 * 2 ** 20;
 
 /** The code logged (a warning: the message is still kept) when a quarantine_path is refused. */
 export const QUARANTINE_PATH_REFUSED: ErrorCode = 'SMTP_E_QUARANTINE_PATH';
@@ -28,7 +37,9 @@ export interface MessagePipelineOptions {
 /** Where a message stands between its stages. */
 interface InFlight {
   readonly session: SMTPServerSession;
-  readonly raw: Buffer;
+  readonly data: ReceivedData;
+  /** Where the spool is taking it (null without a spool). */
+  readonly incoming: IncomingMessage | null;
   readonly messageId: string;
   /** The message's keys and body, encoded once (when a plugin wants them): every stage's context starts from these bytes. */
   encoded: EncodedMetadata | null;
@@ -46,63 +57,101 @@ interface InFlight {
  */
 export class MessagePipeline {
   readonly #options: MessagePipelineOptions;
+  readonly #bodyBudget = new MemoryBudget(BODY_HOOKS_MEMORY_BYTES_MAX);
 
   constructor(options: MessagePipelineOptions) {
     this.#options = options;
   }
 
   /** Takes the message of `session` from `stream`; resolves with the 250 text. */
-  async receive(stream: Readable & { sizeExceeded?: boolean }, session: SMTPServerSession): Promise<string> {
-    const raw = await read(stream);
-    // smtp-server answers 552 itself for a message over the size limit.
-    if (raw === null) throw replyError(REPLIES.messageTooBig);
-    const headers = checkHeaders(raw);
+  async receive(stream: DataStream, session: SMTPServerSession): Promise<string> {
+    const incoming = this.#options.spool === null ? null : this.#options.spool.receive();
+    try {
+      const data = await receiveData(stream, incoming);
+      // smtp-server answers 552 itself for a message over the size limit.
+      if (data === null) throw replyError(REPLIES.messageTooBig);
+      return await this.#process(session, data, incoming);
+    } catch (error) {
+      // Refused, over the limit, the client gone or the disk failing: nothing of it stays in the spool.
+      await incoming?.discard();
+      throw error;
+    }
+  }
+
+  async #process(session: SMTPServerSession, data: ReceivedData, incoming: IncomingMessage | null): Promise<string> {
+    const headers = checkHeaders(data.head);
     const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     const recipients = session.envelope.rcptTo.map((r) => r.address);
     const messageId = headers.messageId ?? `<${Date.now().toString(36)}.${session.id}@${this.#options.hostname}>`;
-    const message: InFlight = { session, raw, messageId, encoded: null, carried: new Map(), quarantined: false, quarantinePath: undefined };
-    const encoded = (): EncodedMetadata =>
-      (message.encoded ??= sessionEvent(
-        session,
-        {
-          sender,
-          sender_domain: domainOf(sender),
-          recipients: recipients.join(','),
-          recipient: recipients[0],
-          recipient_count: String(recipients.length),
-          message_id: messageId,
-          subject: headers.subject ?? undefined,
-          header_from: headers.from ?? undefined,
-          size: String(raw.length),
-          [BODY_KEY]: raw,
-        },
-        BODY_KEY,
-      ));
+    const message: InFlight = { session, data, incoming, messageId, encoded: null, carried: new Map(), quarantined: false, quarantinePath: undefined };
+    const fields: MetadataFields = {
+      sender,
+      sender_domain: domainOf(sender),
+      recipients: recipients.join(','),
+      recipient: recipients[0],
+      recipient_count: String(recipients.length),
+      message_id: messageId,
+      subject: headers.subject ?? undefined,
+      header_from: headers.from ?? undefined,
+      size: String(data.size),
+    };
     const { hooks } = this.#options;
-    for (const hook of BODY_HOOKS) {
-      if (hook === 'message_validated' && headers.problem !== null) this.#refuseHeaders(session, headers.problem);
-      if (!hooks.wants(hook)) continue;
-      const result = hooks.run(hook, encoded, message.carried);
-      const { context, refusal } = result instanceof Promise ? await result : result;
-      if (context !== null) {
-        for (const [key, value] of context.pluginChanges()) if (key !== BODY_KEY) message.carried.set(key, value);
-        if (!message.quarantined && context.changed(QUARANTINE_KEY) === 'true') {
-          message.quarantined = true;
-          message.quarantinePath = context.changed(QUARANTINE_PATH_KEY);
-        }
+    const stages = BODY_HOOKS.filter((hook) => hooks.wants(hook));
+    if (headers.problem !== null && (stages.length === 0 || stages[0] !== 'message_received')) this.#refuseHeaders(session, headers.problem);
+    if (stages.length > 0) await this.#filter(message, fields, stages, headers.problem);
+    const withoutBody = (): EncodedMetadata => message.encoded ?? sessionEvent(session, fields);
+    return this.#keep(message, { from: sender, to: recipients }, withoutBody);
+  }
+
+  /**
+   * Runs the hooks that carry message_body, in order; header problems are
+   * refused at message_validated, after message_received saw the message.
+   * The body is in memory for these stages only, within the body budget.
+   */
+  async #filter(message: InFlight, fields: MetadataFields, stages: readonly HookName[], headerProblem: string | null): Promise<void> {
+    const { hooks } = this.#options;
+    const { data, incoming, session } = message;
+    const budget = this.#bodyBudget;
+    const release = await budget.acquire(data.size);
+    let loaded: Buffer | null = null;
+    try {
+      let body = data.body ?? incoming!.body();
+      if (body === null) {
+        loaded = budget.buffer(data.size);
+        body = await incoming!.readBodyInto(loaded);
       }
-      // A cancel that asks for quarantine means "not to the mailbox", not "refuse".
-      if (refusal && !(message.quarantined && refusal.reason !== 'error')) this.#refuse(hook, refusal, session);
-      if (message.quarantined) break;
+      const encoded = (): EncodedMetadata => (message.encoded ??= sessionEvent(session, { ...fields, [BODY_KEY]: body }, BODY_KEY));
+      for (const hook of stages) {
+        if (hook !== 'message_received' && headerProblem !== null) this.#refuseHeaders(session, headerProblem);
+        const result = hooks.run(hook, encoded, message.carried);
+        const { context, refusal } = result instanceof Promise ? await result : result;
+        if (context !== null) {
+          for (const [key, value] of context.pluginChanges()) if (key !== BODY_KEY) message.carried.set(key, value);
+          if (!message.quarantined && context.changed(QUARANTINE_KEY) === 'true') {
+            message.quarantined = true;
+            message.quarantinePath = context.changed(QUARANTINE_PATH_KEY);
+          }
+        }
+        // A cancel that asks for quarantine means "not to the mailbox", not "refuse".
+        if (refusal && !(message.quarantined && refusal.reason !== 'error')) this.#refuse(hook, refusal, session);
+        if (message.quarantined) break;
+      }
+      if (headerProblem !== null && !message.quarantined) this.#refuseHeaders(session, headerProblem);
+    } finally {
+      // message_stored has no message_body: keep the keys, drop the view of the body. Plugins were
+      // given the bytes for their calls only (docs/abi.md), so the buffer may serve the next message.
+      message.encoded = message.encoded?.withoutTail() ?? null;
+      if (loaded !== null) budget.recycle(loaded);
+      release();
     }
-    return this.#keep(message, { from: sender, to: recipients }, encoded);
   }
 
   /** Stores the message (or drops it, without a spool), fires message_stored, and queues it for delivery. */
-  async #keep(message: InFlight, envelope: { from: string; to: readonly string[] }, encoded: () => EncodedMetadata): Promise<string> {
+  async #keep(message: InFlight, envelope: { from: string; to: readonly string[] }, withoutBody: () => EncodedMetadata): Promise<string> {
     const { spool, queue, hooks } = this.#options;
-    if (spool === null) return acceptedText(null);
-    const stored = await spool.store(envelope, message.raw, { message_id: message.messageId });
+    const { incoming } = message;
+    if (spool === null || incoming === null) return acceptedText(null);
+    const stored = await incoming.commit(envelope, { message_id: message.messageId });
     let path = stored.path;
     if (message.quarantined) {
       try {
@@ -115,11 +164,12 @@ export class MessagePipeline {
       this.#options.logger.info({ spool_id: stored.id, message_id: message.messageId }, 'message quarantined');
     }
     if (hooks.wants('message_stored')) {
-      const storedEvent = (): EncodedMetadata => encodeFields({ spool_id: stored.id, message_path: path, quarantined: String(message.quarantined) }, undefined, encoded().withoutTail());
+      const storedEvent = (): EncodedMetadata => encodeFields({ spool_id: stored.id, message_path: path, quarantined: String(message.quarantined) }, undefined, withoutBody());
       const stage = hooks.run('message_stored', storedEvent, message.carried);
       if (stage instanceof Promise) await stage;
     }
-    if (!message.quarantined) queue!.enqueue(stored);
+    // A small message's bytes go along, so delivery need not read them back; a large one is read from its file.
+    if (!message.quarantined) queue!.enqueue(stored, incoming.body());
     return acceptedText(stored.id);
   }
 
@@ -158,20 +208,4 @@ export class MessagePipeline {
     this.#options.logger.info({ hook, plugin: refusal.plugin, reason: refusal.reason, code: refusal.code, session: session.id }, 'refused');
     throw replyError(refusal);
   }
-}
-
-/** Reads DATA into memory within the size limit; null when over it; rejects when the client went away mid-message. */
-async function read(stream: Readable & { sizeExceeded?: boolean }): Promise<Buffer | null> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  stream.on('data', (chunk: Buffer) => {
-    if (stream.sizeExceeded) return;
-    chunks.push(chunk);
-    size += chunk.length;
-  });
-  await new Promise<void>((done, fail) => {
-    stream.once('end', done);
-    stream.once('error', fail);
-  });
-  return stream.sizeExceeded ? null : Buffer.concat(chunks, size);
 }

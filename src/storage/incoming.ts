@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { hostError, isHostError } from '../errors.js';
-import { closeFd, fdatasyncFd, openFd, unlinkIfPresent } from './fs-raw.js';
+import { closeFd, fdatasyncFd, openFd, readFd, unlinkIfPresent } from './fs-raw.js';
 
 /** Bytes queued for a large message's file beyond which write() asks the caller to wait. */
 export const LARGE_QUEUE_BYTES_MAX = 2 ** 20;
@@ -48,6 +48,8 @@ export interface IncomingMessage {
   body(): Buffer | null;
   /** The whole message (reads a large message's file). */
   readBody(): Promise<Buffer>;
+  /** The whole message, a large one read into `target` (at least `size` bytes): the bytes are a view of it. */
+  readBodyInto(target: Buffer): Promise<Buffer>;
   /** Durably stores it; resolves once a crash can no longer lose it. Fails with SMTP_E_SPOOL_WRITE leaving nothing behind. */
   commit(envelope: Envelope, extra?: Record<string, string>): Promise<SpooledMessage>;
   /** Drops what was received (refused, client gone); idempotent; safe after a failed write. After a successful commit it does nothing: use Spool.remove. */
@@ -266,6 +268,27 @@ export class Incoming implements IncomingMessage {
       return await readFile(this.#file.path);
     } catch (cause) {
       throw hostError('SMTP_E_SPOOL_READ', `cannot read message ${this.id} from ${this.#file.path}: ${(cause as Error).message}`, cause);
+    }
+  }
+
+  async readBodyInto(target: Buffer): Promise<Buffer> {
+    if (this.#file === null) return this.head();
+    if (target.length < this.#size) throw new RangeError(`readBodyInto: ${target.length} bytes cannot hold message ${this.id} (${this.#size} bytes)`);
+    let fd = -1;
+    try {
+      if (this.#state === 'receiving') await this.#file.drained();
+      fd = await openFd(this.#file.path, 'r');
+      let done = 0;
+      while (done < this.#size) {
+        const read = await readFd(fd, target, done, this.#size - done, done);
+        if (read === 0) throw new Error(`the file ends at ${done} of ${this.#size} bytes`);
+        done += read;
+      }
+      return target.subarray(0, this.#size);
+    } catch (cause) {
+      throw hostError('SMTP_E_SPOOL_READ', `cannot read message ${this.id} from ${this.#file.path}: ${(cause as Error).message}`, cause);
+    } finally {
+      if (fd >= 0) await closeFd(fd).catch(() => undefined);
     }
   }
 

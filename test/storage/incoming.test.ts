@@ -61,9 +61,15 @@ describe('IncomingMessage', () => {
     // Bounded: the head plus at most ~1 MiB queued for the file (and the chunk that crossed it).
     expect(heldMax).toBeLessThanOrEqual(DEFAULT_INLINE_BYTES_MAX + LARGE_QUEUE_BYTES_MAX + CHUNK_BYTES);
     console.info(`5 MB message: held at most ${(heldMax / 2 ** 10).toFixed(0)} KiB in memory, the writer waited ${waits} times`);
+    const sha = hash.digest('hex');
+    // Read back before commit (as the body hooks do) into a caller's buffer, larger than the message.
+    const target = Buffer.alloc(incoming.size + 100, 0xaa);
+    const view = await incoming.readBodyInto(target);
+    expect(view.buffer).toBe(target.buffer);
+    expect(createHash('sha256').update(view).digest('hex')).toBe(sha);
+    await expect(incoming.readBodyInto(Buffer.alloc(10))).rejects.toThrow(RangeError);
     const stored = await incoming.commit(ENVELOPE);
     expect(stored.path).toBe(join(spool.dir, 'large', `${stored.id}.eml`));
-    const sha = hash.digest('hex');
     expect(createHash('sha256').update(await spool.readBody(stored)).digest('hex')).toBe(sha);
     const streamed = createHash('sha256');
     for await (const c of spool.openBody(stored)) streamed.update(c as Buffer);

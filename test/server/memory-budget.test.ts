@@ -1,0 +1,59 @@
+import { describe, expect, it } from 'vitest';
+import { MemoryBudget } from '../../src/server/memory-budget.js';
+
+const MIB = 2 ** 20;
+
+describe('MemoryBudget (message bodies held for the body hooks)', () => {
+  it('grants what fits at once and makes the rest wait, in arrival order', async () => {
+    const budget = new MemoryBudget(64 * MIB);
+    const granted: string[] = [];
+    const first = await budget.acquire(20 * MIB);
+    const second = await budget.acquire(20 * MIB);
+    const third = await budget.acquire(20 * MIB);
+    expect(budget.held).toBe(60 * MIB);
+    const fourth = budget.acquire(20 * MIB).then((release) => (granted.push('fourth'), release));
+    // A small one that would fit still waits behind the fourth: no starving a big message.
+    const small = budget.acquire(1 * MIB).then((release) => (granted.push('small'), release));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(granted).toEqual([]);
+    first();
+    first(); // a second release is ignored
+    (await fourth)();
+    (await small)();
+    expect(granted).toEqual(['fourth', 'small']);
+    second();
+    third();
+    expect(budget.held).toBe(0);
+  });
+
+  it('lets a message larger than the whole budget run, alone', async () => {
+    const budget = new MemoryBudget(32 * MIB);
+    const other = await budget.acquire(1 * MIB);
+    let bigGranted = false;
+    const big = budget.acquire(100 * MIB).then((release) => ((bigGranted = true), release));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(bigGranted).toBe(false);
+    other();
+    const release = await big;
+    expect(budget.held).toBe(32 * MIB);
+    release();
+    expect(budget.held).toBe(0);
+  });
+
+  // Buffers compared by identity: vitest would render megabytes on a mismatch.
+  it('hands back a recycled buffer that fits (the smallest one), and keeps no more than the budget in spares', () => {
+    const budget = new MemoryBudget(8 * MIB);
+    const a = budget.buffer(3 * MIB);
+    const b = budget.buffer(5 * MIB);
+    budget.recycle(a);
+    budget.recycle(b);
+    expect(budget.buffer(2 * MIB) === a).toBe(true);
+    expect(budget.buffer(4 * MIB) === b).toBe(true);
+    expect(budget.buffer(4 * MIB) === b).toBe(false);
+    budget.recycle(Buffer.alloc(6 * MIB));
+    budget.recycle(a);
+    budget.recycle(b); // 6 + 3 + 5 > 8: the smallest spares go
+    expect(budget.buffer(5 * MIB).length).toBe(6 * MIB);
+    expect(budget.buffer(5 * MIB) === b).toBe(false);
+  });
+});
