@@ -7,6 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { DeliveryQueue, type DeliveryMode, type DeliveryQueueOptions } from '../../src/delivery/delivery-queue.js';
 import { MaildirError, deliverToMaildir } from '../../src/delivery/maildir.js';
 import { Spool, type Envelope, type SpooledMessage } from '../../src/storage/spool.js';
+import { startSmarthost as startNodeSmarthost, type RcptAnswer, type Smarthost } from '../helpers/smarthost.js';
 
 const MESSAGE = Buffer.from(
   'From: alice@example.org\r\nTo: bob@example.net\r\nSubject: delivery test\r\nMessage-ID: <dq@example.org>\r\n\r\nline one\r\n.leading dot\r\nlast line \xe9\r\n',
@@ -41,62 +42,11 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-/** One SMTP transaction as the smarthost saw it. */
-interface Transaction {
-  readonly helo: string;
-  readonly from: string;
-  readonly to: string[];
-  /** The message bytes after the DATA dot-unstuffing, as the smarthost received them. */
-  readonly data: Buffer;
-}
-
-/** What a smarthost answers to RCPT TO: accept, 5xx (as `smtp-sink -f RCPT`), or 4xx (as `smtp-sink -r RCPT`). */
-type RcptAnswer = 'accept' | 'permanent' | 'temporary';
-
-interface Smarthost {
-  readonly transactions: Transaction[];
-  close(): Promise<void>;
-}
-
 /** Every smarthost started, closed in afterAll. */
 const smarthosts: Smarthost[] = [];
 
-/**
- * A Node smarthost on 127.0.0.1:`port` (smtp-server, which the server
- * itself is built on): records each transaction's HELO name, envelope and
- * bytes, and answers RCPT TO as `rcpt` says.
- */
 async function startSmarthost(port: number, rcpt: RcptAnswer = 'accept'): Promise<Smarthost> {
-  const transactions: Transaction[] = [];
-  const server = new SMTPServer({
-    authOptional: true,
-    disabledCommands: ['STARTTLS'],
-    logger: false,
-    onRcptTo: (_address, _session, callback) => {
-      if (rcpt === 'permanent') return callback(Object.assign(new Error('5.1.1 Recipient rejected'), { responseCode: 550 }));
-      if (rcpt === 'temporary') return callback(Object.assign(new Error('4.2.0 Try again later'), { responseCode: 450 }));
-      callback();
-    },
-    onData: (stream, session, callback) => {
-      const chunks: Buffer[] = [];
-      stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-      stream.on('end', () => {
-        const mailFrom = session.envelope.mailFrom;
-        transactions.push({
-          helo: session.hostNameAppearsAs,
-          from: mailFrom === false ? '' : mailFrom.address,
-          to: session.envelope.rcptTo.map((r) => r.address),
-          data: Buffer.concat(chunks),
-        });
-        callback();
-      });
-    },
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, '127.0.0.1', () => resolve());
-  });
-  const smarthost: Smarthost = { transactions, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+  const smarthost = await startNodeSmarthost(port, rcpt);
   smarthosts.push(smarthost);
   return smarthost;
 }

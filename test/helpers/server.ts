@@ -10,9 +10,10 @@ type Section = string | ((dir: string) => string);
 /**
  * A temporary server root: config.toml, plugins/ and var/ folders. Each
  * option is TOML appended to its section, or a function of the root folder
- * returning it; `plugins` replaces the [plugins] section.
+ * returning it; `plugins` replaces the [plugins] section; `policy`, when
+ * given, is the [policy] section.
  */
-export function serverRoot(options: { server?: Section; storage?: Section; delivery?: Section; plugins?: Section } = {}): { dir: string; config: string; maildir: string; spool: string; quarantine: string } {
+export function serverRoot(options: { server?: Section; storage?: Section; delivery?: Section; policy?: Section; plugins?: Section } = {}): { dir: string; config: string; maildir: string; spool: string; quarantine: string } {
   const dir = mkdtempSync(join(tmpdir(), 'smtp-root-'));
   for (const sub of ['var/spool', 'var/maildir', 'var/quarantine', 'plugins']) mkdirSync(join(dir, sub), { recursive: true });
   const text = (section: Section | undefined): string => (typeof section === 'function' ? section(dir) : (section ?? ''));
@@ -23,6 +24,7 @@ export function serverRoot(options: { server?: Section; storage?: Section; deliv
       `[server]\nhost = "127.0.0.1"\nport = 0\nhostname = "mx.test"\n${text(options.server)}`,
       `[storage]\nspool_dir = "var/spool"\nquarantine_dir = "var/quarantine"\n${text(options.storage)}`,
       `[delivery]\nmaildir_root = "var/maildir"\n${text(options.delivery)}`,
+      options.policy === undefined ? '' : `[policy]\n${text(options.policy)}`,
       options.plugins === undefined ? '[plugins]\nenabled = true\ndirectory = "./plugins"\n' : text(options.plugins),
     ].join('\n'),
   );
@@ -44,6 +46,15 @@ export async function waitForPort(port: number, timeoutMs = 10_000): Promise<voi
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs} ms`);
+}
+
+/** Polls `check` every 20 ms until it holds; fails naming `what` after `timeoutMs`. */
+export async function waitUntil(check: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 /** A free loopback port (bound then released). */

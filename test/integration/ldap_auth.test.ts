@@ -6,7 +6,7 @@ import { loadConfig } from '../../src/config/config.js';
 import { MailServer } from '../../src/server/mail-server.js';
 import { freePort, runClient, serverRoot, startServerProcess, type ServerProcess } from '../helpers/server.js';
 import { startDelayProxy, type DelayProxy } from './helpers/delay-proxy.js';
-import { examplePlugin, type ExampleTarget } from './helpers/plugins.js';
+import { EXAMPLE_BUILD_DIR, examplePlugin, type ExampleTarget } from './helpers/plugins.js';
 import { startSlapd, SUFFIX, type LdapUser, type Slapd } from './helpers/slapd.js';
 
 /**
@@ -123,8 +123,10 @@ interface Harness {
 function pluginsSection(target: ExampleTarget, pluginConfig: object, grants: readonly string[] | undefined): string {
   const grantLine = grants === undefined ? '' : `allow_connect = ${JSON.stringify(grants)}\n`;
   return (
-    '[plugins]\nenabled = true\ndirectory = "./plugins"\n\n' +
-    '[[plugins.plugin]]\nname = "ldap-auth"\n' +
+    // The builds stay where global-setup made them; the containment rule wants that folder named.
+    `[plugins]\nenabled = true\ndirectory = "./plugins"\ntrusted_directories = ${JSON.stringify([EXAMPLE_BUILD_DIR])}\n\n` +
+    // Only a plugin configured as an authenticator may approve a login.
+    '[[plugins.plugin]]\nname = "ldap-auth"\nauthenticator = true\n' +
     `library = ${JSON.stringify(examplePlugin('ldap_auth', 'native'))}\n` +
     `wasm = ${JSON.stringify(examplePlugin('ldap_auth', 'wasm'))}\n` +
     `sandbox = ${target === 'wasm'}\n` +

@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import type { AddressInfo, Server } from 'node:net';
@@ -11,6 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { ClientLimits } from '../../src/server/client-limits.js';
 import { HookedSMTPServer, type CommandGate } from '../../src/server/hooked-smtp-server.js';
 import { LineClient } from '../helpers/smtp-client.js';
+import { selfSigned } from '../helpers/tls.js';
 
 const LIMITS: ClientLimits = { commandTimeoutMs: 1500, dataTimeoutMs: 10_000, minDataRateBytesPerS: 500, maxClientsPerIp: 3, maxClientsPerIpExceptions: [] };
 const OPEN_GATE: CommandGate = { active: () => false, check: async () => undefined };
@@ -102,9 +102,8 @@ describe('HookedSMTPServer with limits', () => {
 
   it('runs the deadlines on the parser STARTTLS installs: DATA at a good rate passes, the next command is due after the reply', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'hooked-tls-'));
-    const run = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '1', '-subj', '/CN=mx.test'], { encoding: 'utf8' });
-    expect(run.status, run.stderr).toBe(0);
-    const { port } = await start(OPEN_GATE, { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) });
+    const pem = selfSigned(dir);
+    const { port } = await start(OPEN_GATE, { key: readFileSync(pem.key), cert: readFileSync(pem.cert) });
     const client = await LineClient.open(port);
     clients.push(client);
     expect(await client.next()).toMatch(/^220 /);
