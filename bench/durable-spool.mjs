@@ -16,7 +16,8 @@ import { chainBuilds } from './smtp-throughput.mjs';
 
 const ROUNDS = scaled(3, 1);
 const LOAD = { messages: scaled(3_000, 500), size: 1024 };
-const TARGET = 2;
+/** Issue 12: batching fsyncs is how this server earns five times Postfix's one fsync per message. */
+const TARGET = 5;
 
 function diskOf(path) {
   const df = spawnSync('df', ['--output=source,fstype', path], { encoding: 'utf8' });
