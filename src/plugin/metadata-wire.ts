@@ -79,8 +79,8 @@ export class EncodedMetadata {
   readonly largestKey: string;
   /** The keys as given (null: decode them from the bytes when asked). */
   #fields: MetadataFields | null;
-  /** An encoding these bytes start with, whose keys are not in #fields. */
-  readonly #prefix: EncodedMetadata | null;
+  /** An encoding these bytes start with, whose keys are not in #fields yet (null once merged). */
+  #prefix: EncodedMetadata | null;
   /** The bytes the tail's key and length take at the end of `head`. */
   readonly #tailEntryBytes: number;
 
@@ -107,6 +107,8 @@ export class EncodedMetadata {
       const merged: Record<string, MetadataValue | undefined> = { ...this.#prefix.fields };
       for (const key in this.#fields) if (this.#fields[key] !== undefined) merged[key] = this.#fields[key]!;
       this.#fields = merged;
+      // Merged once: every later read is the same object (each plugin call reads it).
+      this.#prefix = null;
     }
     return this.#fields;
   }
