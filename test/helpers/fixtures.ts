@@ -73,6 +73,8 @@ export async function buildFixtures(): Promise<void> {
     buildPlugin({ source: join(FIXTURE_SOURCES, 'read_set.zig'), output: fixture('read_set') }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'net_probe.zig'), output: fixture('net_probe') }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'net_probe.zig'), output: wasmFixture('net_probe'), target: 'wasm' }),
+    // The same C probe as gcc's native build above, sandboxed: the parity test runs both.
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'c_isolation_probe.c'), output: wasmFixture('c_isolation_probe'), target: 'wasm' }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter') }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter_newest'), zigVersion: NEWEST_ZIG_VERSION }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'guide_spam_filter.zig'), output: wasmFixture('guide_spam_filter'), target: 'wasm' }),
