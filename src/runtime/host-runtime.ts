@@ -121,14 +121,23 @@ export class NativeContextSlot {
     return this.#finish(fns, context, fns.callHook(executeHook, this.pointer), onDenied);
   }
 
-  /** Runs the hook on a thread of koffi's pool; the event loop goes on meanwhile. */
-  callAsync(executeHook: NativePointer, context: HookContext): Promise<number> {
+  /**
+   * Runs the hook on a thread of koffi's pool; the event loop goes on
+   * meanwhile. When `abandoned()` is true by the time the call returns (its
+   * session was answered at the deadline), what the plugin did is dropped:
+   * `context` is not touched, and the native copy is reloaded before the
+   * next call.
+   */
+  callAsync(executeHook: NativePointer, context: HookContext, abandoned: () => boolean = () => false): Promise<number> {
     const fns = loadRuntime();
     this.#prepare(fns, context);
     return new Promise((resolve, reject) => {
       fns.callHook.async(executeHook, this.pointer, (error, packed) => {
         if (error) reject(hostError('SMTP_E_PLUGIN_HOOK_CODE', `the native hook call failed on its thread (${String(error)})`, error));
-        else {
+        else if (abandoned()) {
+          this.#contextId = 0;
+          resolve(packed % TWO_POW_32 | 0);
+        } else {
           try {
             resolve(this.#finish(fns, context, packed, this.#onDenied));
           } catch (failure) {

@@ -60,6 +60,8 @@ export async function buildFixtures(): Promise<void> {
   compileC(join(FIXTURE_SOURCES, 'c_spam_filter.c'), 'c_spam_filter');
   compileC(join(FIXTURE_SOURCES, 'c_policy.c'), 'c_policy', ['-D_GNU_SOURCE']);
   compileC(join(FIXTURE_SOURCES, 'c_isolation_probe.c'), 'c_isolation_probe');
+  // The same probe with SMTP_PLUGIN_FLAG_BLOCKING: in-process, its hooks run on a pool thread.
+  compileC(join(FIXTURE_SOURCES, 'c_isolation_probe.c'), 'c_blocking_probe', ['-DPROBE_FLAGS=SMTP_PLUGIN_FLAG_BLOCKING']);
   for (const [name, defines] of Object.entries(C_VARIANTS)) compileC(join(FIXTURE_SOURCES, 'c_variants.c'), name, defines);
   writeFileSync(fixture('not_a_library'), 'this is text, not an ELF file\n');
   await Promise.all([
