@@ -18,3 +18,16 @@ export function createLogger(options: { level?: string; name?: string } = {}): L
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });
 }
+
+/**
+ * Writes out what the logger still buffers, synchronously: for the last
+ * lines before the process ends without Node's exit handlers (exitNow).
+ */
+export function flushLogSync(logger: Logger): void {
+  const stream = (logger as unknown as Record<symbol, { flushSync?: () => void } | undefined>)[pino.symbols.streamSym];
+  try {
+    stream?.flushSync?.();
+  } catch {
+    // Not open yet, or closed: nothing of ours is buffered in it.
+  }
+}

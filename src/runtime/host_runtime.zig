@@ -98,6 +98,12 @@ export fn smtp_host_take_changes(ctx: *plugin.HookContext, out: [*]u8, cap: usiz
     return host.takeChanges(ctx, out[0..cap]);
 }
 
+/// Ends the process now, without exit handlers: Node's own exit joins the
+/// thread pool, and a native hook stuck on a pool thread would hold it forever.
+export fn smtp_host_exit_now(code: c_int) noreturn {
+    std.c._exit(code);
+}
+
 /// strnlen: the length of a C string, or -1 when no NUL comes within `max`.
 export fn smtp_host_strnlen(s: [*]const u8, max: usize) isize {
     var i: usize = 0;
