@@ -220,12 +220,15 @@ class NativePlugin implements Plugin {
     if (refused !== null) return Promise.reject(refused);
     const slot = this.#slot(context.limits);
     let state: 'queued' | 'running' | 'late' = 'queued';
+    const deadlineMs = Date.now() + this.#hookTimeoutMs;
     this.#inFlight++;
     const run = this.#queue.then(() => {
       // Its session was answered while it waited behind an earlier call: it never starts.
       if (state === 'late') return 0;
       state = 'running';
       this.#running = callStarted(this.metadata.name, context.hook);
+      // A plugin waiting on the network then gets a timeout by the deadline and returns, rather than being left running.
+      slot.setCallDeadline(deadlineMs);
       return slot.callAsync(this.#executeHook, context, () => state === 'late');
     });
     const settled = run.finally(() => {

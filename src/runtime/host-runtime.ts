@@ -21,6 +21,7 @@ interface RuntimeFunctions {
   denied: (ctx: NativePointer, out: Buffer, cap: number) => number;
   callHook: ((fn: NativePointer, ctx: NativePointer) => number) & { async: (fn: NativePointer, ctx: NativePointer, done: AsyncCallback<number>) => void };
   exitNow: (code: number) => void;
+  setDeadline: (ctx: NativePointer, deadlineMs: number) => void;
   takeChanges: (ctx: NativePointer, out: Buffer, cap: number) => number;
   strnlen: (s: NativePointer, max: number) => number;
   netConnect: (ctx: NativePointer, address: Buffer, len: number, timeoutMs: number) => number;
@@ -48,6 +49,7 @@ function loadRuntime(): RuntimeFunctions {
     denied: lib.func('size_t smtp_host_context_denied(void *ctx, uint8_t *out, size_t cap)'),
     callHook: lib.func('int64_t smtp_host_call_hook(void *fn, void *ctx)'),
     exitNow: lib.func('void smtp_host_exit_now(int code)'),
+    setDeadline: lib.func('void smtp_host_context_set_deadline(void *ctx, int64_t deadline_ms)'),
     takeChanges: lib.func('int64_t smtp_host_take_changes(void *ctx, uint8_t *out, size_t cap)'),
     strnlen: lib.func('intptr_t smtp_host_strnlen(void *s, size_t max)'),
     netConnect: lib.func('int32_t smtp_host_net_connect(void *ctx, const uint8_t *address, size_t len, uint32_t timeout_ms)'),
@@ -165,6 +167,11 @@ export class NativeContextSlot {
         }
       });
     });
+  }
+
+  /** The wall-clock time (Date.now() ms) the next call's network waits are cut to; 0: none. */
+  setCallDeadline(deadlineMs: number): void {
+    if (!this.#destroyed) loadRuntime().setDeadline(this.pointer, deadlineMs);
   }
 
   /** Frees the context and closes every connection opened through it. */
