@@ -1,4 +1,4 @@
-import { flushLogSync, type Logger } from '../log.js';
+import type { Logger } from '../log.js';
 import { runningPoolCalls } from '../native/pool-calls.js';
 import { exitNow } from '../runtime/host-runtime.js';
 import { CLOSE_TIMEOUT_MS } from '../server/mail-server.js';
@@ -47,6 +47,5 @@ export async function stopWithin(server: Stoppable, stop: () => Promise<void>, l
   const named = calls.map((call) => `plugin "${call.plugin}" in ${call.hook} for ${call.running_ms} ms${call.late ? ' (past its deadline)' : ''}`).join(', ');
   const why = outcome === 'grace over' ? `the server did not stop within ${graceMs} ms (it was ${server.stopStage ?? 'not yet stopping'})` : 'the server stopped, but native hook calls still hold threads';
   logger.error({ grace_ms: graceMs, stop_stage: server.stopStage, native_calls: calls, exit_code: EXIT_FORCED }, `${why}; still running: ${named || 'no native hook call'}; exiting without waiting for them`);
-  flushLogSync(logger);
   exitNow(EXIT_FORCED);
 }
