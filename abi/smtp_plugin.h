@@ -97,7 +97,11 @@ typedef enum smtp_net_status {
 /* Plugin flags, in smtp_plugin_metadata.flags (ABI 1.1). */
 /* The plugin's hooks may block (network I/O, long computation): the host runs
  * them off the event loop, one call at a time (native: a thread of koffi's
- * pool; sandboxed: the plugin's own worker thread). */
+ * pool; sandboxed: the plugin's own worker thread). A native in-process call
+ * still running at hook_timeout_ms fails the session's hook, but its thread
+ * runs on until the plugin returns (docs/sandbox.md). Without the flag a
+ * native in-process hook runs on the server's only thread: nothing can
+ * preempt it. */
 #define SMTP_PLUGIN_FLAG_BLOCKING (UINT64_C(1) << 0)
 
 /* The host allocator handed to init. The guide's `std.mem.Allocator` is not a

@@ -68,7 +68,7 @@ export async function run() {
   const address = `tcp:127.0.0.1:${server.address().port}`;
   const waits = [];
   for (const [name, file] of [['native, koffi pool thread', netProbe.native], ['sandboxed, own worker thread', netProbe.wasm]]) {
-    const instance = start(file, { allowConnect: [address] });
+    const instance = await start(file, { allowConnect: [address] });
     const { ticks, elapsed } = await ticksDuringWait(instance, address);
     waits.push([name, elapsed.toFixed(0), String(ticks)]);
     await instance.shutdown();

@@ -72,7 +72,7 @@ export const ERROR_CODES = {
   SMTP_E_WASM_BOUNDS: ['The module handed back a pointer or length outside its memory or over a metadata bound.', TEMPFAIL],
   SMTP_E_LISTEN: ['The server could not listen on its address: the port is in use, needs privileges, or the host is not an address of this machine or does not resolve.', undefined],
   SMTP_E_PLUGIN_CRASHED: ["A process-isolated plugin's process died (a signal such as SIGSEGV, or exit()); the message names the signal or the exit status. The plugin is restarted on its next call.", TEMPFAIL],
-  SMTP_E_PLUGIN_DEADLINE: ['A native plugin ran past its deadline (hook_timeout_ms); a process-isolated one is killed (SIGKILL) and restarted on its next call.', TEMPFAIL],
+  SMTP_E_PLUGIN_DEADLINE: ['A native plugin ran past its deadline (hook_timeout_ms); a process-isolated one is killed (SIGKILL) and restarted on its next call. An in-process blocking one cannot be stopped: its thread runs on, and its calls fail at once until it returns.', TEMPFAIL],
 } as const satisfies Record<string, readonly [string, SmtpReply | undefined]>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

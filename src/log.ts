@@ -10,7 +10,10 @@ export type { Logger };
  */
 export function createLogger(options: { level?: string; name?: string } = {}): Logger {
   const level = options.level ?? process.env.LOG_LEVEL ?? (process.env.SMTP_PLUGIN_DEBUG === '1' ? 'debug' : 'info');
-  const destination = process.stderr.isTTY ? pretty({ destination: 2, sync: true, colorize: true }) : pino.destination(2);
+  // Synchronous writes: an asynchronous one runs on libuv's thread pool, which a
+  // stuck native hook may be holding (src/native/pool-calls.ts), and the last
+  // line before a forced exit (src/cli/shutdown.ts) must be written, not queued.
+  const destination = process.stderr.isTTY ? pretty({ destination: 2, sync: true, colorize: true }) : pino.destination({ dest: 2, sync: true });
   return pino({ name: options.name ?? 'smtp-plugin-host', level }, destination);
 }
 
@@ -18,3 +21,4 @@ export function createLogger(options: { level?: string; name?: string } = {}): L
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });
 }
+

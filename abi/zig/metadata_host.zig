@@ -32,6 +32,11 @@ pub const Store = struct {
     changed_count: usize = 0,
     /// The clock of unit-test contexts (HookContext.nowMs): tests set it.
     test_now_ms: i64 = 0,
+    /// When the current hook call's session stops waiting for it (a
+    /// milliTimestamp; 0: no deadline). The native runtime cuts every network
+    /// wait to it, so that a plugin waiting on a slow peer gets a timeout and
+    /// returns, instead of holding its thread past the deadline.
+    call_deadline_ms: i64 = 0,
     /// Set when the plugin asked for a connection it was not granted; the
     /// host reads and clears it (contextStatus bit 1) to log the refusal.
     net_denied: bool = false,

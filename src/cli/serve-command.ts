@@ -7,6 +7,7 @@ import { createLogger } from '../log.js';
 import { PROJECT_ROOT } from '../paths.js';
 import { MailServer } from '../server/mail-server.js';
 import { backendsStopped } from '../plugin/backends.js';
+import { stopWithin } from './shutdown.js';
 
 export const SERVE_USAGE = `  smtp-server [--config FILE] [--plugin-dir DIR] [--port N] [--test-mode]`;
 
@@ -74,10 +75,12 @@ export async function serveCommand(args: string[]): Promise<number> {
   });
   logger.info({ signal }, 'stopping');
   watcher?.close();
-  await reloading;
-  await server.stop();
-  // Sandbox workers must be gone before the process exits (a worker with
-  // koffi loaded crashes an exit that races its teardown).
-  await backendsStopped();
-  return 0;
+  // Bounded: a plugin stuck in a native hook must not keep the server from exiting.
+  return stopWithin(server, async () => {
+    await reloading;
+    await server.stop();
+    // Sandbox workers must be gone before the process exits (a worker with
+    // koffi loaded crashes an exit that races its teardown).
+    await backendsStopped();
+  }, logger);
 }

@@ -15,6 +15,7 @@ import { PluginFlag } from '../abi/hooks.js';
 import { deniedConnectLogger } from '../plugin/denied-log.js';
 import { NativeContextSlot, boundedStrlen, callNativeHook, hostAllocator, type NativePointer } from '../runtime/host-runtime.js';
 import { checkLibraryFile } from './library-file.js';
+import { callReturned, callStarted, lateCallsAtLimit, LATE_CALLS_MAX, type PoolCall } from './pool-calls.js';
 
 type Library = ReturnType<typeof koffi.load>;
 type InterfacePointers = Record<(typeof INTERFACE_FIELDS)[number], NativePointer>;
@@ -132,6 +133,9 @@ class NativePlugin implements Plugin {
   readonly #slots = new Map<MetadataLimits, NativeContextSlot>();
   /** The last call queued on the pool: the next waits for it. */
   #queue: Promise<unknown> = Promise.resolve();
+  readonly #hookTimeoutMs: number;
+  /** The call on the pool now, if any (calls of one plugin run one at a time). */
+  #running: PoolCall | null = null;
   #inFlight = 0;
   /** Lifecycle calls that came while a hook ran on the pool: run after it, in order. */
   #deferred: { readonly what: 'disable' | 'deinit' | 'unload'; readonly run: () => void }[] = [];
@@ -146,6 +150,7 @@ class NativePlugin implements Plugin {
     this.path = path;
     this.#lib = lib;
     this.#grants = options.allowConnect;
+    this.#hookTimeoutMs = options.limits.hookTimeoutMs;
     this.#logger = logger;
     this.#deniedListener = deniedConnectLogger(logger, 'plugin asked for a connection it was not granted (allow_connect)');
     this.abiVersion = abiVersion;
@@ -211,15 +216,68 @@ class NativePlugin implements Plugin {
     if (!this.blocking) {
       return this.#grants.length === 0 ? callNativeHook(this.#executeHook, context, this.#deniedListener) : this.#slot(context.limits).call(this.#executeHook, context, this.#deniedListener);
     }
+    const refused = this.#refusal();
+    if (refused !== null) return Promise.reject(refused);
     const slot = this.#slot(context.limits);
+    let state: 'queued' | 'running' | 'late' = 'queued';
+    const deadlineMs = Date.now() + this.#hookTimeoutMs;
     this.#inFlight++;
-    const run = this.#queue.then(() => slot.callAsync(this.#executeHook, context));
+    const run = this.#queue.then(() => {
+      // Its session was answered while it waited behind an earlier call: it never starts.
+      if (state === 'late') return 0;
+      state = 'running';
+      this.#running = callStarted(this.metadata.name, context.hook);
+      // A plugin waiting on the network then gets a timeout by the deadline and returns, rather than being left running.
+      slot.setCallDeadline(deadlineMs);
+      return slot.callAsync(this.#executeHook, context, () => state === 'late');
+    });
     const settled = run.finally(() => {
       this.#inFlight--;
+      if (this.#running !== null) this.#returned(this.#running);
       if (this.#inFlight === 0) this.#drain();
     });
     this.#queue = settled.catch(() => undefined);
-    return settled;
+    return this.#withDeadline(settled, () => {
+      if (state === 'running' && this.#running !== null) this.#running.late = true;
+      const where = state === 'running' ? 'ran past' : 'waited behind the plugin\'s previous call past';
+      state = 'late';
+      return hostError('SMTP_E_PLUGIN_DEADLINE', `plugin "${this.metadata.name}": ${context.hook} ${where} its ${this.#hookTimeoutMs} ms deadline; an in-process thread cannot be stopped, so until it returns this plugin's calls fail at once (isolation = "process" would kill it)`);
+    });
+  }
+
+  /** Why a call must fail at once, without taking a thread: a call of this plugin is late, or late calls hold every thread they may. */
+  #refusal(): Error | null {
+    const running = this.#running;
+    if (running?.late === true) {
+      return hostError('SMTP_E_PLUGIN_DEADLINE', `plugin "${this.metadata.name}": its ${running.hook} call ran past its ${this.#hookTimeoutMs} ms deadline and has not returned after ${Math.round(performance.now() - running.startedMs)} ms; calls fail at once until it does`);
+    }
+    if (lateCallsAtLimit()) {
+      return hostError('SMTP_E_PLUGIN_DEADLINE', `plugin "${this.metadata.name}": ${LATE_CALLS_MAX} native hook calls are stuck past their deadlines, as many pool threads as may be held (the rest serve file I/O); blocking native calls fail at once until one returns`);
+    }
+    return null;
+  }
+
+  /** The call's result, or the deadline's error when hook_timeout_ms passes first (the call itself goes on: see #refusal). */
+  #withDeadline(settled: Promise<number>, late: () => Error): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(late()), this.#hookTimeoutMs);
+      settled.then(
+        (code) => {
+          clearTimeout(timer);
+          resolve(code);
+        },
+        (error: unknown) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      );
+    });
+  }
+
+  #returned(call: PoolCall): void {
+    this.#running = null;
+    callReturned(call);
+    if (call.late) this.#logger.warn({ hook: call.hook, running_ms: Math.round(performance.now() - call.startedMs) }, 'a hook call that ran past its deadline returned; its result was dropped, and the plugin takes calls again');
   }
 
   #drain(): void {

@@ -20,6 +20,8 @@ interface RuntimeFunctions {
   setGrants: (ctx: NativePointer, buf: Buffer, len: number) => number;
   denied: (ctx: NativePointer, out: Buffer, cap: number) => number;
   callHook: ((fn: NativePointer, ctx: NativePointer) => number) & { async: (fn: NativePointer, ctx: NativePointer, done: AsyncCallback<number>) => void };
+  exitNow: (code: number) => void;
+  setDeadline: (ctx: NativePointer, deadlineMs: number) => void;
   takeChanges: (ctx: NativePointer, out: Buffer, cap: number) => number;
   strnlen: (s: NativePointer, max: number) => number;
   netConnect: (ctx: NativePointer, address: Buffer, len: number, timeoutMs: number) => number;
@@ -46,6 +48,8 @@ function loadRuntime(): RuntimeFunctions {
     setGrants: lib.func('int smtp_host_context_set_grants(void *ctx, const uint8_t *buf, size_t len)'),
     denied: lib.func('size_t smtp_host_context_denied(void *ctx, uint8_t *out, size_t cap)'),
     callHook: lib.func('int64_t smtp_host_call_hook(void *fn, void *ctx)'),
+    exitNow: lib.func('void smtp_host_exit_now(int code)'),
+    setDeadline: lib.func('void smtp_host_context_set_deadline(void *ctx, int64_t deadline_ms)'),
     takeChanges: lib.func('int64_t smtp_host_take_changes(void *ctx, uint8_t *out, size_t cap)'),
     strnlen: lib.func('intptr_t smtp_host_strnlen(void *s, size_t max)'),
     netConnect: lib.func('int32_t smtp_host_net_connect(void *ctx, const uint8_t *address, size_t len, uint32_t timeout_ms)'),
@@ -65,6 +69,23 @@ export function ensureRuntimeLoaded(): void {
 /** The smtp_allocator every native plugin's init receives (libc malloc). */
 export function hostAllocator(): NativePointer {
   return loadRuntime().allocator();
+}
+
+/**
+ * Ends the process at once with `code` (_exit): no exit handlers, no wait.
+ * For when a native hook call is stuck on a pool thread: process.exit()
+ * would join that thread and wait for it forever.
+ */
+export function exitNow(code: number): never {
+  let fns: RuntimeFunctions;
+  try {
+    fns = loadRuntime();
+  } catch {
+    // No runtime, so no native call can hold a pool thread: Node's own exit cannot hang on one.
+    process.exit(code);
+  }
+  fns.exitNow(code);
+  throw new Error('unreachable: _exit returned');
 }
 
 /** Length of the C string at `s`, or -1 when it has no NUL within `max` bytes. */
@@ -121,14 +142,23 @@ export class NativeContextSlot {
     return this.#finish(fns, context, fns.callHook(executeHook, this.pointer), onDenied);
   }
 
-  /** Runs the hook on a thread of koffi's pool; the event loop goes on meanwhile. */
-  callAsync(executeHook: NativePointer, context: HookContext): Promise<number> {
+  /**
+   * Runs the hook on a thread of koffi's pool; the event loop goes on
+   * meanwhile. When `abandoned()` is true by the time the call returns (its
+   * session was answered at the deadline), what the plugin did is dropped:
+   * `context` is not touched, and the native copy is reloaded before the
+   * next call.
+   */
+  callAsync(executeHook: NativePointer, context: HookContext, abandoned: () => boolean = () => false): Promise<number> {
     const fns = loadRuntime();
     this.#prepare(fns, context);
     return new Promise((resolve, reject) => {
       fns.callHook.async(executeHook, this.pointer, (error, packed) => {
         if (error) reject(hostError('SMTP_E_PLUGIN_HOOK_CODE', `the native hook call failed on its thread (${String(error)})`, error));
-        else {
+        else if (abandoned()) {
+          this.#contextId = 0;
+          resolve(packed % TWO_POW_32 | 0);
+        } else {
           try {
             resolve(this.#finish(fns, context, packed, this.#onDenied));
           } catch (failure) {
@@ -137,6 +167,11 @@ export class NativeContextSlot {
         }
       });
     });
+  }
+
+  /** The wall-clock time (Date.now() ms) the next call's network waits are cut to; 0: none. */
+  setCallDeadline(deadlineMs: number): void {
+    if (!this.#destroyed) loadRuntime().setDeadline(this.pointer, deadlineMs);
   }
 
   /** Frees the context and closes every connection opened through it. */

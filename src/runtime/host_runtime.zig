@@ -98,6 +98,18 @@ export fn smtp_host_take_changes(ctx: *plugin.HookContext, out: [*]u8, cap: usiz
     return host.takeChanges(ctx, out[0..cap]);
 }
 
+/// Sets when the next hook call's session stops waiting (a milliTimestamp, 0:
+/// none): the call's network waits are cut to it (src/runtime/net.zig).
+export fn smtp_host_context_set_deadline(ctx: *plugin.HookContext, deadline_ms: i64) void {
+    host.storeOf(ctx).call_deadline_ms = deadline_ms;
+}
+
+/// Ends the process now, without exit handlers: Node's own exit joins the
+/// thread pool, and a native hook stuck on a pool thread would hold it forever.
+export fn smtp_host_exit_now(code: c_int) noreturn {
+    std.c._exit(code);
+}
+
 /// strnlen: the length of a C string, or -1 when no NUL comes within `max`.
 export fn smtp_host_strnlen(s: [*]const u8, max: usize) isize {
     var i: usize = 0;

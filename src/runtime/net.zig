@@ -112,6 +112,14 @@ fn parseAddress(text: []const u8) ?Target {
     return null;
 }
 
+/// The end of a wait of `timeout_ms` from now, cut to the hook call's
+/// deadline when the host set one (Store.call_deadline_ms).
+fn waitDeadline(ctx: *const plugin.HookContext, timeout_ms: u32) i64 {
+    const own = std.time.milliTimestamp() + timeout_ms;
+    const call = host.storeOf(ctx).call_deadline_ms;
+    return if (call != 0) @min(own, call) else own;
+}
+
 /// Milliseconds left before `deadline` (a milliTimestamp), at least 0.
 fn remaining(deadline: i64) i32 {
     const left = deadline - std.time.milliTimestamp();
@@ -185,14 +193,14 @@ pub const Io = struct {
             store.recordDenied(address);
             return status(.denied);
         }
-        const fd = connectAddress(address, timeout_ms);
+        const fd = connectAddress(address, @intCast(remaining(waitDeadline(ctx, timeout_ms))));
         if (fd < 0) return fd;
         return adopt(ctx, fd);
     }
 
     pub fn netSend(ctx: *plugin.HookContext, handle: i32, data: [*]const u8, len: usize, timeout_ms: u32) callconv(.c) i32 {
         const fd = lookup(ctx, handle) orelse return status(.closed);
-        const deadline = std.time.milliTimestamp() + timeout_ms;
+        const deadline = waitDeadline(ctx, timeout_ms);
         var sent: usize = 0;
         while (sent < len) {
             const n = posix.send(fd, data[sent..len], posix.MSG.NOSIGNAL) catch |err| switch (err) {
@@ -213,7 +221,7 @@ pub const Io = struct {
         const fd = lookup(ctx, handle) orelse return status(.closed);
         if (cap == 0) return status(.limit);
         const want = @min(cap, recv_bytes_max);
-        const deadline = std.time.milliTimestamp() + timeout_ms;
+        const deadline = waitDeadline(ctx, timeout_ms);
         while (true) {
             const n = posix.recv(fd, buf[0..want], 0) catch |err| switch (err) {
                 error.WouldBlock => {

@@ -33,7 +33,7 @@ import { domainOf, sessionEncoding, sessionEvent, sessionFields } from './sessio
 const SANDBOX_MEMORY_PER_MESSAGE_BYTE = 4;
 
 /** How long stop() lets open sessions finish before closing them. */
-const CLOSE_TIMEOUT_MS = 5000;
+export const CLOSE_TIMEOUT_MS = 5000;
 
 type Callback<T> = (err?: Error | null, result?: T) => void;
 
@@ -200,17 +200,32 @@ export class MailServer {
     await this.#manager.deinit();
   }
 
+  /** What stop() is doing now (for a shutdown that must give up waiting: it names what did not finish); null before stop(). */
+  get stopStage(): string | null {
+    return this.#stopStage;
+  }
+
+  #stopStage: string | null = null;
+
   /** Stops accepting, lets sessions in flight finish, then tears down. */
   async stop(): Promise<void> {
+    this.#stopStage = 'running the server_stopping hook';
     await this.#fire('server_stopping', () => this.#serverFields());
     const smtp = this.#smtp;
     this.#smtp = null;
+    this.#stopStage = `closing SMTP sessions (each gets up to ${CLOSE_TIMEOUT_MS} ms to finish)`;
     if (smtp) await new Promise<void>((done) => smtp.close(() => done()));
+    this.#stopStage = 'stopping delivery';
     await this.#queue?.stop();
+    this.#stopStage = 'closing the spool';
     await this.#spool?.close();
+    this.#stopStage = 'stopping hot reload';
     await this.#reloader?.stop();
+    this.#stopStage = 'running the server_stopped hook';
     await this.#fire('server_stopped', () => this.#serverFields());
+    this.#stopStage = 'shutting plugins down';
     await this.#manager.deinit();
+    this.#stopStage = 'stopped';
     this.#logger.info('stopped');
   }
 

@@ -25,7 +25,7 @@ async function openSpool(): Promise<Spool> {
 }
 
 /** Polls `check` until it holds; fails after `timeoutMs`. */
-async function waitUntil(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
@@ -225,7 +225,7 @@ describe('DeliveryQueue, mode relay (a Node smarthost downstream)', () => {
       ['carol@example.net', 'relay'],
     ]);
     expect(await spool.list()).toEqual([]);
-    await waitUntil(() => sink.transactions.length === 1, 5000, 'the transaction');
+    await waitFor(() => sink.transactions.length === 1, 5000, 'the transaction');
     const [transaction] = sink.transactions;
     expect(transaction!.helo).toBe('relay-test.example');
     expect(transaction!.from).toBe('alice@example.org');
@@ -265,16 +265,16 @@ describe('DeliveryQueue, mode relay (a Node smarthost downstream)', () => {
     const { queue, seen } = queueWith(spool, { mode: 'relay', relay: { host: '127.0.0.1', port } });
     const message = await store(spool, { from: 'alice@example.org', to: ['bob@example.net'] });
     queue.enqueue(message);
-    await waitUntil(() => queue.stats.deferred >= 2, 5000, 'two deferrals');
+    await waitFor(() => queue.stats.deferred >= 2, 5000, 'two deferrals');
     expect((await spool.list()).map((m) => m.id)).toEqual([message.id]);
     expect(seen.delivered).toEqual([]);
 
     const sink = await startSmarthost(port);
-    await waitUntil(() => queue.stats.delivered === 1, 10_000, 'delivery after the smarthost came up');
+    await waitFor(() => queue.stats.delivered === 1, 10_000, 'delivery after the smarthost came up');
     await queue.idle();
     expect(await spool.list()).toEqual([]);
     expect(queue.stats.bounced).toBe(0);
-    await waitUntil(() => sink.transactions.length === 1, 5000, 'the transaction');
+    await waitFor(() => sink.transactions.length === 1, 5000, 'the transaction');
     expect(sink.transactions[0]!.data).toEqual(MESSAGE);
     await queue.stop();
     await sink.close();
@@ -380,7 +380,7 @@ describe('DeliveryQueue, mode relay (a Node smarthost downstream)', () => {
       const { queue, seen } = queueWith(spool, { mode: 'relay', relay: { host: '127.0.0.1', port } });
       const message = await store(spool, { from: 'a@example.org', to: ['bob@example.net', 'carol@example.net', 'dave@example.net'] });
       queue.enqueue(message);
-      await waitUntil(() => queue.stats.deferred >= 1, 5000, 'a deferral');
+      await waitFor(() => queue.stats.deferred >= 1, 5000, 'a deferral');
       expect(transactions).toEqual([['bob@example.net']]);
       const [pending] = await spool.list();
       expect(pending!.delivered).toEqual(['bob@example.net']);

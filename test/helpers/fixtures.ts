@@ -60,6 +60,8 @@ export async function buildFixtures(): Promise<void> {
   compileC(join(FIXTURE_SOURCES, 'c_spam_filter.c'), 'c_spam_filter');
   compileC(join(FIXTURE_SOURCES, 'c_policy.c'), 'c_policy', ['-D_GNU_SOURCE']);
   compileC(join(FIXTURE_SOURCES, 'c_isolation_probe.c'), 'c_isolation_probe');
+  // The same probe with SMTP_PLUGIN_FLAG_BLOCKING: in-process, its hooks run on a pool thread.
+  compileC(join(FIXTURE_SOURCES, 'c_isolation_probe.c'), 'c_blocking_probe', ['-DPROBE_FLAGS=SMTP_PLUGIN_FLAG_BLOCKING']);
   for (const [name, defines] of Object.entries(C_VARIANTS)) compileC(join(FIXTURE_SOURCES, 'c_variants.c'), name, defines);
   writeFileSync(fixture('not_a_library'), 'this is text, not an ELF file\n');
   await Promise.all([
@@ -73,6 +75,8 @@ export async function buildFixtures(): Promise<void> {
     buildPlugin({ source: join(FIXTURE_SOURCES, 'read_set.zig'), output: fixture('read_set') }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'net_probe.zig'), output: fixture('net_probe') }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'net_probe.zig'), output: wasmFixture('net_probe'), target: 'wasm' }),
+    // The same C probe as gcc's native build above, sandboxed: the parity test runs both.
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'c_isolation_probe.c'), output: wasmFixture('c_isolation_probe'), target: 'wasm' }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter') }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter_newest'), zigVersion: NEWEST_ZIG_VERSION }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'guide_spam_filter.zig'), output: wasmFixture('guide_spam_filter'), target: 'wasm' }),

@@ -4,7 +4,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { MailServer } from '../../src/server/mail-server.js';
-import { runClient, serverRoot, waitUntil } from '../helpers/server.js';
+import { runClient, serverRoot, waitFor } from '../helpers/server.js';
 import { selfSigned } from '../helpers/tls.js';
 
 /**
@@ -43,7 +43,7 @@ describe('the mail server with swaks', () => {
           return false;
         }
       };
-      await waitUntil(holds, `swaks ${extra} message in the Maildir`);
+      await waitFor(holds, `swaks ${extra} message in the Maildir`);
     });
   }
 });

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { MailServer } from '../../src/server/mail-server.js';
 import { fixture } from '../helpers/fixtures.js';
-import { serverRoot } from '../helpers/server.js';
+import { serverRoot, waitFor } from '../helpers/server.js';
 
 /**
  * The probe runs with isolation = "process" in a real MailServer, hooked
@@ -17,14 +17,6 @@ import { serverRoot } from '../helpers/server.js';
 
 function files(dir: string): string[] {
   return existsSync(dir) ? readdirSync(dir).filter((f) => !f.startsWith('.')) : [];
-}
-
-async function waitFor(check: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 describe('a process-isolated plugin that crashes, exits or hangs, in a real server with real clients', () => {

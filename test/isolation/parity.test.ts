@@ -1,19 +1,24 @@
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HostStatus } from '../../src/abi/hooks.js';
 import { openPlugin } from '../../src/plugin/backends.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { resolvePluginOptions, type Isolation } from '../../src/plugin/options.js';
 import type { Plugin } from '../../src/plugin/plugin.js';
-import { fixture } from '../helpers/fixtures.js';
+import { fixture, wasmFixture } from '../helpers/fixtures.js';
+
+/** The three ways one C source runs: native in the server's process, native in a child process, and built for wasm32 in the sandbox. */
+type Mode = Isolation | 'wasm';
 
 /**
- * One C source, built once, run native in the server's process and native
- * in a process of its own: the hooks that do not escape their sandbox give
- * the same results. (The C-to-wasm build route is not on this branch's
- * main yet, so the wasm column is not here.) What differs on purpose: in
- * the server's process fopen and socket work; isolated, they fail with EPERM.
+ * One C source (test/fixtures/plugins/c_isolation_probe.c), built native by
+ * gcc and for wasm by `plugin build --target wasm`, run in all three modes:
+ * the hooks that do not escape their sandbox give the same results. What
+ * differs on purpose, and so is not compared: in the server's process fopen
+ * and socket work; isolated, they fail with EPERM; in wasm there is no file
+ * system and no socket() at all.
  */
-describe('parity: the same probe in-process and process-isolated', () => {
+describe('parity: the same C probe in-process, process-isolated and wasm', () => {
   let server: Server;
   let port: number;
   beforeAll(async () => {
@@ -25,10 +30,18 @@ describe('parity: the same probe in-process and process-isolated', () => {
     await new Promise((done) => server.close(done));
   });
 
-  async function results(isolation: Isolation): Promise<Record<string, unknown>[]> {
+  /** Each mode's results, run once and shared by the tests below. */
+  const runs = new Map<Mode, Promise<Record<string, unknown>[]>>();
+  function resultsOf(mode: Mode): Promise<Record<string, unknown>[]> {
+    if (!runs.has(mode)) runs.set(mode, results(mode));
+    return runs.get(mode)!;
+  }
+
+  async function results(mode: Mode): Promise<Record<string, unknown>[]> {
     const granted = `tcp:127.0.0.1:${port}`;
     // blocking: in-process, the hooks run on a pool thread, so that this process's loopback server can answer net_recv.
-    const plugin: Plugin = await openPlugin(fixture('c_isolation_probe'), { options: resolvePluginOptions({ isolation, allowConnect: [granted], blocking: true }) });
+    const options = resolvePluginOptions({ allowConnect: [granted], blocking: true, ...(mode === 'wasm' ? {} : { isolation: mode }) });
+    const plugin: Plugin = await openPlugin(mode === 'wasm' ? wasmFixture('c_isolation_probe') : fixture('c_isolation_probe'), { options });
     expect(await plugin.init('{}')).toBe(0);
     expect(await plugin.enable()).toBe(0);
     const out: Record<string, unknown>[] = [];
@@ -39,6 +52,7 @@ describe('parity: the same probe in-process and process-isolated', () => {
       { probe: 'net', address: granted },
       { probe: 'net', address: 'tcp:127.0.0.1:1' },
       { probe: 'alloc', mb: '8' },
+      { probe: 'null' },
     ];
     for (const fields of cases) {
       const context = HookContext.of('message_filtered', fields);
@@ -52,12 +66,25 @@ describe('parity: the same probe in-process and process-isolated', () => {
     return out;
   }
 
-  it('gives the same codes, changes and cancel flags', async () => {
-    const inProcess = await results('in-process');
-    const isolated = await results('process');
+  it('gives the same codes, changes and cancel flags in all three modes', async () => {
+    const inProcess = await resultsOf('in-process');
+    const isolated = await resultsOf('process');
+    const wasm = await resultsOf('wasm');
     expect(isolated).toEqual(inProcess);
+    expect(wasm).toEqual(inProcess);
     expect(inProcess[0]).toEqual({ code: 0, cancel: false, changed: { output: 'seen:one', count: '1' } });
+    expect(inProcess[1]).toEqual({ code: 0, cancel: false, changed: { output: 'seen:two', count: '2' } });
+    expect(inProcess[2]).toEqual({ code: 0, cancel: true, changed: {} });
     expect(inProcess[3]).toMatchObject({ changed: { net_reply: 'pong\n' } });
     expect(inProcess[4]).toMatchObject({ changed: { net_result: '-1' } });
+    expect(inProcess[5]).toMatchObject({ changed: { alloc: 'ok' } });
+  });
+
+  it('refuses a NULL value with a non-zero length as SMTP_STATUS_INVALID and stores nothing, in all three modes', async () => {
+    // set_metadata(ctx, "stored", NULL, 5): natively NULL would be a segfault if read; in wasm it is address 0, readable, so only the check keeps 5 bytes from being stored.
+    for (const mode of ['in-process', 'process', 'wasm'] as const) {
+      const nullCase = (await resultsOf(mode))[6];
+      expect(nullCase, mode).toEqual({ code: 0, cancel: false, changed: { null_status: String(HostStatus.INVALID) } });
+    }
   });
 });

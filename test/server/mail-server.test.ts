@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { MailServer } from '../../src/server/mail-server.js';
 import { fixture } from '../helpers/fixtures.js';
-import { python, serverRoot } from '../helpers/server.js';
+import { python, serverRoot, waitFor } from '../helpers/server.js';
 import { selfSigned } from '../helpers/tls.js';
 
 const SPAM = 'Congratulations WINNER! casino: click here for free money, act now';
@@ -21,14 +21,6 @@ function keptAnywhere(root: { spool: string; maildir: string }, needle: string):
   const spooled = files(root.spool).some((f) => readFileSync(join(root.spool, f), 'latin1').includes(needle));
   const delivered = files(root.maildir).some((box) => files(join(root.maildir, box, 'new')).some((f) => readFileSync(join(root.maildir, box, 'new', f), 'latin1').includes(needle)));
   return spooled || delivered;
-}
-
-async function waitFor(check: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 describe('the mail server with real clients', () => {

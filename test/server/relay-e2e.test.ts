@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { MailServer } from '../../src/server/mail-server.js';
 import { fixture } from '../helpers/fixtures.js';
-import { python, serverRoot, waitUntil } from '../helpers/server.js';
+import { python, serverRoot, waitFor } from '../helpers/server.js';
 import { startSmarthost, type Smarthost, type Transaction } from '../helpers/smarthost.js';
 
 /**
@@ -77,7 +77,7 @@ print('local sent')
     expect(lines[3]).toBe('local sent');
     // The message accepted after it is the barrier: once it has reached the
     // smarthost, the refused one would have too.
-    await waitUntil(() => relayedTo(smarthost.transactions, 'MARKER-LOCAL-AFTER').length > 0, 'the local message at the smarthost');
+    await waitFor(() => relayedTo(smarthost.transactions, 'MARKER-LOCAL-AFTER').length > 0, 'the local message at the smarthost');
     expect(relayedTo(smarthost.transactions, 'MARKER-LOCAL-AFTER')).toEqual(['alice@example.test']);
     expect(relayedTo(smarthost.transactions, 'MARKER-UNAUTH')).toEqual([]);
     expect(smarthost.transactions.flatMap((t) => t.to)).not.toContain('victim@remote.example');
@@ -91,7 +91,7 @@ print('refused', sorted(refused))
 `);
     expect(approved[0]).toMatch(/^235 /);
     expect(approved[1]).toBe('refused []');
-    await waitUntil(() => relayedTo(smarthost.transactions, 'MARKER-AUTH').length > 0, 'the relayed message at the smarthost');
+    await waitFor(() => relayedTo(smarthost.transactions, 'MARKER-AUTH').length > 0, 'the relayed message at the smarthost');
     expect(relayedTo(smarthost.transactions, 'MARKER-AUTH')).toEqual(['carol@remote.example']);
 
     const wrong = await smtplib(port, `
@@ -119,7 +119,7 @@ show(s.data(b'Subject: many\\r\\n\\r\\nMARKER-MANY\\r\\n'))
     expect(rcptReplies[100]).toBe('452 4.5.3 Too many recipients');
     expect(lines[102]).toMatch(/^250 /);
     const first100 = recipients.slice(0, 100);
-    await waitUntil(() => relayedTo(smarthost.transactions, 'MARKER-MANY').length >= 100, '100 recipients at the smarthost');
+    await waitFor(() => relayedTo(smarthost.transactions, 'MARKER-MANY').length >= 100, '100 recipients at the smarthost');
     expect(relayedTo(smarthost.transactions, 'MARKER-MANY').sort()).toEqual([...first100].sort());
   });
 });

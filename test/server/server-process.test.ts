@@ -1,25 +1,9 @@
-import { copyFileSync, existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { PROJECT_ROOT } from '../../src/paths.js';
 import { fixture } from '../helpers/fixtures.js';
-import { freePort, python, runClient, serverRoot, startServerProcess } from '../helpers/server.js';
-
-function maildirTexts(root: string): string[] {
-  if (!existsSync(root)) return [];
-  return readdirSync(root).flatMap((box) => {
-    const dir = join(root, box, 'new');
-    return existsSync(dir) ? readdirSync(dir).map((f) => readFileSync(join(dir, f), 'latin1')) : [];
-  });
-}
-
-async function until(check: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+import { freePort, maildirTexts, python, runClient, serverRoot, startServerProcess, waitFor } from '../helpers/server.js';
 
 /** Sends numbered messages over one connection until it breaks or `count` are sent; prints each number after its 250. */
 const SENDER = (port: number, count: number, tag: string) => `
@@ -54,7 +38,7 @@ describe('the smtp-server command', () => {
         const texts = maildirTexts(root.maildir).join('\n');
         return acknowledged.filter((i) => !texts.includes(`MARK-kill-${i}-END`));
       };
-      await until(() => missing().length === 0, 'every acknowledged message in the Maildir');
+      await waitFor(() => missing().length === 0, 'every acknowledged message in the Maildir', 20_000);
       expect(missing()).toEqual([]);
       console.info(`SIGKILL test: ${acknowledged.length} messages acknowledged before the kill, all ${acknowledged.length} found after the restart`);
     } finally {
@@ -93,15 +77,15 @@ describe('the smtp-server command', () => {
     const server = await startServerProcess(['--config', root.config], port);
     try {
       writeFileSync(root.config, readFileSync(root.config, 'utf8').replace('first.log', 'second.log'));
-      await until(() => existsSync(join(root.dir, 'second.log')) && readFileSync(join(root.dir, 'second.log'), 'utf8').includes('config_changed'), 'config_changed after the edit');
+      await waitFor(() => existsSync(join(root.dir, 'second.log')) && readFileSync(join(root.dir, 'second.log'), 'utf8').includes('config_changed'), 'config_changed after the edit', 20_000);
       const reloads = () => server.logs().split('\n').filter((l) => l.includes('"config reloaded"'));
       expect(JSON.parse(reloads()[0]!).changed_plugins).toEqual(['policy']);
       server.child.kill('SIGHUP');
-      await until(() => reloads().length === 2, 'a second reload on SIGHUP');
+      await waitFor(() => reloads().length === 2, 'a second reload on SIGHUP', 20_000);
       expect(JSON.parse(reloads()[1]!).changed_plugins).toEqual([]);
       // A bad edit is refused and the server keeps running as it was.
       writeFileSync(root.config, readFileSync(root.config, 'utf8').replace('enabled = true', 'enabled = "maybe"'));
-      await until(() => server.logs().includes('config reload refused'), 'the refusal of a bad config');
+      await waitFor(() => server.logs().includes('config reload refused'), 'the refusal of a bad config', 20_000);
       const sent = await python(SENDER(port, 1, 'after'));
       expect(sent.stdout.trim()).toBe('0');
     } finally {
@@ -137,7 +121,7 @@ except smtplib.SMTPDataError as e:
 s.quit()
 `);
       expect(run.stdout.trim()).toBe('554 5.7.1 Message refused as spam');
-      await until(() => maildirTexts(join(root.dir, 'var', 'maildir')).some((t) => t.includes('hello from a person')), 'delivery');
+      await waitFor(() => maildirTexts(join(root.dir, 'var', 'maildir')).some((t) => t.includes('hello from a person')), 'delivery', 20_000);
       expect(server.logs()).toMatch(/"hook":"message_filtered".*"plugin":"spam-filter"/);
     } finally {
       await server.stop();
