@@ -62,3 +62,9 @@ export function lateCallsAtLimit(): boolean {
 export function runningPoolCalls(nowMs: number = performance.now()): { plugin: string; hook: string; running_ms: number; late: boolean }[] {
   return [...running].map((call) => ({ plugin: call.plugin, hook: call.hook, running_ms: Math.round(nowMs - call.startedMs), late: call.late }));
 }
+
+/** True while some call past its deadline still runs: it may still read the bytes it was given. */
+export function lateCallRunning(): boolean {
+  for (const call of running) if (call.late) return true;
+  return false;
+}

@@ -6,6 +6,7 @@ import type { MetadataValue } from '../plugin/hook-context.js';
 import { encodeFields, type EncodedMetadata, type MetadataFields } from '../plugin/metadata-wire.js';
 import type { HookName } from '../abi/hooks.js';
 import { quarantineFolder, type IncomingMessage, type Spool, type SpooledMessage } from '../storage/spool.js';
+import { lateCallRunning } from '../native/pool-calls.js';
 import { receiveData, type DataStream, type ReceivedData } from './data-receiver.js';
 import { MemoryBudget } from './memory-budget.js';
 import { BODY_HOOKS, BODY_KEY } from './hook-table.js';
@@ -141,7 +142,8 @@ export class MessagePipeline {
       // message_stored has no message_body: keep the keys, drop the view of the body. Plugins were
       // given the bytes for their calls only (docs/abi.md), so the buffer may serve the next message.
       message.encoded = message.encoded?.withoutTail() ?? null;
-      if (loaded !== null) budget.recycle(loaded);
+      // A native call past its deadline may still be reading this body on its thread: then the buffer is left to the GC, which frees it only once that call returned.
+      if (loaded !== null && !lateCallRunning()) budget.recycle(loaded);
       release();
     }
   }
