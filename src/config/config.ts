@@ -367,6 +367,7 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
   const hostWrong = hostProblem(s.host);
   if (hostWrong !== null) fail('server', 'host', hostWrong);
   // AUTH in clear text is only for a listener nobody else can reach.
+  if (s.auth_required && !s.auth) fail('server', 'auth_required', 'true needs auth = true: with AUTH off no client could ever send mail');
   if (s.auth_insecure && !isLoopbackHost(host)) {
     fail('server', 'auth_insecure', `true is only allowed on a loopback listener (host 127.0.0.0/8, ::1 or localhost); host is "${host}": offer STARTTLS (tls_key, tls_cert) instead`);
   }

@@ -73,6 +73,12 @@ export interface HookOutcome {
   readonly policy?: Exclude<OnErrorPolicy, 'continue'>;
   /** Plugins that failed and were skipped (on_error = "continue"): a security decision must not pass them by. */
   readonly skipped?: readonly string[];
+  /**
+   * For continue: how many plugins ran and answered continue. A plugin
+   * disabled between the server's check and the run is not counted, so a
+   * decision that needs an approval (a login) sees that nobody gave one.
+   */
+  readonly answered?: number;
 }
 
 /** A loaded plugin with its options and its run of failures. */
@@ -100,7 +106,14 @@ function coded(error: unknown, path: string): HostError {
   return isHostError(error) ? error : hostError('SMTP_E_PLUGIN_NOT_LIBRARY', `${path}: ${String(error)}`, error);
 }
 
-const CONTINUE: HookOutcome = Object.freeze({ action: 'continue' });
+const CONTINUED_BY_NOBODY: HookOutcome = Object.freeze({ action: 'continue', answered: 0 });
+const CONTINUED_BY_ONE: HookOutcome = Object.freeze({ action: 'continue', answered: 1 });
+
+function continued(answered: number, skipped: string[] | undefined): HookOutcome {
+  if (skipped) return { action: 'continue', skipped, answered };
+  if (answered === 0) return CONTINUED_BY_NOBODY;
+  return answered === 1 ? CONTINUED_BY_ONE : { action: 'continue', answered };
+}
 
 /**
  * The seed guide's PluginManager: loads plugins from a directory, runs each
@@ -476,10 +489,10 @@ export class PluginManager {
    */
   runChain(context: HookContext, role: ChainRole = 'all'): HookOutcome | Promise<HookOutcome> {
     const chain = this.#chains[context.hookValue]!;
-    return this.#runFrom(role === 'all' ? chain : chain.filter((entry) => entry.authenticator === (role === 'authenticators')), 0, context, undefined);
+    return this.#runFrom(role === 'all' ? chain : chain.filter((entry) => entry.authenticator === (role === 'authenticators')), 0, context, undefined, 0);
   }
 
-  #runFrom(chain: readonly Entry[], from: number, context: HookContext, skipped: string[] | undefined): HookOutcome | Promise<HookOutcome> {
+  #runFrom(chain: readonly Entry[], from: number, context: HookContext, skipped: string[] | undefined, answered: number): HookOutcome | Promise<HookOutcome> {
     for (let index = from; index < chain.length; index++) {
       const entry = chain[index]!;
       // The chain was taken before an earlier plugin's await: a plugin
@@ -497,17 +510,18 @@ export class PluginManager {
       }
       if (result instanceof Promise) {
         return result.then(
-          ({ action }) => this.#answered(entry, context, action, started, skipped) ?? this.#runFrom(chain, index + 1, context, skipped),
+          ({ action }) => this.#answered(entry, context, action, started, skipped) ?? this.#runFrom(chain, index + 1, context, skipped, answered + 1),
           (error: unknown) => {
             const failed = this.#failed(entry, context, error, skipped);
-            return 'action' in failed ? failed : this.#runFrom(chain, index + 1, context, failed.skipped);
+            return 'action' in failed ? failed : this.#runFrom(chain, index + 1, context, failed.skipped, answered);
           },
         );
       }
       const ended = this.#answered(entry, context, result.action, started, skipped);
       if (ended !== null) return ended;
+      answered++;
     }
-    return skipped ? { action: 'continue', skipped } : CONTINUE;
+    return continued(answered, skipped);
   }
 
   /** A plugin answered: the outcome when it ended the chain, else null. */

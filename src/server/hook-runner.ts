@@ -22,7 +22,7 @@ export interface HookResult {
   readonly refusal: Refusal | null;
 }
 
-const CONTINUED: HookOutcome = Object.freeze({ action: 'continue' });
+const CONTINUED: HookOutcome = Object.freeze({ action: 'continue', answered: 0 });
 const NOTHING: HookResult = Object.freeze({ context: null, outcome: CONTINUED, refusal: null });
 
 /**

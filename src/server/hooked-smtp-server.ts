@@ -124,17 +124,21 @@ class GatedConnection extends SMTPConnection {
     const text = (command || '').toString();
     const name = text.split(' ')[0]!.toUpperCase();
     const line = this._redactCredentials(name, text).line;
-    hooks.gate.check(this.session, name, line).then(
-      (refusal) => {
-        if (refusal === undefined) return super._onCommand(command, next);
-        this.send(refusal.code, refusal.text);
-        setImmediate(next);
-      },
-      () => {
-        this.send(REPLIES.commandGateError.code, REPLIES.commandGateError.text);
-        setImmediate(next);
-      },
-    );
+    hooks.gate
+      .check(this.session, name, line)
+      .then(
+        (refusal) => {
+          if (refusal === undefined) return super._onCommand(command, next);
+          this.send(refusal.code, refusal.text);
+          setImmediate(next);
+        },
+        () => {
+          this.send(REPLIES.commandGateError.code, REPLIES.commandGateError.text);
+          setImmediate(next);
+        },
+      )
+      // smtp-server's own handling of the command threw: reported as a session error, never an unhandled rejection.
+      .catch((error: unknown) => this.emit('error', error instanceof Error ? error : new Error(String(error))));
   }
 }
 

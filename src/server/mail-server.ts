@@ -309,7 +309,12 @@ export class MailServer {
       onConnect: (session, callback) => (hooks.wants('connection_opened') ? this.#answer(() => this.#connectionOpened(session), callback) : callback()),
       onSecure: (socket, session, callback) => (hooks.wants('connection_upgraded') ? this.#answer(() => this.#connectionUpgraded(socket, session), callback) : callback()),
       onAuth: (auth, session, callback) => this.#answer(() => this.#authenticate(auth, session), callback),
-      onMailFrom: (address, session, callback) => (hooks.wants('command_validated') ? this.#answer(() => this.#validated(session, 'MAIL', address), callback) : callback()),
+      onMailFrom: (address, session, callback) => {
+        // smtp-server answers 530 itself only while AUTH is offered; with no
+        // authenticator enabled it is not, and auth_required must still hold.
+        if (server.authRequired && !session.user) return callback(replyError(REPLIES.authRequired));
+        return hooks.wants('command_validated') ? this.#answer(() => this.#validated(session, 'MAIL', address), callback) : callback();
+      },
       onRcptTo: (address, session, callback) => {
         const verdict = decideRecipient(this.#config.policy, { clientIp: session.remoteAddress, authenticated: session.user !== undefined && session.user !== false, recipient: address.address, recipientCount: session.envelope.rcptTo.length });
         if (!verdict.accept) {
@@ -394,6 +399,11 @@ export class MailServer {
     if (refusal) return failed(refusal.reason, refusal);
     // An authenticator that failed cannot have approved the password, whatever its on_error.
     if (outcome.skipped !== undefined) return failed('error', { ...REPLIES.authTemporary, plugin: outcome.skipped[0], reason: 'error' });
+    // The only authenticators may have been disabled while the others ran: nobody approved.
+    if (!(outcome.answered! > 0)) {
+      this.#logger.warn({ session: session.id }, 'AUTH refused: no enabled authenticator answered auth_started');
+      return failed('no authentication plugin', { ...REPLIES.authInvalid, plugin: undefined, reason: 'error' });
+    }
     await this.#fire('auth_completed', () => base);
     return { user: auth.username ?? '' };
   }

@@ -1,5 +1,5 @@
 import type { SMTPServerSession } from 'smtp-server';
-import type { ErrorCode } from '../errors.js';
+import { isHostError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { DeliveryQueue } from '../delivery/delivery-queue.js';
 import type { MetadataValue } from '../plugin/hook-context.js';
@@ -56,6 +56,8 @@ interface InFlight {
  * to message_stored), quarantine, durable store, message_stored, and the
  * hand-over to delivery. Refusals are thrown as smtp-server reply errors.
  */
+const RELEASED = (): void => undefined;
+
 export class MessagePipeline {
   readonly #options: MessagePipelineOptions;
   readonly #bodyBudget = new MemoryBudget(BODY_HOOKS_MEMORY_BYTES_MAX);
@@ -97,7 +99,9 @@ export class MessagePipeline {
       size: String(data.size),
     };
     const { hooks } = this.#options;
-    const stages = BODY_HOOKS.filter((hook) => hooks.wants(hook));
+    // Only stages a plugin handles read the body; with log_hook_calls the others are still logged, without it.
+    const stages = BODY_HOOKS.filter((hook) => hooks.handles(hook));
+    if (stages.length < BODY_HOOKS.length) for (const hook of BODY_HOOKS) if (!stages.includes(hook)) hooks.run(hook, () => ({}));
     if (headers.problem !== null && (stages.length === 0 || stages[0] !== 'message_received')) this.#refuseHeaders(session, headers.problem);
     if (stages.length > 0) await this.#filter(message, fields, stages, headers.problem);
     const withoutBody = (): EncodedMetadata => message.encoded ?? sessionEvent(session, fields);
@@ -113,14 +117,13 @@ export class MessagePipeline {
     const { hooks } = this.#options;
     const { data, incoming, session } = message;
     const budget = this.#bodyBudget;
-    const release = await budget.acquire(data.size);
+    // A body already in memory (inline in the spool, or received without one) costs nothing more here: only a body read back from its file takes budget.
+    const inMemory = data.body ?? incoming!.body();
+    const release = inMemory === null ? await budget.acquire(data.size) : RELEASED;
     let loaded: Buffer | null = null;
     try {
-      let body = data.body ?? incoming!.body();
-      if (body === null) {
-        loaded = budget.buffer(data.size);
-        body = await incoming!.readBodyInto(loaded);
-      }
+      if (inMemory === null) loaded = budget.buffer(data.size);
+      const body = inMemory ?? (await incoming!.readBodyInto(loaded!));
       const encoded = (): EncodedMetadata => (message.encoded ??= sessionEvent(session, { ...fields, [BODY_KEY]: body }, BODY_KEY));
       for (const hook of stages) {
         if (hook !== 'message_received' && headerProblem !== null) this.#refuseHeaders(session, headerProblem);
@@ -165,13 +168,22 @@ export class MessagePipeline {
       }
       this.#options.logger.info({ spool_id: stored.id, message_id: message.messageId }, 'message quarantined');
     }
-    if (hooks.wants('message_stored')) {
-      const storedEvent = (): EncodedMetadata => encodeFields({ spool_id: stored.id, message_path: path, quarantined: String(message.quarantined) }, undefined, withoutBody());
-      const stage = hooks.run('message_stored', storedEvent, message.carried);
-      if (stage instanceof Promise) await stage;
+    // The message is stored: from here on the client gets 250 whatever fails, or it would send it again and it would be delivered twice.
+    try {
+      if (hooks.wants('message_stored')) {
+        const storedEvent = (): EncodedMetadata => encodeFields({ spool_id: stored.id, message_path: path, quarantined: String(message.quarantined) }, undefined, withoutBody());
+        const stage = hooks.run('message_stored', storedEvent, message.carried);
+        if (stage instanceof Promise) await stage;
+      }
+    } catch (error) {
+      this.#options.logger.error({ spool_id: stored.id, code: isHostError(error) ? error.code : undefined, err: String(error) }, 'message_stored failed after the message was stored; it is accepted');
     }
-    // A small message's bytes go along, so delivery need not read them back; a large one is read from its file.
-    if (!message.quarantined) queue!.enqueue(stored, incoming.body());
+    try {
+      // A small message's bytes go along, so delivery need not read them back; a large one is read from its file.
+      if (!message.quarantined) queue!.enqueue(stored, incoming.body());
+    } catch (error) {
+      this.#options.logger.error({ spool_id: stored.id, err: String(error) }, 'queueing a stored message failed; it stays in the spool and is delivered after the next start');
+    }
     return acceptedText(stored.id);
   }
 

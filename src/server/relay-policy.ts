@@ -76,11 +76,10 @@ export function decideRecipient(policy: PolicyConfig, query: RecipientQuery): Re
   // A bare "postmaster" (RFC 5321 4.5.1) has no domain: it is this server's.
   const local = at < 0 ? localDomains.size > 0 : localDomains.has(domain);
   const trusted = mayRelay(policy, query.clientIp, query.authenticated);
-  const denied = refuse('relay-denied', address);
   // user%elsewhere@local and "user@elsewhere"@local are relay attempts in disguise
   // (Postfix's allow_untrusted_routing = no).
-  if (!trusted && /[@%!]/.test(localPart)) return denied;
-  if (!local) return trusted ? ACCEPT_REMOTE : denied;
+  if (!trusted && /[@%!]/.test(localPart)) return refuse('relay-denied', address);
+  if (!local) return trusted ? ACCEPT_REMOTE : refuse('relay-denied', address);
   if (localRecipients === null || localPart === 'postmaster') return ACCEPT_LOCAL;
   if (localRecipients.has(localPart) || (at >= 0 && (localRecipients.has(`${localPart}@${domain}`) || localRecipients.has(`@${domain}`)))) return ACCEPT_LOCAL;
   return refuse('unknown-user', address);

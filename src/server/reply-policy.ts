@@ -49,6 +49,8 @@ export const REPLIES = Object.freeze({
   /** A plugin at auth_started failed under on_error = "continue": it cannot have approved the password. */
   authTemporary: reply(454, '4.7.0', 'Temporary authentication failure'),
   authInvalid: reply(535, '5.7.8', 'Authentication credentials invalid'),
+  /** [server] auth_required = true and the client has not logged in (smtp-server's own 530, when AUTH is not offered). */
+  authRequired: reply(530, '5.7.0', 'Authentication required'),
   /** One client address over max_clients_per_ip: Postfix's anvil answer, then the socket closes. */
   tooManyConnections: reply(421, '4.7.0', 'Too many connections from your address'),
   /** smtp-server's own answer to a message over SIZE, repeated when the stream says so. */

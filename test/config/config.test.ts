@@ -97,6 +97,13 @@ describe('config.toml', () => {
     expect(loadConfig(root.config, { testMode: true }).server).toMatchObject({ host: '127.0.0.1', authInsecure: true });
   });
 
+  it('refuses auth_required without auth: no client could ever log in, so no mail could ever be sent', () => {
+    const root = serverRoot({ server: 'auth_required = true\n' });
+    expect(() => loadConfig(root.config)).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(/server\.auth_required: true needs auth = true/) }));
+    const on = serverRoot({ server: 'auth = true\nauth_required = true\n' });
+    expect(loadConfig(on.config).server).toMatchObject({ auth: true, authRequired: true });
+  });
+
   it('reads [policy]: domains lower-cased, networks normalised, local users from the list and the map file', () => {
     const root = serverRoot();
     writeFileSync(join(root.dir, 'recipients'), '# Postfix-style map: the first word counts\nCarol@Example.org   OK\n\n@lists.example.org\ndave # the rest is a comment\n');

@@ -19,7 +19,7 @@ describe('the manager with a process-isolated plugin', () => {
     expect(first.error?.reply).toEqual({ code: 451, enhanced: '4.3.0' });
     // A success in between resets the count.
     const fine = HookContext.of('message_received', { input: 'x' });
-    expect(await manager.executeHook('message_received', fine)).toEqual({ action: 'continue' });
+    expect(await manager.executeHook('message_received', fine)).toEqual({ action: 'continue', answered: 2 });
     expect(fine.getMetadata('output')).toBe('seen:x');
     expect(fine.getMetadata('visited')).toBe('plain');
     await manager.executeHook('message_received', crash());
@@ -28,7 +28,7 @@ describe('the manager with a process-isolated plugin', () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(probe.state).toBe('disabled');
     const after = HookContext.of('message_received', { probe: 'segfault' });
-    expect(await manager.executeHook('message_received', after)).toEqual({ action: 'continue' });
+    expect(await manager.executeHook('message_received', after)).toEqual({ action: 'continue', answered: 1 });
     expect(after.getMetadata('visited')).toBe('plain');
     await manager.deinit();
   });

@@ -17,6 +17,20 @@ function pluginDir(names: string[]): string {
 const SPAM = 'winner! casino: click here for free money, act now, congratulations';
 
 describe('PluginManager', () => {
+  it('counts who answered: an authenticator disabled after the check approves nothing', async () => {
+    const dir = pluginDir(['c_plain', 'c_policy']);
+    const manager = new PluginManager({ directory: dir });
+    await manager.loadPlugins([{ path: join(dir, sharedLibraryName('00_c_plain')) }, { path: join(dir, sharedLibraryName('01_c_policy')), authenticator: true }]);
+    const login = (): HookContext => HookContext.of('auth_started', { username: 'alice', password: 'secret', method: 'PLAIN' });
+    expect(manager.handles('auth_started', 'authenticators')).toBe(true);
+    expect(manager.runChain(login(), 'authenticators')).toEqual({ action: 'continue', answered: 1 });
+    // The server checked handles() before the other plugins ran; meanwhile the authenticator went down.
+    await manager.disablePlugin('policy');
+    expect(manager.runChain(login(), 'authenticators')).toEqual({ action: 'continue', answered: 0 });
+    expect(manager.runChain(login(), 'others')).toEqual({ action: 'continue', answered: 1 });
+    await manager.deinit();
+  });
+
   it('loads every library in the directory, skips a broken one and keeps serving', async () => {
     const dir = pluginDir(['c_plain', 'c_bad_abi', 'spam_filter', 'c_second']);
     const manager = new PluginManager({ directory: dir });
@@ -28,7 +42,7 @@ describe('PluginManager', () => {
 
     const context = new HookContext('message_filtered');
     context.setMetadata('message_body', 'hello');
-    expect(await manager.executeHook('message_filtered', context)).toEqual({ action: 'continue' });
+    expect(await manager.executeHook('message_filtered', context)).toEqual({ action: 'continue', answered: 3 });
     expect(context.getMetadata('visited')).toBe('plain,second');
     expect(context.getMetadata('spam_score')).toBe('0');
     // A second scan loads nothing twice.
@@ -64,7 +78,7 @@ describe('PluginManager', () => {
     // The failing plugin harmed nothing: the others still run.
     await manager.unloadPlugin('bad-code');
     const after = new HookContext('message_received');
-    expect(await manager.executeHook('message_received', after)).toEqual({ action: 'continue' });
+    expect(await manager.executeHook('message_received', after)).toEqual({ action: 'continue', answered: 2 });
     expect(after.getMetadata('visited')).toBe('plain,second');
     await manager.deinit();
   });

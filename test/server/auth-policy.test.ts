@@ -24,8 +24,8 @@ for user, password in ${JSON.stringify(attempts)}:
 `;
 }
 
-async function withServer(plugins: (dir: string) => string, run: (port: number, dir: string, logs: string[]) => Promise<void>): Promise<void> {
-  const root = serverRoot({ server: 'auth = true\nauth_insecure = true\n', plugins: (dir) => `[plugins]\ndirectory = "./plugins"\n\n${plugins(dir)}` });
+async function withServer(plugins: (dir: string) => string, run: (port: number, dir: string, logs: string[]) => Promise<void>, serverToml = ''): Promise<void> {
+  const root = serverRoot({ server: `auth = true\nauth_insecure = true\n${serverToml}`, plugins: (dir) => `[plugins]\ndirectory = "./plugins"\n\n${plugins(dir)}` });
   copyFileSync(fixture('c_plain'), join(root.dir, 'plugins', 'libplain.so'));
   copyFileSync(fixture('c_policy'), join(root.dir, 'plugins', 'libpolicy.so'));
   const logs: string[] = [];
@@ -62,5 +62,19 @@ describe('logins are approved only by authenticators', () => {
       expect(new Set(seen)).toEqual(new Set(['plain auth_started without password']));
       expect(logs.join('\n')).not.toMatch(/secret|wrong|anything/);
     });
+  });
+
+  it('keeps auth_required when AUTH is not offered: MAIL gets 530 instead of slipping through', async () => {
+    const mail = (port: number): string => `
+import smtplib
+s = smtplib.SMTP('127.0.0.1', ${port}, timeout=10)
+s.ehlo()
+print(s.mail('a@example.com')[0])
+s.quit()
+`;
+    await withServer(logger, async (port) => {
+      const run = await python(mail(port));
+      expect(run.stdout.trim(), run.stderr).toBe('530');
+    }, 'auth_required = true\n');
   });
 });

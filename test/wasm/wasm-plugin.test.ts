@@ -126,12 +126,12 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
       return context;
     };
     const first = loop();
-    expect(await manager.executeHook('message_received', first)).toEqual({ action: 'continue', skipped: ['sandbox-probe'] });
+    expect(await manager.executeHook('message_received', first)).toEqual({ action: 'continue', skipped: ['sandbox-probe'], answered: 1 });
     expect(first.getMetadata('b')).toBe('still served');
     await manager.executeHook('message_received', loop());
     expect(manager.get('sandbox-probe')!.state).toBe('disabled');
     const after = loop();
-    expect(await manager.executeHook('message_received', after)).toEqual({ action: 'continue' });
+    expect(await manager.executeHook('message_received', after)).toEqual({ action: 'continue', answered: 1 });
     // The disabled plugin was not called (it sets "calls" on every call it gets).
     expect(after.hasMetadata('calls')).toBe(false);
     expect(after.getMetadata('b')).toBe('still served');
