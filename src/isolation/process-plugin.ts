@@ -9,7 +9,7 @@ import { CHILD_PROGRAM } from '../paths.js';
 import { deniedConnectLogger } from '../plugin/denied-log.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/metadata.js';
-import { applyChanges, wireSize, writeEntries, type WireBounds } from '../plugin/metadata-wire.js';
+import { applyChanges, copyWire, wireSize, type WireBounds } from '../plugin/metadata-wire.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions, type SandboxLimits } from '../plugin/options.js';
 import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
 import { Channel, Fault, Op, Outcome, STATUS_CANCEL, type OpCode } from './channel.js';
@@ -491,8 +491,7 @@ class ProcessPlugin implements Plugin {
     const { changes, bytes } = wireSize(context, this.#bounds, who);
     const { request } = live.channel;
     if (bytes > request.length) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: the hook context takes ${bytes} bytes, more than the ${request.length}-byte channel to its process`);
-    const written = context.base.copyTo(request, 0);
-    if (changes.length > 0) writeEntries(changes, request, written);
+    copyWire(context, changes, request);
     return bytes;
   }
 

@@ -1,6 +1,6 @@
 import { hookValue, isHookName, type HookName } from '../abi/hooks.js';
 import { hostError } from '../errors.js';
-import { EMPTY_METADATA, encodeFields, type EncodedMetadata, type MetadataFields } from './metadata-wire.js';
+import { EMPTY_METADATA, encodeFields, writeEntries, type EncodedMetadata, type MetadataFields } from './metadata-wire.js';
 
 export type MetadataValue = string | Uint8Array;
 
@@ -23,6 +23,25 @@ interface Change {
   readonly version: number;
   /** Set by a plugin (what a later stage inherits), not by the host. */
   readonly byPlugin: boolean;
+}
+
+/** The changes of a context in the wire format (`bytes` up to `length`), with the bounds a copy is checked against. */
+export interface ChangeLog {
+  bytes: Buffer;
+  length: number;
+  /** How many sets are encoded. */
+  encoded: number;
+  keyBytesMax: number;
+  valueBytesMax: number;
+  largestKey: string;
+}
+
+const EMPTY_CHANGE_LOG: ChangeLog = Object.freeze({ bytes: Buffer.alloc(0), length: 0, encoded: 0, keyBytesMax: 0, valueBytesMax: 0, largestKey: '' });
+/** A change log starts at this size and doubles: a few short keys set per event fit without growing. */
+const CHANGE_LOG_BYTES_MIN = 256;
+
+function byteLength(value: MetadataValue): number {
+  return typeof value === 'string' ? Buffer.byteLength(value, 'utf8') : value.byteLength;
 }
 
 const utf8 = new TextDecoder();
@@ -49,6 +68,11 @@ export class HookContext {
   readonly base: EncodedMetadata;
   #changes: Map<string, Change> | null = null;
   #version = 0;
+  /** Keys set that the base does not have: size() without walking the changes on every set. */
+  #added = 0;
+  /** Every set in the order made, and how many of them #log holds encoded. */
+  #sets: [string, MetadataValue][] | null = null;
+  #log: ChangeLog | null = null;
 
   constructor(hook: HookName, limits: MetadataLimits = DEFAULT_METADATA_LIMITS, base: EncodedMetadata = EMPTY_METADATA) {
     if (!isHookName(hook)) throw hostError('SMTP_E_HOOK_UNKNOWN', `unknown hook "${String(hook)}"`);
@@ -85,8 +109,47 @@ export class HookContext {
   }
 
   #set(key: string, value: MetadataValue, byPlugin: boolean): void {
-    (this.#changes ??= new Map()).delete(key); // re-inserted last: changes stay in version order
-    this.#changes.set(key, { value, version: ++this.#version, byPlugin });
+    const changes = (this.#changes ??= new Map());
+    if (!changes.delete(key) && this.base.fields[key] === undefined) this.#added++; // re-inserted last: changes stay in version order
+    changes.set(key, { value, version: ++this.#version, byPlugin });
+    (this.#sets ??= []).push([key, value]);
+  }
+
+  /**
+   * Every change made so far in the wire format, in the order made (a key
+   * set twice appears twice: on load later entries replace earlier ones).
+   * Encoded once, appended to as changes come: each copy of the context
+   * (one per sandboxed instance) takes these bytes as they are.
+   */
+  encodedChanges(): ChangeLog {
+    const sets = this.#sets;
+    if (sets === null) return EMPTY_CHANGE_LOG;
+    const log = this.#log ?? { bytes: Buffer.allocUnsafe(0), length: 0, encoded: 0, keyBytesMax: 0, valueBytesMax: 0, largestKey: '' };
+    if (log.encoded < sets.length) {
+      let length = log.length;
+      for (let i = log.encoded; i < sets.length; i++) length += 8 + Buffer.byteLength(sets[i]![0], 'utf8') + byteLength(sets[i]![1]);
+      let bytes = log.bytes;
+      if (length > bytes.length) {
+        bytes = Buffer.allocUnsafe(Math.max(length, bytes.length * 2, CHANGE_LOG_BYTES_MIN));
+        log.bytes.copy(bytes, 0, 0, log.length);
+      }
+      const fresh = sets.slice(log.encoded);
+      writeEntries(fresh, bytes, log.length);
+      for (const [key, value] of fresh) {
+        const keyBytes = Buffer.byteLength(key, 'utf8');
+        const valueBytes = byteLength(value);
+        if (keyBytes > log.keyBytesMax) log.keyBytesMax = keyBytes;
+        if (valueBytes > log.valueBytesMax) {
+          log.valueBytesMax = valueBytes;
+          log.largestKey = key;
+        }
+      }
+      log.bytes = bytes;
+      log.length = length;
+      log.encoded = sets.length;
+    }
+    this.#log = log;
+    return log;
   }
 
   #raw(key: string): MetadataValue | undefined {
@@ -128,10 +191,7 @@ export class HookContext {
   }
 
   get size(): number {
-    if (this.#changes === null) return this.base.count;
-    let added = 0;
-    for (const key of this.#changes.keys()) if (this.base.fields[key] === undefined) added++;
-    return this.base.count + added;
+    return this.base.count + this.#added;
   }
 
   /** Every key as text: what `plugin call` prints. */

@@ -124,7 +124,7 @@ export class MessagePipeline {
     try {
       if (inMemory === null) loaded = budget.buffer(data.size);
       const body = inMemory ?? (await incoming!.readBodyInto(loaded!));
-      const encoded = (): EncodedMetadata => (message.encoded ??= sessionEvent(session, { ...fields, [BODY_KEY]: body }, BODY_KEY));
+      const encoded = (): EncodedMetadata => (message.encoded ??= sessionEvent(session, Object.assign({}, fields, { [BODY_KEY]: body }), BODY_KEY));
       for (const hook of stages) {
         if (hook !== 'message_received' && headerProblem !== null) this.#refuseHeaders(session, headerProblem);
         const result = hooks.run(hook, encoded, message.carried);

@@ -6,7 +6,7 @@ import { HostError, hostError, isHostError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/metadata.js';
-import { applyChanges, wireSize, writeEntries, type WireBounds } from '../plugin/metadata-wire.js';
+import { applyChanges, copyWire, wireSize, type WireBounds } from '../plugin/metadata-wire.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
 import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
 import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME, WasmInstrumentError, instrument } from '../sandbox/instrument.js';
@@ -389,8 +389,7 @@ class WasmPlugin implements Plugin {
       if (live.input === 0) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: no room for ${size} bytes of metadata within ${this.#options.limits.memoryMb} MiB`);
     }
     const target = this.#memoryBytes(live, live.input, bytes, 'metadata buffer');
-    const written = context.base.copyTo(target, 0);
-    if (changes.length > 0) writeEntries(changes, Buffer.from(target.buffer, target.byteOffset, target.byteLength), written);
+    copyWire(context, changes, target);
     const status = exports.smtp_wasm_context_load(live.context, context.hookValue, live.input, bytes);
     if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: the sandbox could not hold the metadata (status ${status})`);
     live.loadedId = context.id;

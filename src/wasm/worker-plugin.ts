@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { destroyRuntimeContext, ensureRuntimeLoaded } from '../runtime/host-runtime.js';
 import { PROJECT_ROOT } from '../paths.js';
 import type { HookContext } from '../plugin/hook-context.js';
-import { applyChanges, wireSize, writeEntries } from '../plugin/metadata-wire.js';
+import { applyChanges, copyWire, wireSize } from '../plugin/metadata-wire.js';
 import type { PluginOptions } from '../plugin/options.js';
 import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
 import type { Failure, HookReply, HookRequest, LifecycleReply, LifecycleRequest, WorkerEvent } from './sandbox-worker.js';
@@ -242,7 +242,7 @@ class WorkerWasmPlugin implements Plugin {
     try {
       const { changes, bytes } = wireSize(context, undefined, `plugin "${this.metadata.name}"`);
       const out = Buffer.allocUnsafeSlow(bytes);
-      writeEntries(changes, out, context.base.copyTo(out, 0));
+      copyWire(context, changes, out);
       metadata = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
     } catch (error) {
       return Promise.reject(error);

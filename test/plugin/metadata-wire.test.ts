@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { encodeFields, wireMetadata } from '../../src/plugin/metadata-wire.js';
+import { HookContext } from '../../src/plugin/hook-context.js';
+import { copyWire, encodeFields, wireMetadata, wireSize } from '../../src/plugin/metadata-wire.js';
 
 /** Decoded values are bytes: as text, to compare. */
 const text = (fields: Record<string, unknown>): Record<string, string> => Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, Buffer.from(v as Uint8Array).toString()]));
@@ -29,5 +30,28 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     expect(stored.tail).toBeNull();
     expect(stored.head.buffer).toBe(event.head.buffer);
     expect(text(wireMetadata(stored.head).fields)).toEqual({ session_id: 's1', remote_ip: '127.0.0.1', sender: 'a@example.org' });
+  });
+
+  it('encodes a context\'s changes once, appending new ones: a copy reads the latest value of each key', () => {
+    const context = new HookContext('message_filtered', undefined, encodeFields({ sender: 'a@example.org', message_body: body }, 'message_body', session));
+    context.applyPluginChange('score', Buffer.from('3'));
+    context.applyPluginChange('sender', Buffer.from('b@example.org'));
+    const first = context.encodedChanges();
+    expect(first.encoded).toBe(2);
+    context.applyPluginChange('score', Buffer.from('7'));
+    const again = context.encodedChanges();
+    expect(again).toBe(first); // the same log, appended to, not re-encoded
+    expect(again.encoded).toBe(3);
+    // Two new keys (score twice counts once) over the four the event had.
+    expect(context.size).toBe(5);
+    const { changes, bytes } = wireSize(context, { keyBytesMax: 64, valueBytesMax: 1 << 20, keysMax: 8 }, 'test');
+    const copy = Buffer.alloc(bytes);
+    copyWire(context, changes, copy);
+    expect(text(wireMetadata(copy).fields)).toMatchObject({ sender: 'b@example.org', score: '7', session_id: 's1' });
+    // A copy's bounds count distinct keys (sender replaced is still one) and the largest value set.
+    expect(() => wireSize(context, { keyBytesMax: 64, valueBytesMax: 1 << 20, keysMax: 4 }, 'test')).toThrow(expect.objectContaining({ code: 'SMTP_E_METADATA_LIMIT', message: expect.stringMatching(/5 metadata keys, at most 4/) }));
+    const grown = new HookContext('command_validated', undefined, session);
+    grown.applyPluginChange('note', Buffer.alloc(40));
+    expect(() => wireSize(grown, { keyBytesMax: 64, valueBytesMax: 39, keysMax: 8 }, 'test')).toThrow(expect.objectContaining({ message: expect.stringMatching(/metadata "note" \(40 bytes\)/) }));
   });
 });
