@@ -99,7 +99,7 @@ export function renderReport({ runDate, machine, node, wallSeconds, load, tools,
     '',
     `![Benchmarks of this run](${chartFile})`,
     '',
-    '## Targets (issue 7), measured in this run',
+    '## Targets (issue 12), measured in this run',
     '',
     table({
       header: ['scenario', 'target', 'measured in this run', 'result'],

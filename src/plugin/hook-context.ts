@@ -29,7 +29,7 @@ interface Change {
 export interface ChangeLog {
   bytes: Buffer;
   length: number;
-  /** How many sets are encoded. */
+  /** How many entries (distinct keys) are encoded. */
   encoded: number;
   keyBytesMax: number;
   valueBytesMax: number;
@@ -110,16 +110,24 @@ export class HookContext {
 
   #set(key: string, value: MetadataValue, byPlugin: boolean): void {
     const changes = (this.#changes ??= new Map());
-    if (!changes.delete(key) && this.base.fields[key] === undefined) this.#added++; // re-inserted last: changes stay in version order
+    const replaced = changes.delete(key); // re-inserted last: changes stay in version order
+    if (!replaced && this.base.fields[key] === undefined) this.#added++;
     changes.set(key, { value, version: ++this.#version, byPlugin });
-    (this.#sets ??= []).push([key, value]);
+    if (replaced) {
+      // A copy counts wire entries against its key limit: the log holds each key once, so it is
+      // rebuilt from the changes (a context reused for many calls would otherwise grow it forever).
+      this.#sets = Array.from(changes, ([k, change]): [string, MetadataValue] => [k, change.value]);
+      this.#log = null;
+    } else {
+      (this.#sets ??= []).push([key, value]);
+    }
   }
 
   /**
-   * Every change made so far in the wire format, in the order made (a key
-   * set twice appears twice: on load later entries replace earlier ones).
-   * Encoded once, appended to as changes come: each copy of the context
-   * (one per sandboxed instance) takes these bytes as they are.
+   * Every key changed so far in the wire format, once each with its latest
+   * value, in the order set. Encoded once and appended to as new keys come
+   * (a key set again rebuilds it): each copy of the context (one per
+   * sandboxed instance) takes these bytes as they are.
    */
   encodedChanges(): ChangeLog {
     const sets = this.#sets;

@@ -364,7 +364,8 @@ export function wireSize(context: HookContext, bounds: WireBounds | undefined, w
   }
   const changes = context.encodedChanges();
   if (bounds && changes.length > 0) {
-    const keys = context.size;
+    // Entries on the wire: a change of one of the event's keys is a second entry for it.
+    const keys = base.count + changes.encoded;
     if (keys > bounds.keysMax) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: ${keys} metadata keys, at most ${bounds.keysMax} may be copied in`);
     if (changes.keyBytesMax > bounds.keyBytesMax || changes.valueBytesMax > bounds.valueBytesMax) {
       throw hostError('SMTP_E_METADATA_LIMIT', `${who}: metadata "${changes.largestKey}" (${changes.valueBytesMax} bytes) is over the bound copied in (${bounds.valueBytesMax} bytes, keys ${bounds.keyBytesMax})`);

@@ -32,24 +32,27 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     expect(text(wireMetadata(stored.head).fields)).toEqual({ session_id: 's1', remote_ip: '127.0.0.1', sender: 'a@example.org' });
   });
 
-  it('encodes a context\'s changes once, appending new ones: a copy reads the latest value of each key', () => {
+  it('encodes a context\'s changes once, appending new keys; a key set again is rebuilt into one entry', () => {
     const context = new HookContext('message_filtered', undefined, encodeFields({ sender: 'a@example.org', message_body: body }, 'message_body', session));
     context.applyPluginChange('score', Buffer.from('3'));
     context.applyPluginChange('sender', Buffer.from('b@example.org'));
     const first = context.encodedChanges();
     expect(first.encoded).toBe(2);
+    context.applyPluginChange('verdict', Buffer.from('ham'));
+    expect(context.encodedChanges()).toBe(first); // appended to, not re-encoded
+    expect(first.encoded).toBe(3);
     context.applyPluginChange('score', Buffer.from('7'));
-    const again = context.encodedChanges();
-    expect(again).toBe(first); // the same log, appended to, not re-encoded
-    expect(again.encoded).toBe(3);
-    // Two new keys (score twice counts once) over the four the event had.
-    expect(context.size).toBe(5);
+    expect(context.encodedChanges().encoded).toBe(3); // still one entry per key
+    for (let i = 0; i < 300; i++) context.applyPluginChange('score', Buffer.from(String(i)));
+    expect(context.encodedChanges().encoded).toBe(3);
+    // Two new keys over the four the event had (sender replaced is still one).
+    expect(context.size).toBe(6);
     const { changes, bytes } = wireSize(context, { keyBytesMax: 64, valueBytesMax: 1 << 20, keysMax: 8 }, 'test');
     const copy = Buffer.alloc(bytes);
     copyWire(context, changes, copy);
-    expect(text(wireMetadata(copy).fields)).toMatchObject({ sender: 'b@example.org', score: '7', session_id: 's1' });
-    // A copy's bounds count distinct keys (sender replaced is still one) and the largest value set.
-    expect(() => wireSize(context, { keyBytesMax: 64, valueBytesMax: 1 << 20, keysMax: 4 }, 'test')).toThrow(expect.objectContaining({ code: 'SMTP_E_METADATA_LIMIT', message: expect.stringMatching(/5 metadata keys, at most 4/) }));
+    expect(text(wireMetadata(copy).fields)).toMatchObject({ sender: 'b@example.org', score: '299', verdict: 'ham', session_id: 's1' });
+    // A copy's key limit counts wire entries: the four event keys and the three changed.
+    expect(() => wireSize(context, { keyBytesMax: 64, valueBytesMax: 1 << 20, keysMax: 6 }, 'test')).toThrow(expect.objectContaining({ code: 'SMTP_E_METADATA_LIMIT', message: expect.stringMatching(/7 metadata keys, at most 6/) }));
     const grown = new HookContext('command_validated', undefined, session);
     grown.applyPluginChange('note', Buffer.alloc(40));
     expect(() => wireSize(grown, { keyBytesMax: 64, valueBytesMax: 39, keysMax: 8 }, 'test')).toThrow(expect.objectContaining({ message: expect.stringMatching(/metadata "note" \(40 bytes\)/) }));
