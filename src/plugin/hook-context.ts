@@ -70,8 +70,7 @@ export class HookContext {
   #version = 0;
   /** Keys set that the base does not have: size() without walking the changes on every set. */
   #added = 0;
-  /** Every set in the order made, and how many of them #log holds encoded. */
-  #sets: [string, MetadataValue][] | null = null;
+  /** #changes encoded (null: encode them all again at the next ask). */
   #log: ChangeLog | null = null;
 
   constructor(hook: HookName, limits: MetadataLimits = DEFAULT_METADATA_LIMITS, base: EncodedMetadata = EMPTY_METADATA) {
@@ -113,14 +112,9 @@ export class HookContext {
     const replaced = changes.delete(key); // re-inserted last: changes stay in version order
     if (!replaced && this.base.fields[key] === undefined) this.#added++;
     changes.set(key, { value, version: ++this.#version, byPlugin });
-    if (replaced) {
-      // A copy counts wire entries against its key limit: the log holds each key once, so it is
-      // rebuilt from the changes (a context reused for many calls would otherwise grow it forever).
-      this.#sets = Array.from(changes, ([k, change]): [string, MetadataValue] => [k, change.value]);
-      this.#log = null;
-    } else {
-      (this.#sets ??= []).push([key, value]);
-    }
+    // A copy counts wire entries against its key limit: the log holds each key once, so a key set
+    // again has it rebuilt (a context reused for many calls would otherwise grow it forever).
+    if (replaced) this.#log = null;
   }
 
   /**
@@ -130,18 +124,21 @@ export class HookContext {
    * sandboxed instance) takes these bytes as they are.
    */
   encodedChanges(): ChangeLog {
-    const sets = this.#sets;
-    if (sets === null) return EMPTY_CHANGE_LOG;
-    const log = this.#log ?? { bytes: Buffer.allocUnsafe(0), length: 0, encoded: 0, keyBytesMax: 0, valueBytesMax: 0, largestKey: '' };
-    if (log.encoded < sets.length) {
+    const changes = this.#changes;
+    if (changes === null) return EMPTY_CHANGE_LOG;
+    const log = (this.#log ??= { bytes: Buffer.allocUnsafe(0), length: 0, encoded: 0, keyBytesMax: 0, valueBytesMax: 0, largestKey: '' });
+    if (log.encoded < changes.size) {
+      // Without a key set again, the map's newest entries are exactly the ones not encoded yet.
+      const fresh: [string, MetadataValue][] = [];
+      let skip = log.encoded;
+      for (const [key, change] of changes) if (skip-- <= 0) fresh.push([key, change.value]);
       let length = log.length;
-      for (let i = log.encoded; i < sets.length; i++) length += 8 + Buffer.byteLength(sets[i]![0], 'utf8') + byteLength(sets[i]![1]);
+      for (const [key, value] of fresh) length += 8 + Buffer.byteLength(key, 'utf8') + byteLength(value);
       let bytes = log.bytes;
       if (length > bytes.length) {
         bytes = Buffer.allocUnsafe(Math.max(length, bytes.length * 2, CHANGE_LOG_BYTES_MIN));
         log.bytes.copy(bytes, 0, 0, log.length);
       }
-      const fresh = sets.slice(log.encoded);
       writeEntries(fresh, bytes, log.length);
       for (const [key, value] of fresh) {
         const keyBytes = Buffer.byteLength(key, 'utf8');
@@ -154,9 +151,8 @@ export class HookContext {
       }
       log.bytes = bytes;
       log.length = length;
-      log.encoded = sets.length;
+      log.encoded = changes.size;
     }
-    this.#log = log;
     return log;
   }
 
