@@ -51,16 +51,25 @@ interface InFlight {
 }
 
 /**
+ * message_stored events a message's 250 does not wait for, at most: past
+ * this many unsettled (a slow blocking plugin), each 250 waits for its own.
+ */
+export const MESSAGE_STORED_PENDING_MAX = 256;
+
+/** What a stage that took no budget gives back. */
+const RELEASED = (): void => undefined;
+
+/**
  * One message from the end of DATA to its 250: read, header checks, the
  * three filter stages (keys a plugin sets at one are carried to the next and
  * to message_stored), quarantine, durable store, message_stored, and the
  * hand-over to delivery. Refusals are thrown as smtp-server reply errors.
  */
-const RELEASED = (): void => undefined;
-
 export class MessagePipeline {
   readonly #options: MessagePipelineOptions;
   readonly #bodyBudget = new MemoryBudget(BODY_HOOKS_MEMORY_BYTES_MAX);
+  /** message_stored events answered with a promise and not settled yet. */
+  #storedPending = 0;
 
   constructor(options: MessagePipelineOptions) {
     this.#options = options;
@@ -101,7 +110,7 @@ export class MessagePipeline {
     const { hooks } = this.#options;
     // Only stages a plugin handles read the body; with log_hook_calls the others are still logged, without it.
     const stages = BODY_HOOKS.filter((hook) => hooks.handles(hook));
-    if (stages.length < BODY_HOOKS.length) for (const hook of BODY_HOOKS) if (!stages.includes(hook)) hooks.run(hook, () => ({}));
+    for (const hook of BODY_HOOKS) if (!stages.includes(hook) && hooks.wants(hook)) hooks.run(hook, () => ({}));
     if (headers.problem !== null && (stages.length === 0 || stages[0] !== 'message_received')) this.#refuseHeaders(session, headers.problem);
     if (stages.length > 0) await this.#filter(message, fields, stages, headers.problem);
     const withoutBody = (): EncodedMetadata => message.encoded ?? sessionEvent(session, fields);
@@ -169,14 +178,24 @@ export class MessagePipeline {
       this.#options.logger.info({ spool_id: stored.id, message_id: message.messageId }, 'message quarantined');
     }
     // The message is stored: from here on the client gets 250 whatever fails, or it would send it again and it would be delivered twice.
+    const failed = (error: unknown): void => {
+      this.#options.logger.error({ spool_id: stored.id, code: isHostError(error) ? error.code : undefined, err: String(error) }, 'message_stored failed after the message was stored; it is accepted');
+    };
     try {
       if (hooks.wants('message_stored')) {
         const storedEvent = (): EncodedMetadata => encodeFields({ spool_id: stored.id, message_path: path, quarantined: String(message.quarantined) }, undefined, withoutBody());
         const stage = hooks.run('message_stored', storedEvent, message.carried);
-        if (stage instanceof Promise) await stage;
+        if (stage instanceof Promise) {
+          // A notification cannot change the reply: the 250 does not wait for it (a blocking plugin's
+          // calls run one at a time, and holding every client behind them shrank the fsync batches),
+          // unless MESSAGE_STORED_PENDING_MAX are already waiting: then the clients slow to its pace.
+          this.#storedPending++;
+          const settled = stage.catch(failed).finally(() => this.#storedPending--);
+          if (this.#storedPending > MESSAGE_STORED_PENDING_MAX) await settled;
+        }
       }
     } catch (error) {
-      this.#options.logger.error({ spool_id: stored.id, code: isHostError(error) ? error.code : undefined, err: String(error) }, 'message_stored failed after the message was stored; it is accepted');
+      failed(error);
     }
     try {
       // A small message's bytes go along, so delivery need not read them back; a large one is read from its file.

@@ -7,7 +7,7 @@ import { loadConfig } from '../../src/config/config.js';
 import { MailServer } from '../../src/server/mail-server.js';
 import { DEFAULT_INLINE_BYTES_MAX } from '../../src/storage/spool.js';
 import { fixture } from '../helpers/fixtures.js';
-import { serverRoot } from '../helpers/server.js';
+import { maildirTexts, serverRoot, waitFor } from '../helpers/server.js';
 
 const MIB = 2 ** 20;
 
@@ -63,5 +63,48 @@ describe('messages larger than the spool keeps in memory', () => {
     await expect(send('late-spam@example.net', spam)).rejects.toMatchObject({ responseCode: 554 });
     // The message's large/ file went with the refusal.
     expect(large().filter((file) => !before.includes(file))).toEqual([]);
+  });
+});
+
+describe('message_stored does not hold the 250', () => {
+  let root: ReturnType<typeof serverRoot>;
+  let server: MailServer;
+  let port: number;
+
+  beforeAll(async () => {
+    // The in-process blocking probe: a sender of doze@ makes its message_stored call sleep 1.5 s.
+    root = serverRoot({
+      plugins:
+        '[plugins]\nenabled = true\ndirectory = "./plugins"\n\n' +
+        '[[plugins.plugin]]\nname = "isolation-probe"\nlibrary = "libprobe.so"\n\n' +
+        '[plugins.plugin.limits]\nhook_timeout_ms = 5000\n',
+    });
+    copyFileSync(fixture('c_blocking_probe'), join(root.dir, 'plugins', 'libprobe.so'));
+    server = new MailServer(loadConfig(root.config), pino({ level: 'silent' }));
+    port = await server.start();
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('answers 250 once the message is durable, while a slow blocking plugin is still in message_stored', async () => {
+    const sendTimed = async (subject: string): Promise<{ ms: number; response: string }> => {
+      const transport = nodemailer.createTransport({ host: '127.0.0.1', port, secure: false, ignoreTLS: true });
+      const started = performance.now();
+      try {
+        const info = await transport.sendMail({ from: 'doze@example.com', to: 'carol@example.org', subject, text: `body of ${subject}` });
+        return { ms: performance.now() - started, response: info.response };
+      } finally {
+        transport.close();
+      }
+    };
+    // Two in a row: the second one's message_stored queues behind the first one's 1.5 s doze.
+    const [first, second] = await Promise.all([sendTimed('first'), sendTimed('second')]);
+    expect(first.response).toMatch(/^250 /);
+    expect(second.response).toMatch(/^250 /);
+    expect(first.ms).toBeLessThan(1000);
+    expect(second.ms).toBeLessThan(1000);
+    await waitFor(() => maildirTexts(root.maildir).filter((text) => /^Subject: (first|second)$/m.test(text)).length === 2, 'both messages in the Maildir');
   });
 });
