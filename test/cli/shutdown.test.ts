@@ -1,9 +1,6 @@
-import { copyFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { EXIT_FORCED } from '../../src/cli/shutdown.js';
-import { fixture } from '../helpers/fixtures.js';
-import { freePort, maildirTexts, python, serverRoot, startServerProcess, waitFor, type ServerProcess } from '../helpers/server.js';
+import { blockingProbeRoot, freePort, maildirTexts, python, startServerProcess, waitFor, type ServerProcess } from '../helpers/server.js';
 import { LineClient } from '../helpers/smtp-client.js';
 
 /** The server's exit code, or null when it is still running after `timeoutMs` (then it is killed, so the test run goes on). */
@@ -35,13 +32,7 @@ const CASES = [
 describe('SIGTERM', () => {
   it.each(CASES)('stops a server whose in-process plugin is stuck in a blocking hook $name, logs what was still running, and loses no acknowledged message', async ({ hookTimeoutMs, said, late }) => {
     // The probe with SMTP_PLUGIN_FLAG_BLOCKING, in-process; a sender of hang@ makes its hook sleep forever.
-    const root = serverRoot({
-      plugins:
-        '[plugins]\nenabled = true\ndirectory = "./plugins"\n\n' +
-        '[[plugins.plugin]]\nname = "isolation-probe"\nlibrary = "libprobe.so"\n\n' +
-        `[plugins.plugin.limits]\nhook_timeout_ms = ${hookTimeoutMs}\n`,
-    });
-    copyFileSync(fixture('c_blocking_probe'), join(root.dir, 'plugins', 'libprobe.so'));
+    const root = blockingProbeRoot(hookTimeoutMs);
     const port = await freePort();
     const server = await startServerProcess(['--config', root.config], port);
     let client: LineClient | undefined;

@@ -1,9 +1,10 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PROJECT_ROOT } from '../../src/paths.js';
+import { fixture } from './fixtures.js';
 
 type Section = string | ((dir: string) => string);
 
@@ -149,4 +150,21 @@ export function python(script: string, timeoutMs = 60_000): Promise<ClientRun> {
 
 export function hasCommand(name: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${name}`]).status === 0;
+}
+
+/**
+ * A server root whose only plugin is the in-process blocking probe
+ * (c_isolation_probe.c built with SMTP_PLUGIN_FLAG_BLOCKING), with its hook
+ * deadline: its sender-driven behaviours (nap@, doze@, hang@) exercise
+ * deadlines and the hooks the server does not wait for.
+ */
+export function blockingProbeRoot(hookTimeoutMs: number): ReturnType<typeof serverRoot> {
+  const root = serverRoot({
+    plugins:
+      '[plugins]\nenabled = true\ndirectory = "./plugins"\n\n' +
+      '[[plugins.plugin]]\nname = "isolation-probe"\nlibrary = "libprobe.so"\n\n' +
+      `[plugins.plugin.limits]\nhook_timeout_ms = ${hookTimeoutMs}\n`,
+  });
+  copyFileSync(fixture('c_blocking_probe'), join(root.dir, 'plugins', 'libprobe.so'));
+  return root;
 }

@@ -1,11 +1,11 @@
-import { copyFileSync, existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import nodemailer from 'nodemailer';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { MailServer } from '../../src/server/mail-server.js';
-import { serverRoot, waitFor } from '../helpers/server.js';
+import { blockingProbeRoot, type serverRoot, waitFor } from '../helpers/server.js';
 import { openPlugin } from '../../src/plugin/backends.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { resolvePluginOptions } from '../../src/plugin/options.js';
@@ -83,13 +83,7 @@ describe('an in-process blocking sleeper in a real server with real clients', ()
   const logLines: string[] = [];
 
   beforeAll(async () => {
-    root = serverRoot({
-      plugins:
-        '[plugins]\nenabled = true\ndirectory = "./plugins"\n\n' +
-        '[[plugins.plugin]]\nname = "isolation-probe"\nlibrary = "libprobe.so"\n\n' +
-        '[plugins.plugin.limits]\nhook_timeout_ms = 300\n',
-    });
-    copyFileSync(fixture('c_blocking_probe'), join(root.dir, 'plugins', 'libprobe.so'));
+    root = blockingProbeRoot(300);
     const logger = pino({ level: 'info' }, { write: (line: string) => void logLines.push(line) });
     server = new MailServer(loadConfig(root.config), logger);
     port = await server.start();

@@ -7,7 +7,7 @@ import { loadConfig } from '../../src/config/config.js';
 import { MailServer } from '../../src/server/mail-server.js';
 import { DEFAULT_INLINE_BYTES_MAX } from '../../src/storage/spool.js';
 import { fixture } from '../helpers/fixtures.js';
-import { maildirTexts, serverRoot, waitFor } from '../helpers/server.js';
+import { blockingProbeRoot, maildirTexts, serverRoot, waitFor } from '../helpers/server.js';
 
 const MIB = 2 ** 20;
 
@@ -72,14 +72,8 @@ describe('message_stored does not hold the 250', () => {
   let port: number;
 
   beforeAll(async () => {
-    // The in-process blocking probe: a sender of doze@ makes its message_stored call sleep 1.5 s.
-    root = serverRoot({
-      plugins:
-        '[plugins]\nenabled = true\ndirectory = "./plugins"\n\n' +
-        '[[plugins.plugin]]\nname = "isolation-probe"\nlibrary = "libprobe.so"\n\n' +
-        '[plugins.plugin.limits]\nhook_timeout_ms = 5000\n',
-    });
-    copyFileSync(fixture('c_blocking_probe'), join(root.dir, 'plugins', 'libprobe.so'));
+    // A sender of doze@ makes the probe's message_stored call sleep 1.5 s.
+    root = blockingProbeRoot(5000);
     server = new MailServer(loadConfig(root.config), pino({ level: 'silent' }));
     port = await server.start();
   });
