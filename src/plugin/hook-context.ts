@@ -133,22 +133,22 @@ export class HookContext {
       let skip = log.encoded;
       for (const [key, change] of changes) if (skip-- <= 0) fresh.push([key, change.value]);
       let length = log.length;
-      for (const [key, value] of fresh) length += 8 + Buffer.byteLength(key, 'utf8') + byteLength(value);
-      let bytes = log.bytes;
-      if (length > bytes.length) {
-        bytes = Buffer.allocUnsafe(Math.max(length, bytes.length * 2, CHANGE_LOG_BYTES_MIN));
-        log.bytes.copy(bytes, 0, 0, log.length);
-      }
-      writeEntries(fresh, bytes, log.length);
       for (const [key, value] of fresh) {
         const keyBytes = Buffer.byteLength(key, 'utf8');
         const valueBytes = byteLength(value);
+        length += 8 + keyBytes + valueBytes;
         if (keyBytes > log.keyBytesMax) log.keyBytesMax = keyBytes;
         if (valueBytes > log.valueBytesMax) {
           log.valueBytesMax = valueBytes;
           log.largestKey = key;
         }
       }
+      let bytes = log.bytes;
+      if (length > bytes.length) {
+        bytes = Buffer.allocUnsafe(Math.max(length, bytes.length * 2, CHANGE_LOG_BYTES_MIN));
+        log.bytes.copy(bytes, 0, 0, log.length);
+      }
+      writeEntries(fresh, bytes, log.length);
       log.bytes = bytes;
       log.length = length;
       log.encoded = changes.size;
