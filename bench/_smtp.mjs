@@ -160,7 +160,8 @@ export async function startServer(peer, { cpuProfDir, collector } = {}) {
     return { pid: child.pid, port, child, exited, signal: 'SIGTERM' };
   }
   const args = peer.kind === 'bare' ? ['bare'] : ['host', peer.config];
-  const child = spawn(process.execPath, [...prof, SERVER_CHILD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...peer.env } });
+  // peer.serverChild: another build's bench/_server-child.mjs, for an A/B run against it.
+  const child = spawn(process.execPath, [...prof, peer.serverChild ?? SERVER_CHILD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...peer.env } });
   let errors = '';
   child.stderr.on('data', (chunk) => (errors = (errors + chunk).slice(-4000)));
   const exited = new Promise((done) => child.once('exit', done));

@@ -45,6 +45,10 @@ pub const Store = struct {
     denied_len: usize = 0,
     /// The plugin's allow_connect grants, one address per line (native host).
     grants: []u8 = &.{},
+    /// Whose connections this context reaches: the address of the plugin's
+    /// first context, so that every context of one plugin (a blocking plugin
+    /// has one per call of a batch) shares its connections; 0: its own.
+    net_owner: usize = 0,
 
     pub fn find(self: *const Store, key: []const u8) ?*Entry {
         for (self.entries[0..self.len]) |*entry| {

@@ -15,7 +15,8 @@ import { PluginFlag } from '../abi/hooks.js';
 import { deniedConnectLogger } from '../plugin/denied-log.js';
 import { NativeContextSlot, boundedStrlen, callNativeHook, hostAllocator, type NativePointer } from '../runtime/host-runtime.js';
 import { checkLibraryFile } from './library-file.js';
-import { callReturned, callStarted, lateCallsAtLimit, LATE_CALLS_MAX, type PoolCall } from './pool-calls.js';
+import { lateCallsAtLimit, LATE_CALLS_MAX } from './pool-calls.js';
+import { BlockingCalls } from './blocking-calls.js';
 
 type Library = ReturnType<typeof koffi.load>;
 type InterfacePointers = Record<(typeof INTERFACE_FIELDS)[number], NativePointer>;
@@ -124,19 +125,16 @@ class NativePlugin implements Plugin {
   readonly path: string;
   readonly abiVersion: number;
   readonly metadata: PluginMetadata;
-  /** Hooks run on koffi's thread pool, one at a time, and executeHook returns a promise. */
+  /** Hooks run on koffi's thread pool, one at a time (in batches: src/native/blocking-calls.ts), and executeHook returns a promise. */
   readonly blocking: boolean;
   readonly #grants: readonly string[];
   readonly #logger: Logger;
   readonly #deniedListener: (address: string) => void;
-  /** This plugin's own contexts (it has grants, or blocks), by metadata limits. */
+  /** This plugin's own context when it has grants and runs on the event loop, by metadata limits. */
   readonly #slots = new Map<MetadataLimits, NativeContextSlot>();
-  /** The last call queued on the pool: the next waits for it. */
-  #queue: Promise<unknown> = Promise.resolve();
   readonly #hookTimeoutMs: number;
-  /** The call on the pool now, if any (calls of one plugin run one at a time). */
-  #running: PoolCall | null = null;
-  #inFlight = 0;
+  /** Its calls on the pool, when it blocks. */
+  readonly #blockingCalls: BlockingCalls | null;
   /** Lifecycle calls that came while a hook ran on the pool: run after it, in order. */
   #deferred: { readonly what: 'disable' | 'deinit' | 'unload'; readonly run: () => void }[] = [];
   #lib: Library | null;
@@ -162,6 +160,14 @@ class NativePlugin implements Plugin {
     const getMetadata = koffi.decode(pointers.get_metadata, PointerProto) as () => unknown;
     this.metadata = readMetadata(getMetadata(), path, abiVersion);
     this.blocking = options.blocking ?? (this.metadata.flags & PluginFlag.BLOCKING) !== 0n;
+    this.#blockingCalls = this.blocking
+      ? new BlockingCalls({ plugin: this.metadata.name, executeHook: this.#executeHook, hookTimeoutMs: this.#hookTimeoutMs, grants: this.#grants, onDenied: this.#deniedListener, logger, onIdle: () => this.#drain() })
+      : null;
+  }
+
+  /** Hook calls waiting or running on the pool. */
+  get #inFlight(): number {
+    return this.#blockingCalls?.inFlight ?? 0;
   }
 
   init(configJson: string): number {
@@ -213,41 +219,18 @@ class NativePlugin implements Plugin {
   }
 
   executeHook(context: HookContext): number | Promise<number> {
-    if (!this.blocking) {
+    const blockingCalls = this.#blockingCalls;
+    if (blockingCalls === null) {
       return this.#grants.length === 0 ? callNativeHook(this.#executeHook, context, this.#deniedListener) : this.#slot(context.limits).call(this.#executeHook, context, this.#deniedListener);
     }
-    const refused = this.#refusal();
+    const refused = this.#refusal(blockingCalls);
     if (refused !== null) return Promise.reject(refused);
-    const slot = this.#slot(context.limits);
-    let state: 'queued' | 'running' | 'late' = 'queued';
-    const deadlineMs = Date.now() + this.#hookTimeoutMs;
-    this.#inFlight++;
-    const run = this.#queue.then(() => {
-      // Its session was answered while it waited behind an earlier call: it never starts.
-      if (state === 'late') return 0;
-      state = 'running';
-      this.#running = callStarted(this.metadata.name, context.hook);
-      // A plugin waiting on the network then gets a timeout by the deadline and returns, rather than being left running.
-      slot.setCallDeadline(deadlineMs);
-      return slot.callAsync(this.#executeHook, context, () => state === 'late');
-    });
-    const settled = run.finally(() => {
-      this.#inFlight--;
-      if (this.#running !== null) this.#returned(this.#running);
-      if (this.#inFlight === 0) this.#drain();
-    });
-    this.#queue = settled.catch(() => undefined);
-    return this.#withDeadline(settled, () => {
-      if (state === 'running' && this.#running !== null) this.#running.late = true;
-      const where = state === 'running' ? 'ran past' : 'waited behind the plugin\'s previous call past';
-      state = 'late';
-      return hostError('SMTP_E_PLUGIN_DEADLINE', `plugin "${this.metadata.name}": ${context.hook} ${where} its ${this.#hookTimeoutMs} ms deadline; an in-process thread cannot be stopped, so until it returns this plugin's calls fail at once (isolation = "process" would kill it)`);
-    });
+    return blockingCalls.call(context);
   }
 
   /** Why a call must fail at once, without taking a thread: a call of this plugin is late, or late calls hold every thread they may. */
-  #refusal(): Error | null {
-    const running = this.#running;
+  #refusal(blockingCalls: BlockingCalls): Error | null {
+    const running = blockingCalls.running;
     if (running?.late === true) {
       return hostError('SMTP_E_PLUGIN_DEADLINE', `plugin "${this.metadata.name}": its ${running.hook} call ran past its ${this.#hookTimeoutMs} ms deadline and has not returned after ${Math.round(performance.now() - running.startedMs)} ms; calls fail at once until it does`);
     }
@@ -255,29 +238,6 @@ class NativePlugin implements Plugin {
       return hostError('SMTP_E_PLUGIN_DEADLINE', `plugin "${this.metadata.name}": ${LATE_CALLS_MAX} native hook calls are stuck past their deadlines, as many pool threads as may be held (the rest serve file I/O); blocking native calls fail at once until one returns`);
     }
     return null;
-  }
-
-  /** The call's result, or the deadline's error when hook_timeout_ms passes first (the call itself goes on: see #refusal). */
-  #withDeadline(settled: Promise<number>, late: () => Error): Promise<number> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(late()), this.#hookTimeoutMs);
-      settled.then(
-        (code) => {
-          clearTimeout(timer);
-          resolve(code);
-        },
-        (error: unknown) => {
-          clearTimeout(timer);
-          reject(error);
-        },
-      );
-    });
-  }
-
-  #returned(call: PoolCall): void {
-    this.#running = null;
-    callReturned(call);
-    if (call.late) this.#logger.warn({ hook: call.hook, running_ms: Math.round(performance.now() - call.startedMs) }, 'a hook call that ran past its deadline returned; its result was dropped, and the plugin takes calls again');
   }
 
   #drain(): void {
@@ -301,6 +261,7 @@ class NativePlugin implements Plugin {
     const release = (): void => {
       for (const slot of this.#slots.values()) slot.destroy();
       this.#slots.clear();
+      this.#blockingCalls?.release();
       this.#lib?.unload();
       this.#lib = null;
     };

@@ -29,8 +29,10 @@ export function poolThreads(env: NodeJS.ProcessEnv = process.env): number {
  */
 export const LATE_CALLS_MAX = Math.max(1, poolThreads() - 1);
 
+/** One batch of a plugin's calls on a pool thread (src/native/blocking-calls.ts); most often a single call. */
 export interface PoolCall {
   readonly plugin: string;
+  /** The hooks of the batch's calls, "/"-separated when they differ. */
   readonly hook: string;
   /** performance.now() when the call was made. */
   readonly startedMs: number;

@@ -19,7 +19,9 @@ interface RuntimeFunctions {
   contextApply: (ctx: NativePointer, buf: Buffer, len: number) => number;
   setGrants: (ctx: NativePointer, buf: Buffer, len: number) => number;
   denied: (ctx: NativePointer, out: Buffer, cap: number) => number;
-  callHook: ((fn: NativePointer, ctx: NativePointer) => number) & { async: (fn: NativePointer, ctx: NativePointer, done: AsyncCallback<number>) => void };
+  callHook: (fn: NativePointer, ctx: NativePointer) => number;
+  callBatch: { async: (fn: NativePointer, contexts: NativePointer, states: NativePointer, results: NativePointer, n: number, done: AsyncCallback<undefined>) => void };
+  shareNet: (ctx: NativePointer, first: NativePointer) => void;
   exitNow: (code: number) => void;
   setDeadline: (ctx: NativePointer, deadlineMs: number) => void;
   takeChanges: (ctx: NativePointer, out: Buffer, cap: number) => number;
@@ -48,6 +50,8 @@ function loadRuntime(): RuntimeFunctions {
     setGrants: lib.func('int smtp_host_context_set_grants(void *ctx, const uint8_t *buf, size_t len)'),
     denied: lib.func('size_t smtp_host_context_denied(void *ctx, uint8_t *out, size_t cap)'),
     callHook: lib.func('int64_t smtp_host_call_hook(void *fn, void *ctx)'),
+    callBatch: lib.func('void smtp_host_call_batch(void *fn, void *contexts, void *states, void *results, size_t n)'),
+    shareNet: lib.func('void smtp_host_context_share_net(void *ctx, void *first)'),
     exitNow: lib.func('void smtp_host_exit_now(int code)'),
     setDeadline: lib.func('void smtp_host_context_set_deadline(void *ctx, int64_t deadline_ms)'),
     takeChanges: lib.func('int64_t smtp_host_take_changes(void *ctx, uint8_t *out, size_t cap)'),
@@ -143,30 +147,26 @@ export class NativeContextSlot {
   }
 
   /**
-   * Runs the hook on a thread of koffi's pool; the event loop goes on
-   * meanwhile. When `abandoned()` is true by the time the call returns (its
-   * session was answered at the deadline), what the plugin did is dropped:
-   * `context` is not touched, and the native copy is reloaded before the
-   * next call.
+   * Loads `context` for a call made elsewhere (a batch on a pool thread,
+   * CallBatch): the native copy is brought up to date, as for `call`.
    */
-  callAsync(executeHook: NativePointer, context: HookContext, abandoned: () => boolean = () => false): Promise<number> {
-    const fns = loadRuntime();
-    this.#prepare(fns, context);
-    return new Promise((resolve, reject) => {
-      fns.callHook.async(executeHook, this.pointer, (error, packed) => {
-        if (error) reject(hostError('SMTP_E_PLUGIN_HOOK_CODE', `the native hook call failed on its thread (${String(error)})`, error));
-        else if (abandoned()) {
-          this.#contextId = 0;
-          resolve(packed % TWO_POW_32 | 0);
-        } else {
-          try {
-            resolve(this.#finish(fns, context, packed, this.#onDenied));
-          } catch (failure) {
-            reject(failure);
-          }
-        }
-      });
-    });
+  load(context: HookContext): void {
+    this.#prepare(loadRuntime(), context);
+  }
+
+  /** Takes in what a call made elsewhere returned (packed as smtp_host_call_hook packs it): its code, and its cancel flag and changes into `context`. */
+  finish(context: HookContext, packed: number): number {
+    return this.#finish(loadRuntime(), context, packed, this.#onDenied);
+  }
+
+  /** What the last call did is dropped (its session was answered at the deadline): the native copy is reloaded before the next call. */
+  forget(): void {
+    this.#contextId = 0;
+  }
+
+  /** This context reaches the connections of `first`, the same plugin's first context (smtp_host_context_share_net). */
+  shareNet(first: NativeContextSlot): void {
+    if (first !== this) loadRuntime().shareNet(this.pointer, first.pointer);
   }
 
   /** The wall-clock time (Date.now() ms) the next call's network waits are cut to; 0: none. */
@@ -241,6 +241,82 @@ export class NativeContextSlot {
     this.#contextVersion = context.version;
   }
 }
+
+/** A call's state in a batch, as smtp_host_call_batch reads and sets it (src/runtime/host_runtime.zig). */
+export const BatchCallState = { queued: 0, started: 1, skipped: 2, done: 3 } as const;
+
+/**
+ * Room for one batch of a blocking plugin's calls, in native memory (a pool
+ * thread reads and writes it while the event loop goes on): the context of
+ * each call, its state and its packed result. smtp_host_call_batch runs the
+ * calls in order on one pool thread, so every call that queued while the
+ * previous batch ran shares one thread hand-off; the event loop can still
+ * skip a call that has not started (its session stopped waiting).
+ */
+export class CallBatch {
+  readonly capacity: number;
+  readonly #memory: NativePointer;
+  readonly #contexts: DataView;
+  readonly #results: DataView;
+  /** Changed only with Atomics.compareExchange here, and by compare-and-swap on the pool thread. */
+  readonly #states: Int32Array;
+  #running = false;
+  #released = false;
+
+  constructor(capacity: number) {
+    this.capacity = capacity;
+    const bytes = capacity * BATCH_CALL_BYTES;
+    this.#memory = koffi.alloc('uint8_t', bytes) as NativePointer;
+    const view = koffi.view(this.#memory, bytes);
+    this.#contexts = new DataView(view, 0, capacity * 8);
+    this.#results = new DataView(view, capacity * 8, capacity * 8);
+    this.#states = new Int32Array(view, capacity * 16, capacity);
+  }
+
+  /** Puts call `index` in the batch: it runs on `slot`'s context, already loaded. */
+  set(index: number, slot: NativeContextSlot): void {
+    this.#contexts.setBigUint64(index * 8, slot.pointer, true);
+    Atomics.store(this.#states, index, BatchCallState.queued);
+  }
+
+  /** Runs calls 0 to n-1 on a pool thread; resolves when the thread is done with all of them. */
+  run(executeHook: NativePointer, n: number): Promise<void> {
+    if (this.#running || this.#released) throw hostError('SMTP_E_PLUGIN_STATE', 'a call batch was started while it ran, or after it was released');
+    this.#running = true;
+    const base = this.#memory;
+    return new Promise((resolve, reject) => {
+      loadRuntime().callBatch.async(executeHook, base, base + BigInt(this.capacity * 16), base + BigInt(this.capacity * 8), n, (error) => {
+        this.#running = false;
+        if (error) reject(hostError('SMTP_E_PLUGIN_HOOK_CODE', `the native hook calls failed on their thread (${String(error)})`, error));
+        else resolve();
+      });
+    });
+  }
+
+  /** Keeps call `index` from starting; false when it has already started (or finished). */
+  skip(index: number): boolean {
+    return Atomics.compareExchange(this.#states, index, BatchCallState.queued, BatchCallState.skipped) === BatchCallState.queued;
+  }
+
+  state(index: number): number {
+    return Atomics.load(this.#states, index);
+  }
+
+  /** What call `index` returned, packed as smtp_host_call_hook packs it (a code, then the status bits). */
+  packed(index: number): number {
+    return this.#results.getInt32(index * 8 + 4, true) * TWO_POW_32 + this.#results.getUint32(index * 8, true);
+  }
+
+  /** Frees the memory; never while a batch runs. */
+  release(): void {
+    if (this.#running || this.#released) return;
+    this.#released = true;
+    koffi.free(this.#memory);
+  }
+}
+
+/** Per call in a batch: its context pointer (8 bytes), its packed result (8), its state (4). */
+const BATCH_CALL_BYTES = 20;
 
 const sharedSlots = new Map<MetadataLimits, NativeContextSlot>();
 

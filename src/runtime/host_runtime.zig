@@ -94,6 +94,38 @@ export fn smtp_host_call_hook(execute_hook: *const fn (*plugin.HookContext) call
     return @as(i64, code) | (@as(i64, host.contextStatus(ctx)) << 32);
 }
 
+/// Makes `ctx` reach the connections of `first` (the same plugin's first
+/// context), so a handle a blocking plugin opened in one call of a batch is
+/// valid in the next, whichever context that call runs in.
+export fn smtp_host_context_share_net(ctx: *plugin.HookContext, first: *plugin.HookContext) void {
+    host.storeOf(ctx).net_owner = @intFromPtr(first);
+}
+
+/// The states of one call in a batch (smtp_host_call_batch), a u32 that the
+/// event loop's thread and the pool thread running the batch both change,
+/// each only by compare-and-swap.
+const batch_queued: u32 = 0;
+const batch_started: u32 = 1;
+/// Set by the host before the call started: its session stopped waiting.
+const batch_skipped: u32 = 2;
+const batch_done: u32 = 3;
+/// The most calls one batch runs (the host's BATCH_CALLS_MAX is smaller).
+const batch_calls_max = 1024;
+
+/// Runs `execute_hook` on each of `n` loaded contexts, in order, on the
+/// calling thread (a pool thread): one thread hand-off for every call of a
+/// blocking plugin that queued while its previous batch ran. A call whose
+/// state the host set to skipped before it started is not made; each made
+/// call's result is packed into `results[i]` as smtp_host_call_hook packs it.
+export fn smtp_host_call_batch(execute_hook: *const fn (*plugin.HookContext) callconv(.c) c_int, contexts: [*]const *plugin.HookContext, states: [*]u32, results: [*]i64, n: usize) void {
+    std.debug.assert(n <= batch_calls_max);
+    for (0..n) |i| {
+        if (@cmpxchgStrong(u32, &states[i], batch_queued, batch_started, .acq_rel, .acquire) != null) continue;
+        results[i] = smtp_host_call_hook(execute_hook, contexts[i]);
+        @atomicStore(u32, &states[i], batch_done, .release);
+    }
+}
+
 export fn smtp_host_take_changes(ctx: *plugin.HookContext, out: [*]u8, cap: usize) i64 {
     return host.takeChanges(ctx, out[0..cap]);
 }

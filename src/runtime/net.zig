@@ -4,9 +4,10 @@
 //! non-blocking; waits use poll(2), so a timeout is exact and a stalled peer
 //! never holds the calling thread longer than asked.
 //!
-//! Handles are indices into one process-wide table, each owned by the context
-//! that opened it: a plugin cannot reach another plugin's connection, or any
-//! file descriptor of the server, by guessing numbers.
+//! Handles are indices into one process-wide table, each owned by the plugin
+//! that opened it (its contexts share one owner, Store.net_owner): a plugin
+//! cannot reach another plugin's connection, or any file descriptor of the
+//! server, by guessing numbers.
 const std = @import("std");
 const posix = std.posix;
 const host = @import("smtp-host");
@@ -14,7 +15,7 @@ const plugin = host.plugin;
 
 /// Open connections, all plugins together.
 const handles_max = 1024;
-/// Open connections of one plugin (one context): no plugin can use up the table.
+/// Open connections of one plugin (all its contexts): no plugin can use up the table.
 const handles_per_owner_max = 64;
 /// The most one net_recv copies.
 const recv_bytes_max = 1024 * 1024;
@@ -27,6 +28,12 @@ const Slot = struct {
 var table: [handles_max]Slot = @splat(.{});
 var table_lock: std.Thread.Mutex = .{};
 
+/// The owner of the connections `ctx` opens and may use: its plugin's first context.
+fn ownerKey(ctx: *const plugin.HookContext) usize {
+    const shared = host.storeOf(ctx).net_owner;
+    return if (shared != 0) shared else @intFromPtr(ctx);
+}
+
 fn status(s: plugin.NetStatus) i32 {
     return @intFromEnum(s);
 }
@@ -37,7 +44,7 @@ fn lookup(ctx: *const plugin.HookContext, handle: i32) ?posix.socket_t {
     table_lock.lock();
     defer table_lock.unlock();
     const slot = table[@intCast(handle)];
-    if (slot.fd < 0 or slot.owner != @intFromPtr(ctx)) return null;
+    if (slot.fd < 0 or slot.owner != ownerKey(ctx)) return null;
     return slot.fd;
 }
 
@@ -49,13 +56,13 @@ fn insert(ctx: *const plugin.HookContext, fd: posix.socket_t) ?i32 {
     for (&table, 0..) |*slot, index| {
         if (slot.fd < 0) {
             if (free == null) free = index;
-        } else if (slot.owner == @intFromPtr(ctx)) {
+        } else if (slot.owner == ownerKey(ctx)) {
             owned += 1;
         }
     }
     if (owned >= handles_per_owner_max) return null;
     const index = free orelse return null;
-    table[index] = .{ .fd = fd, .owner = @intFromPtr(ctx) };
+    table[index] = .{ .fd = fd, .owner = ownerKey(ctx) };
     return @intCast(index);
 }
 
@@ -63,7 +70,7 @@ fn remove(ctx: *const plugin.HookContext, handle: i32) bool {
     if (handle < 0 or handle >= handles_max) return false;
     table_lock.lock();
     const slot = &table[@intCast(handle)];
-    if (slot.fd < 0 or slot.owner != @intFromPtr(ctx)) {
+    if (slot.fd < 0 or slot.owner != ownerKey(ctx)) {
         table_lock.unlock();
         return false;
     }
@@ -74,12 +81,12 @@ fn remove(ctx: *const plugin.HookContext, handle: i32) bool {
     return true;
 }
 
-/// Closes every connection `ctx` opened (its plugin is being unloaded).
+/// Closes every connection `ctx`'s plugin opened (it is being unloaded).
 pub fn closeOwnedBy(ctx: *const plugin.HookContext) void {
     table_lock.lock();
     defer table_lock.unlock();
     for (&table) |*slot| {
-        if (slot.fd >= 0 and slot.owner == @intFromPtr(ctx)) {
+        if (slot.fd >= 0 and slot.owner == ownerKey(ctx)) {
             posix.close(slot.fd);
             slot.* = .{};
         }
