@@ -73,6 +73,9 @@ export const ERROR_CODES = {
   SMTP_E_LISTEN: ['The server could not listen on its address: the port is in use, needs privileges, or the host is not an address of this machine or does not resolve.', undefined],
   SMTP_E_PLUGIN_CRASHED: ["A process-isolated plugin's process died (a signal such as SIGSEGV, or exit()); the message names the signal or the exit status. The plugin is restarted on its next call.", TEMPFAIL],
   SMTP_E_PLUGIN_DEADLINE: ['A native plugin ran past its deadline (hook_timeout_ms); a process-isolated one is killed (SIGKILL) and restarted on its next call. An in-process blocking one cannot be stopped: its thread runs on, and its calls fail at once until it returns.', TEMPFAIL],
+  SMTP_E_MILTER_UNAVAILABLE: ['A milter could not be reached (refused, no such socket) or closed the connection during a session.', TEMPFAIL],
+  SMTP_E_MILTER_TIMEOUT: ['A milter did not accept the connection within connect_timeout_ms, or did not answer an event within command_timeout_ms; the connection is closed.', TEMPFAIL],
+  SMTP_E_MILTER_PROTOCOL: ['A milter peer sent a frame over the negotiated bound, a short, unterminated or over-long payload, or an unknown command, reply or address family (or the host was asked to encode one).', TEMPFAIL],
 } as const satisfies Record<string, readonly [string, SmtpReply | undefined]>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
