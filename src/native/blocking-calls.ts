@@ -107,6 +107,7 @@ export class BlockingCalls {
     const batch = (this.#batch ??= new CallBatch(BATCH_CALLS_MAX));
     const calls = this.#waiting.splice(0, BATCH_CALLS_MAX);
     const batched: QueuedCall[] = [];
+    // Contexts used so far, by limits (almost always one set of limits: one entry).
     const slotsUsed = new Map<MetadataLimits, number>();
     for (const call of calls) {
       const used = slotsUsed.get(call.context.limits) ?? 0;
@@ -130,7 +131,8 @@ export class BlockingCalls {
       return;
     }
     this.#batched = batched;
-    const hooks = [...new Set(batched.map((call) => call.context.hook))].join('/');
+    const first = batched[0]!.context.hook;
+    const hooks = batched.every((call) => call.context.hook === first) ? first : [...new Set(batched.map((call) => call.context.hook))].join('/');
     this.#running = callStarted(this.#options.plugin, hooks);
     batch.run(this.#options.executeHook, batched.length).then(
       () => this.#returned(batch, batched, null),
