@@ -127,15 +127,18 @@ function queued(dir) {
   return count;
 }
 
-/** Starts the instance; throws with Postfix's own words when it cannot. */
-export async function startPostfix() {
+/**
+ * Starts the instance; throws with Postfix's own words when it cannot.
+ * `mainExtra`: more main.cf lines (the milter tests add smtpd_milters).
+ */
+export async function startPostfix({ mainExtra = '' } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'bench-postfix-'));
   // The daemons run as postfix and must reach the queue below this folder.
   chmodSync(dir, 0o755);
   for (const sub of ['conf', 'queue', 'data']) mkdirSync(join(dir, sub));
   chownSync(join(dir, 'data'), passwdUid('postfix'), -1);
   const port = await freePort();
-  writeFileSync(join(dir, 'conf', 'main.cf'), MAIN_CF(dir));
+  writeFileSync(join(dir, 'conf', 'main.cf'), MAIN_CF(dir) + mainExtra);
   writeFileSync(join(dir, 'conf', 'master.cf'), MASTER_CF(port));
   const started = postfix(dir, 'start');
   if (!started.ok) {

@@ -19,7 +19,7 @@ const TMPFS = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
 /** Every temporary folder a scenario made; removed by cleanup(). */
 const made = [];
 
-function tempDir(prefix, base = tmpdir()) {
+export function tempDir(prefix, base = tmpdir()) {
   const dir = mkdtempSync(join(base, prefix));
   made.push(dir);
   return dir;

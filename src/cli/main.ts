@@ -1,5 +1,6 @@
 import { isHostError } from '../errors.js';
 import { SERVER_VERSION } from '../version.js';
+import { MILTER_USAGE, milterCommand } from './milter-command.js';
 import { PLUGIN_USAGE, pluginCommand } from './plugin-command.js';
 import { PLUGINS_USAGE, pluginsCommand } from './plugins-command.js';
 import { SERVE_USAGE, serveCommand } from './serve-command.js';
@@ -9,6 +10,7 @@ usage:
 ${SERVE_USAGE}
 ${PLUGIN_USAGE.replace(/^usage:\n/, '')}
 ${PLUGINS_USAGE}
+${MILTER_USAGE}
   smtp-server --version`;
 
 export async function main(argv: string[]): Promise<number> {
@@ -19,6 +21,8 @@ export async function main(argv: string[]): Promise<number> {
         return await pluginCommand(rest);
       case 'plugins':
         return await pluginsCommand(rest);
+      case 'milter':
+        return await milterCommand(rest);
       case '--version':
         process.stdout.write(`${SERVER_VERSION}\n`);
         return 0;

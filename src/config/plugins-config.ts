@@ -3,12 +3,14 @@ import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from 'no
 import { parse, TomlError } from 'smol-toml';
 import { hostError, isHostError } from '../errors.js';
 import { resolvePluginOptions, type PluginOptions, type SandboxLimits } from '../plugin/options.js';
+import { parseMilterAddress } from '../milter/address.js';
+import { milterSource } from '../milter/milter-plugin.js';
 
 /** One [[plugins.plugin]] entry, validated, with its file chosen. */
 export interface PluginEntryConfig {
   readonly name: string;
   readonly enabled: boolean;
-  /** The file to load: the native library or the .wasm module, per `sandbox`. */
+  /** The file to load: the native library or the .wasm module, per `sandbox`; for a milter, `milter:<address>#<name>`. */
   readonly file: string;
   /** Every build the entry names (auto_load never loads these on its own). */
   readonly builds: readonly string[];
@@ -42,7 +44,7 @@ export interface PluginsConfig {
 }
 
 const SECTION_KEYS = ['enabled', 'directory', 'wasm_directory', 'auto_load', 'hot_reload', 'trusted_directories', 'plugin'] as const;
-const ENTRY_KEYS = ['name', 'enabled', 'optional', 'authenticator', 'library', 'wasm', 'component', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits', 'allow_connect', 'blocking', 'isolation'] as const;
+const ENTRY_KEYS = ['name', 'enabled', 'optional', 'authenticator', 'library', 'wasm', 'component', 'milter', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits', 'allow_connect', 'blocking', 'isolation'] as const;
 /** A bound on plugins.trusted_directories, like every list in the config. */
 const TRUSTED_DIRECTORIES_MAX = 64;
 const LIMIT_KEYS: Record<string, keyof SandboxLimits> = {
@@ -194,7 +196,18 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     const library = text(entry.library, key('library'), index);
     const wasm = text(entry.wasm, key('wasm'), index);
     const component = text(entry.component, key('component'), index);
-    if (component !== undefined) {
+    const milter = text(entry.milter, key('milter'), index);
+    if (milter !== undefined) {
+      // A milter is a service reached over a socket: there is no build to load, sandbox or isolate.
+      for (const other of ['library', 'wasm', 'component', 'sandbox', 'isolation', 'blocking', 'allow_connect', 'authenticator'] as const) {
+        if (entry[other] !== undefined) fail(key(other), `does not apply to a milter entry (milter = "${milter}")`, index);
+      }
+      try {
+        parseMilterAddress(milter);
+      } catch (error) {
+        fail(key('milter'), (error as Error).message, index);
+      }
+    } else if (component !== undefined) {
       // A component is its own build: the sandbox always runs it.
       if (library !== undefined || wasm !== undefined || entry.sandbox !== undefined) fail(key('component'), 'stands alone: no library, wasm or sandbox beside it', index);
       if (!component.endsWith('.wasm')) fail(key('component'), `expected a .wasm file, got "${component}"`, index);
@@ -203,7 +216,7 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     }
     if (wasm !== undefined && !wasm.endsWith('.wasm')) fail(key('wasm'), `expected a .wasm file, got "${wasm}"`, index);
     // A lone wasm means sandboxed; with both, sandbox chooses (default: sandboxed).
-    const sandboxed = library === undefined ? true : wasm === undefined ? false : bool(entry.sandbox, key('sandbox'), true, index);
+    const sandboxed = milter !== undefined ? false : library === undefined ? true : wasm === undefined ? false : bool(entry.sandbox, key('sandbox'), true, index);
     if (library === undefined && entry.sandbox === false) fail(key('sandbox'), 'is false but there is no library to run natively', index);
     if (wasm === undefined && entry.sandbox === true) fail(key('sandbox'), 'is true but there is no wasm build to sandbox', index);
     const libraryPath = library === undefined ? undefined : isAbsolute(library) ? library : join(directory, library);
@@ -218,7 +231,7 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     };
     if (library !== undefined) contained('library', library, libraryPath!, directory, 'directory');
     if (sandboxedBuild !== undefined) contained(component === undefined ? 'wasm' : 'component', sandboxedBuild, wasmPath!, wasmDirectory, 'wasm_directory');
-    const file = sandboxed ? wasmPath! : libraryPath!;
+    const file = milter !== undefined ? milterSource(milter, name) : sandboxed ? wasmPath! : libraryPath!;
     const builds = [libraryPath, wasmPath].filter((path): path is string => path !== undefined);
     const config = text(entry.config, key('config'), index) ?? pluginConfigFile(directory, name) ?? '{}';
     try {

@@ -22,6 +22,9 @@ export interface PluginManagerOptions {
   readonly traceHooks?: boolean;
 }
 
+/** Failures of a milter's service rather than of the plugin: on_error answers them, and they never disable the entry. */
+const MILTER_ERROR_CODES: ReadonlySet<string> = new Set(['SMTP_E_MILTER_UNAVAILABLE', 'SMTP_E_MILTER_TIMEOUT', 'SMTP_E_MILTER_PROTOCOL']);
+
 /** A plugin file to load, with what init and the policies need. */
 export interface PluginSpec {
   readonly path: string;
@@ -541,8 +544,9 @@ export class PluginManager {
     const coded = isHostError(error) ? error : hostError('SMTP_E_PLUGIN_HOOK_CODE', `plugin "${instance.name}": ${String(error)}`, error);
     const policy = entry.options.onError;
     this.#logger.error({ plugin: instance.name, hook: context.hook, code: coded.code, err: coded.message, on_error: policy }, 'plugin hook failed');
-    // A limit the host enforced before the plugin ran is not the plugin's failure.
-    if (coded.code !== 'SMTP_E_METADATA_LIMIT') this.#countFailure(entry);
+    // A limit the host enforced before the plugin ran is not the plugin's failure. Nor is a milter
+    // that is down or slow: each session tries it afresh, and disabling it would let mail through unfiltered.
+    if (coded.code !== 'SMTP_E_METADATA_LIMIT' && !MILTER_ERROR_CODES.has(coded.code)) this.#countFailure(entry);
     if (policy === 'continue') return { skipped: [...(skipped ?? []), instance.name] };
     return { action: 'error', plugin: instance.name, error: coded, policy };
   }

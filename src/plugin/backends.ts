@@ -7,6 +7,7 @@ import { loadNativePlugin } from '../native/native-plugin.js';
 import { loadProcessPlugin, processesStopped } from '../isolation/process-plugin.js';
 import { loadWasmPlugin } from '../wasm/wasm-plugin.js';
 import { loadWorkerPlugin, workersStopped } from '../wasm/worker-plugin.js';
+import { isMilterSource, loadMilterPlugin } from '../milter/milter-plugin.js';
 import { PluginFlag } from '../abi/hooks.js';
 import { DEFAULT_PLUGIN_OPTIONS, ISOLATIONS, type Isolation, type PluginOptions } from './options.js';
 import type { Plugin } from './plugin.js';
@@ -61,6 +62,8 @@ export const BACKENDS = {
   process: { isolated: true, load: (path, options, logger) => loadProcessPlugin(path, { options, logger }) },
   wasm: { isolated: true, load: loadSandboxed },
   component: { isolated: true, load: (path, options, logger) => loadComponentPlugin(path, { options, logger }) },
+  // A milter runs in a process of its own, reached over a socket (src/milter/).
+  milter: { isolated: true, load: loadMilterPlugin },
 } as const satisfies Record<string, Backend>;
 
 export type BackendName = keyof typeof BACKENDS;
@@ -90,6 +93,7 @@ export function fileKind(path: string): FileKind {
 
 /** The backend that runs `path` with these options. */
 export function backendFor(path: string, open: OpenOptions = {}): BackendName {
+  if (isMilterSource(path)) return 'milter';
   const kind = fileKind(path);
   if (kind === 'component') return 'component';
   if (kind === 'wasm-module') return 'wasm';

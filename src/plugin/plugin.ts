@@ -18,7 +18,7 @@ export interface PluginMetadata {
   readonly flags: bigint;
 }
 
-export type PluginKind = 'native' | 'wasm' | 'component';
+export type PluginKind = 'native' | 'wasm' | 'component' | 'milter';
 
 /**
  * One loaded plugin, whatever runs it. Backends only translate calls; the

@@ -38,7 +38,7 @@ export const CLOSE_TIMEOUT_MS = 5000;
 type Callback<T> = (err?: Error | null, result?: T) => void;
 
 /** The error that stops start-up or a reload: the first required plugin's own coded error, naming the others. */
-function requiredPluginsFailed(failures: readonly LoadFailure[]): HostError {
+export function requiredPluginsFailed(failures: readonly LoadFailure[]): HostError {
   const [first, ...others] = failures;
   const rest = others.length === 0 ? '' : ` (also failed: ${others.map((failure) => failure.name ?? failure.path).join(', ')})`;
   const error = new HostError(first!.error.code, `${first!.error.message}${rest}; a configured plugin that cannot run stops the server unless its entry says optional = true`, { cause: first!.error });
@@ -135,7 +135,7 @@ export class MailServer {
   #warnSmallSandboxes(loaded: readonly PluginInstance[]): void {
     const messageBytes = this.#config.server.maxMessageBytes;
     for (const instance of loaded) {
-      if (instance.plugin.kind === 'native' || !BODY_HOOKS.some((hook) => handlesHook(instance.plugin.metadata.handledHooks, hook))) continue;
+      if ((instance.plugin.kind !== 'wasm' && instance.plugin.kind !== 'component') || !BODY_HOOKS.some((hook) => handlesHook(instance.plugin.metadata.handledHooks, hook))) continue;
       const entry = this.#config.plugins.plugins.find((each) => each.name === instance.name);
       const limits = entry?.options.limits ?? DEFAULT_SANDBOX_LIMITS;
       const memoryNeeded = Math.ceil((SANDBOX_MEMORY_PER_MESSAGE_BYTE * messageBytes) / 2 ** 20);

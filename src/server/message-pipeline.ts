@@ -12,6 +12,7 @@ import { MemoryBudget } from './memory-budget.js';
 import { BODY_HOOKS, BODY_KEY } from './hook-table.js';
 import { HookRunner, QUARANTINE_KEY, QUARANTINE_PATH_KEY } from './hook-runner.js';
 import { checkHeaders } from './message-headers.js';
+import { takeMessageEdits, type MessageEdits } from './message-edits.js';
 import { REPLIES, acceptedText, malformedHeaders, replyError, type Refusal } from './reply-policy.js';
 import { domainOf, sessionEvent } from './session-fields.js';
 
@@ -39,8 +40,8 @@ export interface MessagePipelineOptions {
 interface InFlight {
   readonly session: SMTPServerSession;
   readonly data: ReceivedData;
-  /** Where the spool is taking it (null without a spool). */
-  readonly incoming: IncomingMessage | null;
+  /** Where the spool is taking it (null without a spool); replaced when a plugin rewrote the message. */
+  incoming: IncomingMessage | null;
   readonly messageId: string;
   /** The message's keys and body, encoded once (when a plugin wants them): every stage's context starts from these bytes. */
   encoded: EncodedMetadata | null;
@@ -48,6 +49,8 @@ interface InFlight {
   readonly carried: Map<string, MetadataValue>;
   quarantined: boolean;
   quarantinePath: string | undefined;
+  /** What host-side plugins (milters) changed: the message, its envelope, or discard. */
+  edits: MessageEdits | null;
 }
 
 /**
@@ -95,7 +98,7 @@ export class MessagePipeline {
     const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     const recipients = session.envelope.rcptTo.map((r) => r.address);
     const messageId = headers.messageId ?? `<${Date.now().toString(36)}.${session.id}@${this.#options.hostname}>`;
-    const message: InFlight = { session, data, incoming, messageId, encoded: null, carried: new Map(), quarantined: false, quarantinePath: undefined };
+    const message: InFlight = { session, data, incoming, messageId, encoded: null, carried: new Map(), quarantined: false, quarantinePath: undefined, edits: null };
     const fields: MetadataFields = {
       sender,
       sender_domain: domainOf(sender),
@@ -139,6 +142,8 @@ export class MessagePipeline {
         const result = hooks.run(hook, encoded, message.carried);
         const { context, refusal } = result instanceof Promise ? await result : result;
         if (context !== null) {
+          const edits = takeMessageEdits(context);
+          if (edits !== undefined) message.edits = { ...message.edits, ...edits };
           for (const [key, value] of context.pluginChanges()) if (key !== BODY_KEY) message.carried.set(key, value);
           if (!message.quarantined && context.changed(QUARANTINE_KEY) === 'true') {
             message.quarantined = true;
@@ -163,9 +168,18 @@ export class MessagePipeline {
   /** Stores the message (or drops it, without a spool), fires message_stored, and queues it for delivery. */
   async #keep(message: InFlight, envelope: { from: string; to: readonly string[] }, withoutBody: () => EncodedMetadata): Promise<string> {
     const { spool, queue, hooks } = this.#options;
+    const edits = message.edits;
+    const to = edits?.recipients ?? envelope.to;
+    if (edits?.discard === true || to.length === 0) {
+      // Accepted and dropped, as a milter's discard (or a milter that removed every recipient) asks: nothing is kept.
+      this.#options.logger.info({ session: message.session.id, message_id: message.messageId, why: edits?.discard === true ? 'discard' : 'no recipients left' }, 'message discarded by a plugin');
+      await message.incoming?.discard();
+      return acceptedText(null);
+    }
+    if (spool === null || message.incoming === null) return acceptedText(null);
+    if (edits?.raw !== undefined) message.incoming = await this.#replaced(spool, message.incoming, edits.raw);
     const { incoming } = message;
-    if (spool === null || incoming === null) return acceptedText(null);
-    const stored = await incoming.commit(envelope, { message_id: message.messageId });
+    const stored = await incoming.commit({ from: edits?.sender ?? envelope.from, to }, { message_id: message.messageId });
     let path = stored.path;
     if (message.quarantined) {
       try {
@@ -204,6 +218,19 @@ export class MessagePipeline {
       this.#options.logger.error({ spool_id: stored.id, err: String(error) }, 'queueing a stored message failed; it stays in the spool and is delivered after the next start');
     }
     return acceptedText(stored.id);
+  }
+
+  /** The message as a plugin rewrote it, received anew into the spool; what was received is dropped. */
+  async #replaced(spool: Spool, received: IncomingMessage, raw: Buffer): Promise<IncomingMessage> {
+    const replacement = spool.receive();
+    try {
+      await replacement.write(raw);
+    } catch (error) {
+      await replacement.discard();
+      throw error;
+    }
+    await received.discard();
+    return replacement;
   }
 
   /**

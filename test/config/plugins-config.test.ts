@@ -93,6 +93,21 @@ describe('config.toml [plugins]', () => {
     }
   });
 
+  it('reads a milter entry, and refuses a bad milter address or a build beside it with the line', () => {
+    const toml = (extra: string): string => `[plugins]\ndirectory = "./plugins"\n\n[[plugins.plugin]]\nname = "rspamd"\n${extra}`;
+    const [entry] = loadPluginsConfig(root(toml('milter = "inet:127.0.0.1:11332"\n'))).plugins;
+    expect(entry).toMatchObject({ name: 'rspamd', file: 'milter:inet:127.0.0.1:11332#rspamd', builds: [], sandboxed: false });
+    const cases: [string, RegExp][] = [
+      [toml('milter = "127.0.0.1:11332"\n'), /config\.toml:6: plugins\.plugin\[0\]\.milter: milter address "127\.0\.0\.1:11332": expected inet:HOST:PORT, inet:PORT@HOST or unix:\/path/],
+      [toml('milter = "inet:127.0.0.1:0"\n'), /plugins\.plugin\[0\]\.milter: .*expected a port from 1 to 65535/],
+      [toml('milter = "inet:127.0.0.1:11332"\nlibrary = "libplain.so"\n'), /config\.toml:7: plugins\.plugin\[0\]\.library: does not apply to a milter entry/],
+      [toml('milter = "unix:/run/x.sock"\nauthenticator = true\n'), /plugins\.plugin\[0\]\.authenticator: does not apply to a milter entry/],
+    ];
+    for (const [text, expected] of cases) {
+      expect(() => loadPluginsConfig(root(text)), text).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(expected) }));
+    }
+  });
+
   it('reads optional and authenticator (both false unless an entry says so) and names a wrong value', () => {
     const toml = (extra: string): string =>
       `[plugins]\ndirectory = "./plugins"\n\n[[plugins.plugin]]\nname = "plain"\nlibrary = "libplain.so"\n\n[[plugins.plugin]]\nname = "spam-filter"\nlibrary = "libspam_filter.so"\n${extra}`;
