@@ -103,8 +103,9 @@ export type MilterMacros = Readonly<Record<string, string>>;
 
 const CONTINUE: MilterVerdict = Object.freeze({ kind: 'continue' });
 
+/** The #next() waiting for a reply: woken when one arrives, or failed. */
 interface Waiter {
-  readonly resolve: (reply: MilterReply) => void;
+  readonly wake: () => void;
   readonly reject: (error: Error) => void;
 }
 
@@ -348,7 +349,7 @@ export class MilterClientSession {
       }
       if (take()) return;
       this.#waiter = {
-        resolve: () => void take(),
+        wake: () => void take(),
         reject: (error) => {
           clearTimeout(timer);
           this.#waiter = null;
@@ -371,7 +372,7 @@ export class MilterClientSession {
       this.#fail(error instanceof Error ? error : new Error(String(error)));
       return;
     }
-    if (this.#replies.length > 0) this.#waiter?.resolve(this.#replies[0]!);
+    if (this.#replies.length > 0) this.#waiter?.wake();
   }
 
   #fail(error: Error): void {

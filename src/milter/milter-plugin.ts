@@ -48,14 +48,6 @@ export function isMilterSource(path: string): boolean {
 export const MILTER_STAGES = ['connect', 'helo', 'mail', 'rcpt', 'data'] as const;
 export type MilterStage = (typeof MILTER_STAGES)[number];
 
-const STAGE_HOOKS: Record<MilterStage, readonly HookName[]> = {
-  connect: ['connection_opened'],
-  helo: ['command_received'],
-  mail: ['command_validated'],
-  rcpt: ['command_validated'],
-  data: ['message_filtered'],
-};
-
 /** The milter entry's init config (its `config` JSON). */
 interface MilterSettings {
   readonly stages: readonly MilterStage[];
@@ -280,20 +272,23 @@ class MilterPlugin implements Plugin {
     }
   }
 
+  /** The milter step a hook event is, if any. */
   #stageOf(context: HookContext): MilterStage | null {
-    for (const stage of MILTER_STAGES) {
-      if (!STAGE_HOOKS[stage].includes(context.hook)) continue;
-      if (stage === 'helo') return /^(HELO|EHLO)$/i.test(context.getMetadata('command') ?? '') ? 'helo' : null;
-      if (stage === 'mail' || stage === 'rcpt') {
-        const command = (context.getMetadata('command') ?? '').toUpperCase();
-        if (command === 'MAIL') return 'mail';
-        if (command === 'RCPT') return 'rcpt';
+    const command = (context.getMetadata('command') ?? '').toUpperCase();
+    switch (context.hook) {
+      case 'connection_opened':
+        return 'connect';
+      case 'command_received':
+        return command === 'HELO' || command === 'EHLO' ? 'helo' : null;
+      case 'command_validated':
+        return command === 'MAIL' ? 'mail' : command === 'RCPT' ? 'rcpt' : null;
+      case 'message_filtered':
+        return 'data';
+      default:
         return null;
-      }
-      return stage;
     }
-    return null;
   }
+
 
   /** The session's milter connection, opened (and told of the connection) on first use; null past MILTER_SESSIONS_MAX. */
   async #session(sessionId: string, context: HookContext, settings: MilterSettings): Promise<SessionState | null> {

@@ -123,7 +123,9 @@ export class BlockingCalls {
         batched.push(call);
         slotsUsed.set(call.context.limits, used + 1);
       } catch (error) {
-        this.#settle(call, () => call.reject(error));
+        clearTimeout(call.timer);
+        call.state = 'late';
+        call.reject(error);
       }
     }
     if (batched.length === 0) {
@@ -193,12 +195,6 @@ export class BlockingCalls {
 
   #deadlineError(call: QueuedCall, where: string): Error {
     return hostError('SMTP_E_PLUGIN_DEADLINE', `plugin "${this.#options.plugin}": ${call.context.hook} ${where} its ${this.#options.hookTimeoutMs} ms deadline; an in-process thread cannot be stopped, so until it returns this plugin's calls fail at once (isolation = "process" would kill it)`);
-  }
-
-  #settle(call: QueuedCall, answer: () => void): void {
-    clearTimeout(call.timer);
-    call.state = 'late';
-    answer();
   }
 
   #afterSettling(): void {
