@@ -217,7 +217,12 @@ export class Spool {
   }
 
   /** Removes a message (appends its DONE record); removing a missing id is not an error. */
-  async remove(id: string): Promise<void> {
+  /**
+   * Removes a message (a DONE record). `durable`: resolve only once the DONE
+   * is on disk, for an admin's delete, which must not come back after a
+   * power cut; delivery's removal need not wait (see below).
+   */
+  async remove(id: string, options: { durable?: boolean } = {}): Promise<void> {
     this.#checkId(id);
     this.#checkOpen('SMTP_E_SPOOL_WRITE');
     const entry = this.#index.get(id);
@@ -226,7 +231,7 @@ export class Spool {
     const path = entry.path;
     try {
       // A lost DONE (power cut before its fsync) means one more delivery, never a lost message: it rides along with the next batch.
-      await this.#log!.append(encodeDone(id), false, path === undefined ? undefined : { afterDurable: () => this.#unlinkLarge(path) });
+      await this.#log!.append(encodeDone(id), options.durable === true, path === undefined ? undefined : { afterDurable: () => this.#unlinkLarge(path) });
     } catch (cause) {
       const segment = this.#log?.segments.get(entry.sequence);
       if (segment !== undefined && !this.#index.has(id)) {

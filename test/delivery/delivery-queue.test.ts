@@ -397,3 +397,59 @@ describe('DeliveryQueue, mode relay (a Node smarthost downstream)', () => {
     }
   });
 });
+
+describe('DeliveryQueue, observer', () => {
+  it('reports each attempt: deferred while the smarthost is down, then delivered, or bounced, with the time queued and the time taken', async () => {
+    const port = await freePort();
+    const spool = await openSpool();
+    const seen: { outcome: string; queuedSeconds: number; attemptSeconds: number }[] = [];
+    const observer = { attempted: (outcome: string, queuedSeconds: number, attemptSeconds: number) => void seen.push({ outcome, queuedSeconds, attemptSeconds }) };
+    const { queue } = queueWith(spool, { mode: 'relay', relay: { host: '127.0.0.1', port }, observer });
+    queue.enqueue(await store(spool, { from: 'alice@example.org', to: ['bob@example.net'] }));
+    await waitFor(() => seen.length >= 2, 5000, 'two deferrals');
+    const sink = await startSmarthost(port);
+    await waitFor(() => seen.at(-1)?.outcome === 'delivered', 10_000, 'the delivery');
+    await queue.idle();
+
+    expect(seen.slice(0, -1).every((s) => s.outcome === 'deferred')).toBe(true);
+    for (const { queuedSeconds, attemptSeconds } of seen) {
+      expect(queuedSeconds).toBeGreaterThanOrEqual(0);
+      expect(queuedSeconds).toBeLessThan(30);
+      expect(attemptSeconds).toBeGreaterThanOrEqual(0);
+      expect(attemptSeconds).toBeLessThan(10);
+    }
+    // Each retry waited its backoff (at least 45 ms here) in the queue.
+    expect(seen.at(-1)!.queuedSeconds).toBeGreaterThan(seen[0]!.queuedSeconds + 0.04);
+    expect(sink.transactions).toHaveLength(1);
+    await queue.stop();
+
+    const refusing = await startSmarthost(await freePort(), 'permanent');
+    const bounced: string[] = [];
+    const { queue: bouncing } = queueWith(spool, { mode: 'relay', relay: { host: '127.0.0.1', port: refusing.port }, observer: { attempted: (outcome) => void bounced.push(outcome) } });
+    bouncing.enqueue(await store(spool, { from: 'alice@example.org', to: ['bob@example.net'] }));
+    await bouncing.idle();
+    expect(bounced).toEqual(['bounced']);
+    await bouncing.stop();
+  });
+
+  it('goes on delivering, once, when the observer throws', async () => {
+    const spool = await openSpool();
+    const root = join(tempDir('dq-maildir-'), 'mail');
+    const { queue, seen } = queueWith(spool, {
+      mode: 'maildir',
+      maildirRoot: root,
+      observer: {
+        attempted: () => {
+          throw new Error('metrics broke');
+        },
+      },
+    });
+    queue.enqueue(await store(spool, { from: 'alice@example.org', to: ['bob@example.net'] }));
+    await queue.idle();
+    expect(seen.delivered.map((d) => d.recipient)).toEqual(['bob@example.net']);
+    expect(readdirSync(join(root, 'bob@example.net', 'new'))).toHaveLength(1);
+    expect(queue.stats).toEqual({ delivered: 1, deferred: 0, bounced: 0 });
+    expect(await spool.list()).toEqual([]);
+    await queue.stop();
+  });
+});
