@@ -92,8 +92,10 @@ const spoolDirs = new Map();
  * /dev/shm without fsync: message_stored fires, no disk I/O) or "durable"
  * (the disk spool in the temporary folder, fsync before 250). Every
  * measurement of it starts from an empty spool (measure() empties it).
+ * `admin`: with the admin listener, so every session, message and plugin
+ * call is counted for /metrics.
  */
-export function hostConfig(name, { entries = '', spool = 'none', groupCommitMs = 0 } = {}) {
+export function hostConfig(name, { entries = '', spool = 'none', groupCommitMs = 0, admin = false } = {}) {
   const dir = tempDir(`bench-${name}-`);
   mkdirSync(join(dir, 'plugins'));
   const spoolDir = spool === 'tmpfs' ? tempDir(`bench-spool-${name}-`, TMPFS) : join(dir, 'spool');
@@ -105,6 +107,8 @@ export function hostConfig(name, { entries = '', spool = 'none', groupCommitMs =
     `[storage]\nspool = "${spool === 'none' ? 'none' : 'disk'}"\nspool_dir = ${toml(spoolDir)}\nfsync = ${spool === 'durable'}\ngroup_commit_ms = ${groupCommitMs}\n`,
     '[delivery]\nmode = "none"\n',
     `[plugins]\nenabled = true\ndirectory = "plugins"\ntrusted_directories = ${toml(trusted)}\n\n${entries}`,
+    // The admin listener on: metrics are recorded (nothing scrapes them during a measurement).
+    admin ? '[admin]\nlisten = "127.0.0.1:0"\ntoken = "bench-admin-token-0123456789"\n' : '',
   ].join('\n'));
   return join(dir, 'config.toml');
 }

@@ -76,6 +76,9 @@ export const ERROR_CODES = {
   SMTP_E_MILTER_UNAVAILABLE: ['A milter could not be reached (refused, no such socket) or closed the connection during a session.', TEMPFAIL],
   SMTP_E_MILTER_TIMEOUT: ['A milter did not accept the connection within connect_timeout_ms, or did not answer an event within command_timeout_ms; the connection is closed.', TEMPFAIL],
   SMTP_E_MILTER_PROTOCOL: ['A milter peer sent a frame over the negotiated bound, a short, unterminated or over-long payload, or an unknown command, reply or address family (or the host was asked to encode one).', TEMPFAIL],
+  SMTP_E_ADMIN_AUTH: ['An admin API call that changes state (or reads the config) came without the bearer token of [admin], or with another one: HTTP 401.', undefined],
+  SMTP_E_ADMIN_REQUEST: ['An admin API or CLI request is malformed: unknown path or method, a body that is not JSON or over its bound, an empty queue selector, or a server that answers something else than the admin API (HTTP 400, 404, 405 or 413).', undefined],
+  SMTP_E_ADMIN_UNREACHABLE: ['The CLI could not reach the running server\'s admin listener (not configured, not running, or refused).', undefined],
 } as const satisfies Record<string, readonly [string, SmtpReply | undefined]>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -3,6 +3,7 @@ import { SERVER_VERSION } from '../version.js';
 import { MILTER_USAGE, milterCommand } from './milter-command.js';
 import { PLUGIN_USAGE, pluginCommand } from './plugin-command.js';
 import { PLUGINS_USAGE, pluginsCommand } from './plugins-command.js';
+import { QUEUE_USAGE, queueCommand } from './queue-command.js';
 import { SERVE_USAGE, serveCommand } from './serve-command.js';
 
 const USAGE = `smtp-server ${SERVER_VERSION}
@@ -10,6 +11,7 @@ usage:
 ${SERVE_USAGE}
 ${PLUGIN_USAGE.replace(/^usage:\n/, '')}
 ${PLUGINS_USAGE}
+${QUEUE_USAGE}
 ${MILTER_USAGE}
   smtp-server --version`;
 
@@ -21,6 +23,8 @@ export async function main(argv: string[]): Promise<number> {
         return await pluginCommand(rest);
       case 'plugins':
         return await pluginsCommand(rest);
+      case 'queue':
+        return await queueCommand(rest);
       case 'milter':
         return await milterCommand(rest);
       case '--version':

@@ -1,7 +1,8 @@
 import { existsSync, watch, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadConfig, type ConfigOverrides } from '../config/config.js';
+import { AdminServer } from '../admin/admin-server.js';
+import { configFromText, loadConfig, type ConfigOverrides } from '../config/config.js';
 import { hostError, isHostError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { PROJECT_ROOT } from '../paths.js';
@@ -48,18 +49,42 @@ export async function serveCommand(args: string[]): Promise<number> {
     throw error;
   }
 
-  let reloading = Promise.resolve();
-  const reload = (why: string): void => {
-    reloading = reloading.then(async () => {
+  let reloading: Promise<unknown> = Promise.resolve();
+  /** Reloads one at a time; resolves with the plugins changed, or rejects with the coded error (the running config stays). */
+  const reloadNow = (why: string): Promise<readonly string[]> => {
+    const run = reloading.then(async () => {
+      logger.info({ why }, 'reloading config');
       try {
-        logger.info({ why }, 'reloading config');
-        await server.reload(loadConfig(path, overrides));
+        const changed = await server.reload(loadConfig(path, overrides));
+        server.metrics?.configReloads.inc({ result: 'ok' });
+        return changed;
       } catch (error) {
+        server.metrics?.configReloads.inc({ result: 'failed' });
         // A bad config never replaces a good one: the server keeps running as it was.
         logger.error({ code: isHostError(error) ? error.code : undefined, err: (error as Error).message }, 'config reload refused; keeping the running config');
+        throw error;
       }
     });
+    reloading = run.catch(() => undefined);
+    return run;
   };
+  const reload = (why: string): void => {
+    reloadNow(why).catch(() => undefined);
+  };
+  const admin = config.admin.listen === null ? null : new AdminServer({
+    server,
+    token: config.admin.token!,
+    logger,
+    reloadConfig: () => reloadNow('admin API'),
+    validateConfig: (text) => (text === null ? loadConfig(path, overrides) : configFromText(text, path, overrides)),
+  });
+  try {
+    await admin?.listen(config.admin.listen!.host, config.admin.listen!.port);
+  } catch (error) {
+    await server.stop();
+    await backendsStopped();
+    throw error;
+  }
   let watcher: FSWatcher | undefined;
   if (path !== null) {
     let timer: NodeJS.Timeout | undefined;
@@ -75,6 +100,7 @@ export async function serveCommand(args: string[]): Promise<number> {
   });
   logger.info({ signal }, 'stopping');
   watcher?.close();
+  await admin?.close();
   // Bounded: a plugin stuck in a native hook must not keep the server from exiting.
   return stopWithin(server, async () => {
     await reloading;

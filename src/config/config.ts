@@ -4,7 +4,7 @@ import { hostname as osHostname, tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { mkdtempSync } from 'node:fs';
 import { parse, TomlError } from 'smol-toml';
-import { hostError } from '../errors.js';
+import { hostError, isHostError } from '../errors.js';
 import { formatNetwork, isLoopbackHost, parseNetwork } from './networks.js';
 import { escapeRegExp, parsePluginsSection, type PluginsConfig } from './plugins-config.js';
 
@@ -74,6 +74,23 @@ export interface DeliveryConfig {
   readonly maxAttempts: number;
 }
 
+/** The [admin] section: the HTTP listener for metrics, the admin API and the status page (src/admin/). */
+export interface AdminConfig {
+  /** Where it listens; null: no listener (the default). */
+  readonly listen: { readonly host: string; readonly port: number } | null;
+  /** The bearer token every state-changing call (and reading the config) must carry; set whenever listen is. */
+  readonly token: string | null;
+}
+
+/** The [tracing] section: OpenTelemetry traces over OTLP/HTTP (src/ops/tracing.ts). */
+export interface TracingConfig {
+  /** Where spans are sent, e.g. http://127.0.0.1:4318/v1/traces. */
+  readonly otlpEndpoint: string;
+  readonly serviceName: string;
+  /** Sessions traced, in percent (a plugin call or message is traced with its session). */
+  readonly samplePercent: number;
+}
+
 export interface AppConfig {
   /** The file read, or null for the embedded default. */
   readonly file: string | null;
@@ -83,6 +100,9 @@ export interface AppConfig {
   readonly delivery: DeliveryConfig;
   readonly policy: PolicyConfig;
   readonly plugins: PluginsConfig;
+  readonly admin: AdminConfig;
+  /** null: no tracing (the default). */
+  readonly tracing: TracingConfig | null;
 }
 
 /** Every default in one place; paths are relative to the config file's folder. */
@@ -133,7 +153,24 @@ export const DEFAULTS = Object.freeze({
     local_recipients: null as string[] | null,
     local_recipients_file: null as string | null,
   }),
+  admin: Object.freeze({
+    // null: no admin listener. "127.0.0.1:9025" is the documented choice.
+    listen: null as string | null,
+    token: null as string | null,
+    token_file: null as string | null,
+  }),
+  tracing: Object.freeze({
+    // null: no traces.
+    otlp_endpoint: null as string | null,
+    service_name: 'smtp-plugin-host',
+    sample_percent: 100,
+  }),
 });
+
+/** A shorter admin token is refused: it guards disabling plugins and deleting mail. */
+export const ADMIN_TOKEN_CHARS_MIN = 16;
+/** A token file is a secret of a line, not a document. */
+const ADMIN_TOKEN_FILE_BYTES_MAX = 4096;
 
 /** Bounds on numeric settings: [min, max]. */
 const RANGES: Record<string, readonly [number, number]> = {
@@ -151,6 +188,7 @@ const RANGES: Record<string, readonly [number, number]> = {
   'delivery.retry_initial_ms': [1, 3_600_000],
   'delivery.retry_max_ms': [1, 86_400_000],
   'delivery.max_attempts': [1, 1000],
+  'tracing.sample_percent': [0, 100],
 };
 const CHOICES: Record<string, readonly string[]> = {
   'storage.spool': ['disk', 'none'],
@@ -158,7 +196,7 @@ const CHOICES: Record<string, readonly string[]> = {
 };
 /** Keys whose value is a list of strings (their default may be null: "derived"). */
 const STRING_LISTS = new Set(['server.auth_methods', 'server.max_clients_per_ip_exceptions', 'policy.local_domains', 'policy.relay_networks', 'policy.local_recipients']);
-const TOP_KEYS = ['server', 'storage', 'delivery', 'policy', 'plugins'] as const;
+const TOP_KEYS = ['server', 'storage', 'delivery', 'policy', 'plugins', 'admin', 'tracing'] as const;
 /** Bounds on the lists and the map file, like every other input. */
 const LIST_ENTRIES_MAX = 10_000;
 const LOCAL_RECIPIENTS_MAX = 1_000_000;
@@ -291,13 +329,24 @@ function policyOf(p: (typeof DEFAULTS)['policy'], hostname: string, at: (path: s
 export function loadConfig(path: string | null, overrides: ConfigOverrides = {}): AppConfig {
   const file = path === null ? null : resolve(path);
   let source = '';
-  let document: Table = {};
   if (file !== null) {
     try {
       source = readFileSync(file, 'utf8');
     } catch (cause) {
       throw hostError('SMTP_E_CONFIG', `${file}: cannot read the config file (${(cause as Error).message})`, cause);
     }
+  }
+  return configFromText(source, file, overrides);
+}
+
+/**
+ * loadConfig of a text not (yet) in its file: `file` is where it would be
+ * (relative paths resolve beside it; null: the working directory, as for
+ * the embedded default). The admin API validates a config this way.
+ */
+export function configFromText(source: string, file: string | null, overrides: ConfigOverrides = {}): AppConfig {
+  let document: Table = {};
+  if (source !== '') {
     try {
       document = parse(source) as Table;
     } catch (cause) {
@@ -318,7 +367,7 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
   }
 
   /** Merges a section over its defaults, checking each value's type against the default's. */
-  const section = <T extends Record<string, unknown>>(sectionName: 'server' | 'storage' | 'delivery' | 'policy', defaults: T): T => {
+  const section = <T extends Record<string, unknown>>(sectionName: 'server' | 'storage' | 'delivery' | 'policy' | 'admin' | 'tracing', defaults: T): T => {
     const raw = document[sectionName] ?? {};
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw hostError('SMTP_E_CONFIG', `${name}: ${sectionName}: expected a table`);
     const out: Record<string, unknown> = { ...defaults };
@@ -348,6 +397,8 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
   const st = section('storage', DEFAULTS.storage);
   const d = section('delivery', DEFAULTS.delivery);
   const p = section('policy', DEFAULTS.policy);
+  const a = section('admin', DEFAULTS.admin);
+  const t = section('tracing', DEFAULTS.tracing);
   const at = (path: string): string => (isAbsolute(path) ? path : join(base, path));
   for (const method of s.auth_methods) {
     if (!(AUTH_METHODS as readonly string[]).includes(method.toUpperCase())) fail('server', 'auth_methods', `expected methods from ${AUTH_METHODS.join(', ')}, got "${method}"`);
@@ -429,5 +480,54 @@ export function loadConfig(path: string | null, overrides: ConfigOverrides = {})
     }),
     policy,
     plugins,
+    admin: adminOf(a, at, fail),
+    tracing: tracingOf(t, fail),
   });
+}
+
+function tracingOf(t: (typeof DEFAULTS)['tracing'], fail: Fail): TracingConfig | null {
+  if (t.otlp_endpoint === null) return null;
+  let url: URL | null = null;
+  try {
+    url = new URL(t.otlp_endpoint);
+  } catch {
+    url = null;
+  }
+  if (url === null || (url.protocol !== 'http:' && url.protocol !== 'https:')) fail('tracing', 'otlp_endpoint', `expected an http:// or https:// URL (an OTLP/HTTP traces endpoint, e.g. "http://127.0.0.1:4318/v1/traces"), got ${JSON.stringify(t.otlp_endpoint)}`);
+  return Object.freeze({ otlpEndpoint: t.otlp_endpoint, serviceName: t.service_name, samplePercent: t.sample_percent });
+}
+
+/** host:port, or [v6]:port. */
+function listenAddress(text: string): { host: string; port: number } | null {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(text);
+  if (match === null) return null;
+  const port = Number(match[3]);
+  const host = match[1] ?? match[2]!;
+  return port <= 65_535 && hostProblem(host) === null ? { host, port } : null;
+}
+
+function adminOf(a: (typeof DEFAULTS)['admin'], at: (path: string) => string, fail: Fail): AdminConfig {
+  if (a.token !== null && a.token_file !== null) fail('admin', 'token', 'set token or token_file, not both');
+  let token = a.token;
+  if (a.token_file !== null) {
+    const path = at(a.token_file);
+    let text: string;
+    try {
+      if (statSync(path).size > ADMIN_TOKEN_FILE_BYTES_MAX) fail('admin', 'token_file', `${path} is over ${ADMIN_TOKEN_FILE_BYTES_MAX} bytes: expected one line holding the token`);
+      text = readFileSync(path, 'utf8');
+    } catch (cause) {
+      if (isHostError(cause)) throw cause;
+      return fail('admin', 'token_file', `cannot read ${path} (${(cause as Error).message})`);
+    }
+    token = text.trim();
+  }
+  if (token !== null && (token.length < ADMIN_TOKEN_CHARS_MIN || /\s/.test(token))) {
+    fail('admin', a.token_file === null ? 'token' : 'token_file', `expected a token of at least ${ADMIN_TOKEN_CHARS_MIN} characters without spaces`);
+  }
+  if (a.listen === null) return Object.freeze({ listen: null, token });
+  const listen = listenAddress(a.listen);
+  if (listen === null) fail('admin', 'listen', `expected "host:port" (an address of this machine, e.g. "127.0.0.1:9025"), got ${JSON.stringify(a.listen)}`);
+  // Disabling a plugin or deleting mail must never be open to whoever reaches the port.
+  if (token === null) fail('admin', 'listen', 'needs token or token_file: state-changing calls require that bearer token (docs/admin-api.md)');
+  return Object.freeze({ listen: Object.freeze(listen!), token });
 }

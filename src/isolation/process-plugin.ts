@@ -11,7 +11,7 @@ import type { HookContext } from '../plugin/hook-context.js';
 import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/metadata.js';
 import { applyChanges, copyWire, wireSize, type WireBounds } from '../plugin/metadata-wire.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions, type SandboxLimits } from '../plugin/options.js';
-import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
+import type { Plugin, PluginMetadata, PluginRuntimeStats } from '../plugin/plugin.js';
 import { Channel, Fault, Op, Outcome, STATUS_CANCEL, type OpCode } from './channel.js';
 import { logChildOutput } from './child-output.js';
 
@@ -145,6 +145,7 @@ class ProcessPlugin implements Plugin {
   #inFlight = 0;
   /** Deaths and failed restarts in a row, the last one's error, and when the next restart may be tried. */
   #failures = 0;
+  #restarts = 0;
   #lastError: HostError | null = null;
   #retryAt = 0;
 
@@ -366,6 +367,10 @@ class ProcessPlugin implements Plugin {
     if (!live.channel.limitCpu(live.pid, CPU_BUDGET_SECONDS)) this.#logger.debug({ pid: live.pid }, 'could not set the plugin process\'s CPU limit');
   }
 
+  runtimeStats(): PluginRuntimeStats {
+    return { restarts: this.#restarts, memoryBytes: null };
+  }
+
   /** The live child, or a fresh one brought back to the old one's state. */
   async #current(): Promise<Live> {
     if (this.#live !== null) return this.#live;
@@ -393,6 +398,7 @@ class ProcessPlugin implements Plugin {
       throw coded;
     }
     this.#live = live;
+    this.#restarts++;
     this.#logger.info({ pid: live.pid, after_failures: this.#failures }, 'plugin process restarted');
     return live;
   }

@@ -10,6 +10,7 @@ import { NATIVE_EXTENSIONS, WASM_EXTENSION, openPlugin } from '../plugin/backend
 import type { PluginEntryConfig, PluginsConfig } from '../config/plugins-config.js';
 import { DEFAULT_PLUGIN_OPTIONS, type OnErrorPolicy, type PluginOptions } from '../plugin/options.js';
 import { SERVER_VERSION } from '../version.js';
+import type { DisableReason, PluginCallStats } from '../ops/plugin-call-stats.js';
 import { DependencyError, checkDependencies, dependentsOf, resolveLoadOrder, type DependencyNode, type OrderedPlugin } from './dependencies.js';
 
 export interface PluginManagerOptions {
@@ -20,7 +21,18 @@ export interface PluginManagerOptions {
   readonly logger?: Logger;
   /** Log every plugin call (plugin, hook, result, duration): the guide's test mode. Otherwise at debug level. */
   readonly traceHooks?: boolean;
+  /** Where each plugin call's verdict, error and latency is counted (the admin listener's metrics); none when absent. */
+  readonly callStats?: PluginCallStats;
+  /** Where each plugin call gets a trace span ([tracing]); none when absent. */
+  readonly tracer?: PluginCallTracer;
 }
+
+/** Starts a span for a plugin call; the span is ended with the call's verdict. */
+export interface PluginCallTracer {
+  callStarted(instance: PluginInstance, context: HookContext): { end(verdict: HookAction | 'error', errorCode?: string): void };
+}
+
+type CallSpan = ReturnType<PluginCallTracer['callStarted']>;
 
 /** Failures of a milter's service rather than of the plugin: on_error answers them, and they never disable the entry. */
 const MILTER_ERROR_CODES: ReadonlySet<string> = new Set(['SMTP_E_MILTER_UNAVAILABLE', 'SMTP_E_MILTER_TIMEOUT', 'SMTP_E_MILTER_PROTOCOL']);
@@ -138,10 +150,23 @@ export class PluginManager {
     this.wasmDirectory = options.wasmDirectory ?? (existsSync(sibling) ? sibling : undefined);
     this.#logger = options.logger ?? silentLogger();
     this.#trace = options.traceHooks === true ? 'info' : this.#logger.isLevelEnabled('debug') ? 'debug' : null;
+    this.#stats = options.callStats ?? null;
+    this.#tracer = options.tracer ?? null;
+    this.#timed = this.#trace !== null || this.#stats !== null;
   }
+
+  readonly #tracer: PluginCallTracer | null;
 
   /** The level plugin calls are traced at, or null when they are not. */
   readonly #trace: 'info' | 'debug' | null;
+  readonly #stats: PluginCallStats | null;
+  /** Whether calls are timed (traced or counted): otherwise no clock is read. */
+  readonly #timed: boolean;
+
+  /** The call statistics this manager records into, if any. */
+  get callStats(): PluginCallStats | null {
+    return this.#stats;
+  }
 
   /** True when some enabled plugin handles `hook`: callers skip building a context otherwise. */
   handles(hook: HookName, role: ChainRole = 'all'): boolean {
@@ -411,9 +436,11 @@ export class PluginManager {
   /**
    * Disables a plugin. If enabled plugins depend on it, refuses unless
    * `cascade`, which disables them first. Returns the names disabled.
+   * `reason` (default admin) is what the call statistics count it under.
    */
-  async disablePlugin(name: string, options: { cascade?: boolean } = {}): Promise<string[]> {
+  async disablePlugin(name: string, options: { cascade?: boolean; reason?: DisableReason } = {}): Promise<string[]> {
     const names = this.#takeDown(name, 'disable', options.cascade === true);
+    for (const each of names) this.#stats?.disabled(each, each === name ? (options.reason ?? 'admin') : 'dependency');
     // Out of the chains at once, before any plugin's disable runs.
     const disabling = names.map((each) => this.#require(each).instance.disable());
     this.#rebuildChains();
@@ -501,26 +528,27 @@ export class PluginManager {
       // The chain was taken before an earlier plugin's await: a plugin
       // disabled, unloaded or replaced meanwhile is skipped, not called.
       if (entry.instance.state !== 'enabled') continue;
-      const started = this.#trace === null ? 0 : performance.now();
+      const started = this.#timed ? performance.now() : 0;
+      const span = this.#tracer === null ? null : this.#tracer.callStarted(entry.instance, context);
       let result: HookCallResult | Promise<HookCallResult>;
       try {
         result = entry.instance.executeHookAsync(context);
       } catch (error) {
-        const failed = this.#failed(entry, context, error, skipped);
+        const failed = this.#failed(entry, context, error, started, span, skipped);
         if ('action' in failed) return failed;
         skipped = failed.skipped;
         continue;
       }
       if (result instanceof Promise) {
         return result.then(
-          ({ action }) => this.#answered(entry, context, action, started, skipped) ?? this.#runFrom(chain, index + 1, context, skipped, answered + 1),
+          ({ action }) => this.#answered(entry, context, action, started, span, skipped) ?? this.#runFrom(chain, index + 1, context, skipped, answered + 1),
           (error: unknown) => {
-            const failed = this.#failed(entry, context, error, skipped);
+            const failed = this.#failed(entry, context, error, started, span, skipped);
             return 'action' in failed ? failed : this.#runFrom(chain, index + 1, context, failed.skipped, answered);
           },
         );
       }
-      const ended = this.#answered(entry, context, result.action, started, skipped);
+      const ended = this.#answered(entry, context, result.action, started, span, skipped);
       if (ended !== null) return ended;
       answered++;
     }
@@ -528,10 +556,13 @@ export class PluginManager {
   }
 
   /** A plugin answered: the outcome when it ended the chain, else null. */
-  #answered(entry: Entry, context: HookContext, action: HookAction, started: number, skipped: string[] | undefined): HookOutcome | null {
+  #answered(entry: Entry, context: HookContext, action: HookAction, started: number, span: CallSpan | null, skipped: string[] | undefined): HookOutcome | null {
     entry.failures = 0;
-    if (this.#trace !== null) {
-      this.#logger[this.#trace]({ plugin: entry.instance.name, hook: context.hook, result: action, duration_us: Math.round((performance.now() - started) * 1000) }, 'hook call');
+    span?.end(action);
+    if (this.#timed) {
+      const ms = performance.now() - started;
+      this.#stats?.of(entry.instance.name, context.hookValue).answered(action, ms / 1000);
+      if (this.#trace !== null) this.#logger[this.#trace]({ plugin: entry.instance.name, hook: context.hook, result: action, duration_us: Math.round(ms * 1000) }, 'hook call');
     }
     if (action === 'continue') return null;
     this.#logger.debug({ plugin: entry.instance.name, hook: context.hook, action }, 'hook chain ended by plugin');
@@ -539,9 +570,11 @@ export class PluginManager {
   }
 
   /** A plugin failed: the error outcome when its policy ends the chain, else the plugins skipped so far (with it). */
-  #failed(entry: Entry, context: HookContext, error: unknown, skipped: string[] | undefined): HookOutcome | { skipped: string[] } {
+  #failed(entry: Entry, context: HookContext, error: unknown, started: number, span: CallSpan | null, skipped: string[] | undefined): HookOutcome | { skipped: string[] } {
     const { instance } = entry;
     const coded = isHostError(error) ? error : hostError('SMTP_E_PLUGIN_HOOK_CODE', `plugin "${instance.name}": ${String(error)}`, error);
+    span?.end('error', coded.code);
+    this.#stats?.of(instance.name, context.hookValue).failed(coded.code, (performance.now() - started) / 1000);
     const policy = entry.options.onError;
     this.#logger.error({ plugin: instance.name, hook: context.hook, code: coded.code, err: coded.message, on_error: policy }, 'plugin hook failed');
     // A limit the host enforced before the plugin ran is not the plugin's failure. Nor is a milter
@@ -558,7 +591,7 @@ export class PluginManager {
     const names = [...this.#enabledDependents(entry.instance.name), entry.instance.name];
     this.#logger.error({ plugin: entry.instance.name, failures: entry.failures, disabled: names }, 'plugin disabled after failing too many times in a row');
     // disable() leaves the chain at once, even when the plugin's disable then fails.
-    this.disablePlugin(entry.instance.name, { cascade: true }).catch((error: unknown) => {
+    this.disablePlugin(entry.instance.name, { cascade: true, reason: 'failures' }).catch((error: unknown) => {
       this.#logger.error({ plugin: entry.instance.name, err: String(error) }, 'plugin failed to disable');
     });
   }

@@ -51,4 +51,13 @@ export interface Plugin {
   deinit(): void | Promise<void>;
   /** Releases the code; nothing may be called afterwards. */
   unload(): void | Promise<void>;
+  /** What the admin listener reports of a backend that restarts or bounds its plugin; absent where neither applies. */
+  runtimeStats?(): PluginRuntimeStats;
+}
+
+export interface PluginRuntimeStats {
+  /** Times the plugin's process, worker or sandbox instance was brought back after a crash, trap or deadline. */
+  readonly restarts: number;
+  /** Bytes of sandbox memory in use (the instance's linear memory), or null where the host cannot see it cheaply. */
+  readonly memoryBytes: number | null;
 }

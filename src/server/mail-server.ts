@@ -13,6 +13,8 @@ import { PluginManager, pluginSpec, type LoadFailure } from '../manager/plugin-m
 import type { EncodedMetadata, MetadataFields } from '../plugin/metadata-wire.js';
 import type { PluginInstance } from '../plugin/lifecycle.js';
 import { DEFAULT_SANDBOX_LIMITS } from '../plugin/options.js';
+import { ServerMetrics } from '../ops/metrics.js';
+import { Tracing } from '../ops/tracing.js';
 import { Spool, type SpooledMessage } from '../storage/spool.js';
 import { SERVER_VERSION } from '../version.js';
 import { BODY_HOOKS } from './hook-table.js';
@@ -61,16 +63,25 @@ export class MailServer {
   readonly #pipeline: MessagePipeline;
   #smtp: HookedSMTPServer | null = null;
   readonly #reloader: HotReloader | null;
+  readonly #metrics: ServerMetrics | null;
+  readonly #tracing: Tracing | null;
   #port = 0;
 
-  constructor(config: AppConfig, logger: Logger) {
+  /** `withMetrics` (default: when [admin] listens) counts sessions, messages, plugin calls and deliveries for /metrics. */
+  constructor(config: AppConfig, logger: Logger, options: { withMetrics?: boolean } = {}) {
     this.#config = config;
     this.#logger = logger;
+    this.#metrics = options.withMetrics ?? config.admin.listen !== null
+      ? new ServerMetrics({ plugins: () => this.#manager.list(), queue: () => this.#queue?.summary() ?? null })
+      : null;
+    this.#tracing = config.tracing === null ? null : new Tracing(config.tracing);
     this.#manager = new PluginManager({
       directory: config.plugins.directory,
       wasmDirectory: config.plugins.wasmDirectory,
       logger,
       traceHooks: config.server.logHookCalls,
+      ...(this.#metrics === null ? {} : { callStats: this.#metrics.calls }),
+      ...(this.#tracing === null ? {} : { tracer: this.#tracing }),
     });
     this.#reloader = config.plugins.hotReload ? new HotReloader(this.#manager, logger) : null;
     this.#hooks = new HookRunner(this.#manager, logger, config.server.logHookCalls);
@@ -92,6 +103,7 @@ export class MailServer {
           onBounced: (message, reason) => {
             this.#logger.error({ spool_id: message.id, reason }, 'message bounced');
           },
+          ...(this.#metrics === null ? {} : { observer: this.#metrics }),
         });
     this.#pipeline = new MessagePipeline({
       hostname: config.server.hostname,
@@ -100,11 +112,22 @@ export class MailServer {
       logger,
       spool: this.#spool,
       queue: this.#queue,
+      metrics: this.#metrics,
     });
   }
 
   get manager(): PluginManager {
     return this.#manager;
+  }
+
+  /** The delivery queue (null without a spool): what the admin API lists and steers. */
+  get queue(): DeliveryQueue | null {
+    return this.#queue;
+  }
+
+  /** The metrics (null unless counted: see the constructor). */
+  get metrics(): ServerMetrics | null {
+    return this.#metrics;
   }
 
   get config(): AppConfig {
@@ -172,7 +195,10 @@ export class MailServer {
         check: (session, command, line) => this.#commandReceived(session, command, line),
       }, this.#config.server);
       smtp.on('error', (err: Error) => this.#logger.warn({ err: err.message }, 'smtp session error'));
-      smtp.on('limit', (event: object) => this.#logger.info(event, 'client limit: connection refused or cut'));
+      smtp.on('limit', (event: { reason: string }) => {
+        this.#logger.info(event, 'client limit: connection refused or cut');
+        this.#metrics?.connectionsRefused.inc({ reason: event.reason });
+      });
       this.#smtp = smtp;
       this.#updateAuthOffer();
       smtp.listen(this.#config.server.port, this.#config.server.host);
@@ -198,6 +224,7 @@ export class MailServer {
     await this.#spool?.close();
     await this.#reloader?.stop();
     await this.#manager.deinit();
+    await this.#tracing?.shutdown();
   }
 
   /** What stop() is doing now (for a shutdown that must give up waiting: it names what did not finish); null before stop(). */
@@ -225,6 +252,8 @@ export class MailServer {
     await this.#fire('server_stopped', () => this.#serverFields());
     this.#stopStage = 'shutting plugins down';
     await this.#manager.deinit();
+    this.#stopStage = 'sending the last trace spans';
+    await this.#tracing?.shutdown();
     this.#stopStage = 'stopped';
     this.#logger.info('stopped');
   }
@@ -257,12 +286,12 @@ export class MailServer {
       await this.#manager.abort(staged);
       throw error;
     }
-    for (const section of ['server', 'storage', 'delivery'] as const) {
+    for (const section of ['server', 'storage', 'delivery', 'admin', 'tracing'] as const) {
       if (JSON.stringify(this.#config[section]) !== JSON.stringify(next[section])) {
         this.#logger.warn({ section }, `[${section}] changed: it takes effect at the next restart`);
       }
     }
-    this.#config = Object.freeze({ ...next, server: this.#config.server, storage: this.#config.storage, delivery: this.#config.delivery });
+    this.#config = Object.freeze({ ...next, server: this.#config.server, storage: this.#config.storage, delivery: this.#config.delivery, admin: this.#config.admin, tracing: this.#config.tracing });
     this.#updateAuthOffer();
     await this.#fire('config_changed', () => ({ config_path: next.file ?? '(embedded default)', changed_plugins: changed.join(',') }));
     this.#logger.info({ changed_plugins: changed }, 'config reloaded');
@@ -306,13 +335,26 @@ export class MailServer {
       authOptional: !server.authRequired,
       allowInsecureAuth: server.authInsecure,
       // A hook no plugin handles answers at once; one whose plugins all answer at once, too.
-      onConnect: (session, callback) => (hooks.wants('connection_opened') ? this.#answer(() => this.#connectionOpened(session), callback) : callback()),
-      onSecure: (socket, session, callback) => (hooks.wants('connection_upgraded') ? this.#answer(() => this.#connectionUpgraded(socket, session), callback) : callback()),
+      onConnect: (session, callback) => {
+        this.#metrics?.connects.inc();
+        this.#tracing?.sessionOpened(session);
+        return hooks.wants('connection_opened') ? this.#answer(() => this.#connectionOpened(session), callback) : callback();
+      },
+      onSecure: (socket, session, callback) => {
+        if (this.#metrics !== null) {
+          const tls = socket as { getProtocol?(): string | null; getCipher?(): { name: string } };
+          this.#metrics.tlsConnections.inc({ protocol: tls.getProtocol?.() ?? 'unknown', cipher: tls.getCipher?.().name ?? 'unknown' });
+        }
+        return hooks.wants('connection_upgraded') ? this.#answer(() => this.#connectionUpgraded(socket, session), callback) : callback();
+      },
       onAuth: (auth, session, callback) => this.#answer(() => this.#authenticate(auth, session), callback),
       onMailFrom: (address, session, callback) => {
         // smtp-server answers 530 itself only while AUTH is offered; with no
         // authenticator enabled it is not, and auth_required must still hold.
-        if (server.authRequired && !session.user) return callback(replyError(REPLIES.authRequired));
+        if (server.authRequired && !session.user) {
+          this.#metrics?.refused('auth', REPLIES.authRequired, undefined);
+          return callback(replyError(REPLIES.authRequired));
+        }
         return hooks.wants('command_validated') ? this.#answer(() => this.#validated(session, 'MAIL', address), callback) : callback();
       },
       onRcptTo: (address, session, callback) => {
@@ -320,12 +362,24 @@ export class MailServer {
         if (!verdict.accept) {
           const refused = recipientRefused(verdict.refusal, verdict.recipient);
           this.#logger.info({ session: session.id, remote_ip: session.remoteAddress, recipient: address.address, code: refused.code }, `recipient refused by [policy]: ${refused.text}`);
+          this.#metrics?.refused('policy', refused, undefined);
           return callback(replyError(refused));
         }
         return hooks.wants('command_validated') ? this.#answer(() => this.#validated(session, 'RCPT', address), callback) : callback();
       },
-      onData: (stream, session, callback) => this.#answer(() => this.#pipeline.receive(stream, session), callback),
+      onData: (stream, session, callback) => {
+        if (this.#tracing === null) return this.#answer(() => this.#pipeline.receive(stream, session), callback);
+        const tracing = this.#tracing;
+        tracing.messageStarted(session);
+        return this.#answer(() => this.#pipeline.receive(stream, session), (error, text) => {
+          const reply = error as (Error & { responseCode?: number }) | null | undefined;
+          tracing.messageEnded(session.id, reply ? (reply.responseCode ?? 451) : 250, reply ? reply.message : (text ?? ''));
+          callback(error, text);
+        });
+      },
       onClose: (session) => {
+        this.#metrics?.disconnects.inc();
+        this.#tracing?.sessionClosed(session);
         if (hooks.wants('connection_closed')) hooks.notify('connection_closed', () => sessionEncoding(session));
       },
     };
@@ -340,7 +394,9 @@ export class MailServer {
     const failed = (error: unknown): void => {
       if (error instanceof Error && 'responseCode' in error) return callback(error);
       this.#logger.error({ err: String(error), code: isHostError(error) ? error.code : undefined }, 'internal error in a session');
-      callback(replyError(errorReply(error)));
+      const reply = errorReply(error);
+      this.#metrics?.refused('error', reply, undefined);
+      callback(replyError(reply));
     };
     let result: T | Promise<T>;
     try {
@@ -354,12 +410,16 @@ export class MailServer {
 
   #refuse(hook: HookName, refusal: Refusal, session: { id: string }): never {
     this.#logger.info({ hook, plugin: refusal.plugin, reason: refusal.reason, code: refusal.code, session: session.id }, 'refused');
+    this.#metrics?.refused(hook, refusal, refusal.plugin);
     throw replyError(refusal);
   }
 
   #connectionOpened(session: SMTPServerSession): void | Promise<void> {
     return andThen(this.#hooks.run('connection_opened', () => sessionEvent(session, { remote_port: String(session.remotePort) })), ({ refusal }) => {
-      if (refusal) this.#refuse('connection_opened', refusal, session);
+      if (!refusal) return;
+      this.#metrics?.connectionsRefused.inc({ reason: 'plugin' });
+      this.#tracing?.sessionRefused(session.id, refusal.code);
+      this.#refuse('connection_opened', refusal, session);
     });
   }
 
@@ -373,7 +433,10 @@ export class MailServer {
 
   async #commandReceived(session: { id: string; remoteAddress: string }, command: string, line: string): Promise<{ code: number; text: string } | undefined> {
     const { refusal } = await this.#hooks.run('command_received', () => ({ session_id: session.id, remote_ip: session.remoteAddress, command, line }));
-    if (refusal) this.#logger.info({ hook: 'command_received', plugin: refusal.plugin, command, code: refusal.code }, 'refused');
+    if (refusal) {
+      this.#logger.info({ hook: 'command_received', plugin: refusal.plugin, command, code: refusal.code }, 'refused');
+      this.#metrics?.refused('command_received', refusal, refusal.plugin);
+    }
     return refusal ?? undefined;
   }
 
@@ -386,6 +449,7 @@ export class MailServer {
   async #authenticate(auth: SMTPServerAuthentication, session: SMTPServerSession): Promise<{ user: string }> {
     const base = { ...sessionFields(session), method: auth.method, username: auth.username ?? '' };
     const failed = async (reason: string, refusal: Refusal): Promise<never> => {
+      this.#metrics?.authFailures.inc({ reason });
       await this.#fire('auth_failed', () => ({ ...base, reason }));
       this.#refuse('auth_started', refusal, session);
     };
@@ -404,6 +468,7 @@ export class MailServer {
       this.#logger.warn({ session: session.id }, 'AUTH refused: no enabled authenticator answered auth_started');
       return failed('no authentication plugin', { ...REPLIES.authInvalid, plugin: undefined, reason: 'error' });
     }
+    this.#metrics?.authSuccesses.inc();
     await this.#fire('auth_completed', () => base);
     return { user: auth.username ?? '' };
   }

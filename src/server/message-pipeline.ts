@@ -13,6 +13,7 @@ import { BODY_HOOKS, BODY_KEY } from './hook-table.js';
 import { HookRunner, QUARANTINE_KEY, QUARANTINE_PATH_KEY } from './hook-runner.js';
 import { checkHeaders } from './message-headers.js';
 import { takeMessageEdits, type MessageEdits } from './message-edits.js';
+import type { ServerMetrics } from '../ops/metrics.js';
 import { REPLIES, acceptedText, malformedHeaders, replyError, type Refusal } from './reply-policy.js';
 import { domainOf, sessionEvent } from './session-fields.js';
 
@@ -34,6 +35,8 @@ export interface MessagePipelineOptions {
   /** null: nothing is kept (spool = "none"); the message is accepted after the filters. */
   readonly spool: Spool | null;
   readonly queue: DeliveryQueue | null;
+  /** Counts accepted and refused messages (the admin listener's metrics); none when absent. */
+  readonly metrics?: ServerMetrics | null;
 }
 
 /** Where a message stands between its stages. */
@@ -84,8 +87,13 @@ export class MessagePipeline {
     try {
       const data = await receiveData(stream, incoming);
       // smtp-server answers 552 itself for a message over the size limit.
-      if (data === null) throw replyError(REPLIES.messageTooBig);
-      return await this.#process(session, data, incoming);
+      if (data === null) {
+        this.#options.metrics?.refused('data', REPLIES.messageTooBig, undefined);
+        throw replyError(REPLIES.messageTooBig);
+      }
+      const accepted = await this.#process(session, data, incoming);
+      this.#options.metrics?.messagesAccepted.inc();
+      return accepted;
     } catch (error) {
       // Refused, over the limit, the client gone or the disk failing: nothing of it stays in the spool.
       await incoming?.discard();
@@ -261,11 +269,14 @@ export class MessagePipeline {
 
   #refuseHeaders(session: SMTPServerSession, problem: string): never {
     this.#options.logger.info({ session: session.id, problem }, 'message refused by header checks');
-    throw replyError(malformedHeaders(problem));
+    const reply = malformedHeaders(problem);
+    this.#options.metrics?.refused('headers', reply, undefined);
+    throw replyError(reply);
   }
 
   #refuse(hook: string, refusal: Refusal, session: SMTPServerSession): never {
     this.#options.logger.info({ hook, plugin: refusal.plugin, reason: refusal.reason, code: refusal.code, session: session.id }, 'refused');
+    this.#options.metrics?.refused(hook, refusal, refusal.plugin);
     throw replyError(refusal);
   }
 }

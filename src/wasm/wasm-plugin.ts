@@ -8,7 +8,7 @@ import type { HookContext } from '../plugin/hook-context.js';
 import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/metadata.js';
 import { applyChanges, copyWire, wireSize, type WireBounds } from '../plugin/metadata-wire.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
-import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
+import type { Plugin, PluginMetadata, PluginRuntimeStats } from '../plugin/plugin.js';
 import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME, WasmInstrumentError, instrument } from '../sandbox/instrument.js';
 import { BUDGET_ITERATIONS, DeadlineExceeded, classifySandboxError } from '../sandbox/sandbox-errors.js';
 import { NET_IMPORT_MODULE, NET_IMPORT_NAMES, deniedNet, netImports, type GuestNet } from '../sandbox/guest-net.js';
@@ -126,6 +126,11 @@ class WasmPlugin implements Plugin {
   readonly #initialPages: number;
   #wasi!: WasiHost;
   #live: Live | null = null;
+  #restarts = 0;
+
+  runtimeStats(): PluginRuntimeStats {
+    return { restarts: this.#restarts, memoryBytes: this.#live === null ? 0 : this.#live.memory.buffer.byteLength };
+  }
   #deadline = 0;
   /** What a fresh instance must be brought back to after a failure. */
   #config: string | null = null;
@@ -234,6 +239,7 @@ class WasmPlugin implements Plugin {
       const live = this.#instantiate();
       this.#initialize(live, this.#config);
       if (this.#enabled) this.#guard('enable', () => live.exports.smtp_plugin_enable());
+      this.#restarts++;
     } catch (error) {
       this.#broken = isHostError(error) ? error : hostError('SMTP_E_WASM_TRAP', String(error), error);
       this.#live = null;

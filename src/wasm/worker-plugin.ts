@@ -9,7 +9,7 @@ import { PROJECT_ROOT } from '../paths.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { applyChanges, copyWire, wireSize } from '../plugin/metadata-wire.js';
 import type { PluginOptions } from '../plugin/options.js';
-import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
+import type { Plugin, PluginMetadata, PluginRuntimeStats } from '../plugin/plugin.js';
 import type { Failure, HookReply, HookRequest, LifecycleReply, LifecycleRequest, WorkerEvent } from './sandbox-worker.js';
 
 /** Beyond the hook deadline, how long the worker may take to answer before it is killed (its own deadline check should answer first). */
@@ -178,6 +178,8 @@ class WorkerWasmPlugin implements Plugin {
     this.#failPending(hostError('SMTP_E_WASM_DEADLINE', `plugin "${this.#name()}": the sandbox worker was terminated (${why})`));
   }
 
+  #restarts = 0;
+
   /** The live worker, or a fresh one brought back to the old one's state. */
   async #current(): Promise<Live> {
     if (this.#live !== null) return this.#live;
@@ -195,7 +197,13 @@ class WorkerWasmPlugin implements Plugin {
       terminate(live.worker);
       throw error;
     }
+    this.#restarts++;
     return live;
+  }
+
+  /** Restarts of the worker after a deadline kill (a trap inside it replaces the instance there, unseen here); its memory lives in the worker. */
+  runtimeStats(): PluginRuntimeStats {
+    return { restarts: this.#restarts, memoryBytes: null };
   }
 
   #lifecycleTimeout(): number {

@@ -157,4 +157,36 @@ describe('config.toml', () => {
       expect(() => loadConfig(serverRoot({ server }).config), server).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(expected) }));
     }
   });
+
+  it('[admin]: off by default; a listener needs a token of 16 characters or more, inline or from a file', () => {
+    expect(loadConfig(serverRoot().config).admin).toEqual({ listen: null, token: null });
+    const token = 'admin-token-0123456789';
+    expect(loadConfig(serverRoot({ admin: `listen = "127.0.0.1:9025"\ntoken = "${token}"\n` }).config).admin).toEqual({ listen: { host: '127.0.0.1', port: 9025 }, token });
+    expect(loadConfig(serverRoot({ admin: `listen = "[::1]:9025"\ntoken = "${token}"\n` }).config).admin.listen).toEqual({ host: '::1', port: 9025 });
+    const fromFile = serverRoot({ admin: 'listen = "127.0.0.1:9025"\ntoken_file = "admin.token"\n' });
+    writeFileSync(join(fromFile.dir, 'admin.token'), `${token}\n`);
+    expect(loadConfig(fromFile.config).admin.token).toBe(token);
+    const refused: [string, RegExp][] = [
+      ['listen = "127.0.0.1:9025"\n', /admin\.listen: needs token or token_file/],
+      [`listen = "127.0.0.1:9025"\ntoken = "short"\n`, /admin\.token: expected a token of at least 16 characters/],
+      [`listen = "9025"\ntoken = "${token}"\n`, /admin\.listen: expected "host:port"/],
+      [`listen = "127.0.0.1:99999"\ntoken = "${token}"\n`, /admin\.listen: expected "host:port"/],
+      [`token = "${token}"\ntoken_file = "x"\n`, /admin\.token: set token or token_file, not both/],
+      ['listen = "127.0.0.1:9025"\ntoken_file = "missing.token"\n', /admin\.token_file: cannot read/],
+      ['port = 9025\n', /admin\.port: unknown key/],
+    ];
+    for (const [section, message] of refused) {
+      expect(() => loadConfig(serverRoot({ admin: section }).config), section).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(message) }));
+    }
+  });
+
+  it('[tracing]: off by default; an OTLP endpoint turns it on with its service name and sampling', () => {
+    expect(loadConfig(serverRoot().config).tracing).toBeNull();
+    const root = serverRoot();
+    appendFileSync(root.config, '\n[tracing]\notlp_endpoint = "http://127.0.0.1:4318/v1/traces"\nsample_percent = 25\n');
+    expect(loadConfig(root.config).tracing).toEqual({ otlpEndpoint: 'http://127.0.0.1:4318/v1/traces', serviceName: 'smtp-plugin-host', samplePercent: 25 });
+    const over = serverRoot();
+    appendFileSync(over.config, '\n[tracing]\notlp_endpoint = "http://127.0.0.1:4318/v1/traces"\nsample_percent = 101\n');
+    expect(() => loadConfig(over.config)).toThrow(/tracing\.sample_percent: expected an integer from 0 to 100, got 101/);
+  });
 });

@@ -11,10 +11,10 @@ type Section = string | ((dir: string) => string);
 /**
  * A temporary server root: config.toml, plugins/ and var/ folders. Each
  * option is TOML appended to its section, or a function of the root folder
- * returning it; `plugins` replaces the [plugins] section; `policy`, when
- * given, is the [policy] section.
+ * returning it; `plugins` replaces the [plugins] section; `policy` and
+ * `admin`, when given, are those sections.
  */
-export function serverRoot(options: { server?: Section; storage?: Section; delivery?: Section; policy?: Section; plugins?: Section } = {}): { dir: string; config: string; maildir: string; spool: string; quarantine: string } {
+export function serverRoot(options: { server?: Section; storage?: Section; delivery?: Section; policy?: Section; plugins?: Section; admin?: Section } = {}): { dir: string; config: string; maildir: string; spool: string; quarantine: string } {
   const dir = mkdtempSync(join(tmpdir(), 'smtp-root-'));
   for (const sub of ['var/spool', 'var/maildir', 'var/quarantine', 'plugins']) mkdirSync(join(dir, sub), { recursive: true });
   const text = (section: Section | undefined): string => (typeof section === 'function' ? section(dir) : (section ?? ''));
@@ -27,6 +27,7 @@ export function serverRoot(options: { server?: Section; storage?: Section; deliv
       `[delivery]\nmaildir_root = "var/maildir"\n${text(options.delivery)}`,
       options.policy === undefined ? '' : `[policy]\n${text(options.policy)}`,
       options.plugins === undefined ? '[plugins]\nenabled = true\ndirectory = "./plugins"\n' : text(options.plugins),
+      options.admin === undefined ? '' : `[admin]\n${text(options.admin)}`,
     ].join('\n'),
   );
   return { dir, config, maildir: join(dir, 'var/maildir'), spool: join(dir, 'var/spool'), quarantine: join(dir, 'var/quarantine') };
