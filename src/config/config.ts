@@ -1,6 +1,6 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { hostname as osHostname, tmpdir } from 'node:os';
+import { availableParallelism, hostname as osHostname, tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { mkdtempSync } from 'node:fs';
 import { parse, TomlError } from 'smol-toml';
@@ -37,6 +37,8 @@ export interface ServerConfig {
   readonly maxClientsPerIp: number;
   /** Networks (CIDR, normalised) max_clients_per_ip does not apply to; by default [policy] relay_networks, as Postfix's smtpd_client_event_limit_exceptions = $mynetworks. */
   readonly maxClientsPerIpExceptions: readonly string[];
+  /** Worker processes sharing the listener (src/cluster/): 1 runs the server in this process. */
+  readonly workers: number;
 }
 
 /** The [policy] section: what is accepted at RCPT (src/server/relay-policy.ts decides). */
@@ -82,6 +84,22 @@ export interface AdminConfig {
   readonly token: string | null;
 }
 
+/** What a counter call answers while Redis is down: tempfail (SMTP_COUNTER_E_UNAVAILABLE, the plugin's tempfail) or local (this process's counts). */
+export type RedisDownPolicy = 'tempfail' | 'local';
+
+/** The [cluster] section: state shared between workers and instances (docs/scale-out.md). */
+export interface ClusterConfig {
+  /** redis://host:port[/db] (Valkey works the same); null: counters live in process memory and reloads are not fanned out. */
+  readonly redis: string | null;
+  /** Each Redis command waits at most this long. */
+  readonly redisTimeoutMs: number;
+  readonly onRedisDown: RedisDownPolicy;
+  /** Prefixes every Redis key and channel, so several clusters can share one Redis. */
+  readonly keyPrefix: string;
+  /** This instance's name in the cluster (its spool directory, its reload notices): default the host name and the port. */
+  readonly instanceId: string;
+}
+
 /** The [tracing] section: OpenTelemetry traces over OTLP/HTTP (src/ops/tracing.ts). */
 export interface TracingConfig {
   /** Where spans are sent, e.g. http://127.0.0.1:4318/v1/traces. */
@@ -103,6 +121,7 @@ export interface AppConfig {
   readonly admin: AdminConfig;
   /** null: no tracing (the default). */
   readonly tracing: TracingConfig | null;
+  readonly cluster: ClusterConfig;
 }
 
 /** Every default in one place; paths are relative to the config file's folder. */
@@ -131,6 +150,8 @@ export const DEFAULTS = Object.freeze({
     max_clients_per_ip: 50,
     // null: [policy] relay_networks (Postfix smtpd_client_event_limit_exceptions = $mynetworks).
     max_clients_per_ip_exceptions: null as string[] | null,
+    // 1: one process (Haraka's nodes = 1); "auto": one per core.
+    workers: 1 as number | string,
   }),
   storage: Object.freeze({ spool: 'disk', spool_dir: './var/spool', quarantine_dir: './var/quarantine', fsync: true, group_commit_ms: 0 }),
   delivery: Object.freeze({
@@ -158,6 +179,14 @@ export const DEFAULTS = Object.freeze({
     listen: null as string | null,
     token: null as string | null,
     token_file: null as string | null,
+  }),
+  cluster: Object.freeze({
+    redis: null as string | null,
+    redis_timeout_ms: 500,
+    // Limits fail closed: a rate limit that silently counts per process is wrong the moment there are two.
+    on_redis_down: 'tempfail',
+    key_prefix: 'smtp-plugin-host',
+    instance_id: null as string | null,
   }),
   tracing: Object.freeze({
     // null: no traces.
@@ -189,14 +218,18 @@ const RANGES: Record<string, readonly [number, number]> = {
   'delivery.retry_max_ms': [1, 86_400_000],
   'delivery.max_attempts': [1, 1000],
   'tracing.sample_percent': [0, 100],
+  'cluster.redis_timeout_ms': [10, 60_000],
 };
 const CHOICES: Record<string, readonly string[]> = {
   'storage.spool': ['disk', 'none'],
   'delivery.mode': ['maildir', 'relay', 'none'],
+  'cluster.on_redis_down': ['tempfail', 'local'],
 };
+/** Keys of more than one type, checked after the merge by their own function. */
+const CHECKED_APART = new Set(['server.workers']);
 /** Keys whose value is a list of strings (their default may be null: "derived"). */
 const STRING_LISTS = new Set(['server.auth_methods', 'server.max_clients_per_ip_exceptions', 'policy.local_domains', 'policy.relay_networks', 'policy.local_recipients']);
-const TOP_KEYS = ['server', 'storage', 'delivery', 'policy', 'plugins', 'admin', 'tracing'] as const;
+const TOP_KEYS = ['server', 'storage', 'delivery', 'policy', 'plugins', 'admin', 'tracing', 'cluster'] as const;
 /** Bounds on the lists and the map file, like every other input. */
 const LIST_ENTRIES_MAX = 10_000;
 const LOCAL_RECIPIENTS_MAX = 1_000_000;
@@ -367,7 +400,7 @@ export function configFromText(source: string, file: string | null, overrides: C
   }
 
   /** Merges a section over its defaults, checking each value's type against the default's. */
-  const section = <T extends Record<string, unknown>>(sectionName: 'server' | 'storage' | 'delivery' | 'policy' | 'admin' | 'tracing', defaults: T): T => {
+  const section = <T extends Record<string, unknown>>(sectionName: 'server' | 'storage' | 'delivery' | 'policy' | 'admin' | 'tracing' | 'cluster', defaults: T): T => {
     const raw = document[sectionName] ?? {};
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw hostError('SMTP_E_CONFIG', `${name}: ${sectionName}: expected a table`);
     const out: Record<string, unknown> = { ...defaults };
@@ -375,7 +408,9 @@ export function configFromText(source: string, file: string | null, overrides: C
       if (!(key in defaults)) fail(sectionName, key, `unknown key (known: ${Object.keys(defaults).join(', ')})`);
       const full = `${sectionName}.${key}`;
       const expected = defaults[key];
-      if (RANGES[full]) {
+      if (CHECKED_APART.has(full)) {
+        // Checked by its own function below (more than one type is allowed).
+      } else if (RANGES[full]) {
         const [min, max] = RANGES[full]!;
         if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) fail(sectionName, key, `expected an integer from ${min} to ${max}, got ${JSON.stringify(value)}`);
       } else if (CHOICES[full]) {
@@ -399,6 +434,7 @@ export function configFromText(source: string, file: string | null, overrides: C
   const p = section('policy', DEFAULTS.policy);
   const a = section('admin', DEFAULTS.admin);
   const t = section('tracing', DEFAULTS.tracing);
+  const c = section('cluster', DEFAULTS.cluster);
   const at = (path: string): string => (isAbsolute(path) ? path : join(base, path));
   for (const method of s.auth_methods) {
     if (!(AUTH_METHODS as readonly string[]).includes(method.toUpperCase())) fail('server', 'auth_methods', `expected methods from ${AUTH_METHODS.join(', ')}, got "${method}"`);
@@ -467,6 +503,7 @@ export function configFromText(source: string, file: string | null, overrides: C
       minDataRateBytesPerS: s.min_data_rate_bytes_per_s,
       maxClientsPerIp,
       maxClientsPerIpExceptions,
+      workers: workersOf(s.workers, fail),
     }),
     storage,
     delivery: Object.freeze({
@@ -482,7 +519,36 @@ export function configFromText(source: string, file: string | null, overrides: C
     plugins,
     admin: adminOf(a, at, fail),
     tracing: tracingOf(t, fail),
+    cluster: clusterOf(c, s.hostname, overrides.port ?? s.port, fail),
   });
+}
+
+/** Workers at most: more than cores only adds switching; this bounds a typo. */
+export const WORKERS_MAX = 256;
+
+function workersOf(value: number | string, fail: Fail): number {
+  if (value === 'auto') return Math.max(1, Math.min(WORKERS_MAX, availableParallelism()));
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > WORKERS_MAX) fail('server', 'workers', `expected an integer from 1 to ${WORKERS_MAX} or "auto", got ${JSON.stringify(value)}`);
+  return value as number;
+}
+
+/** Characters of a Redis key prefix or an instance id: they become key and folder names. */
+const NAME_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+
+function clusterOf(c: (typeof DEFAULTS)['cluster'], hostname: string, port: number, fail: Fail): ClusterConfig {
+  if (c.redis !== null) {
+    let url: URL | null = null;
+    try {
+      url = new URL(c.redis);
+    } catch {
+      url = null;
+    }
+    if (url === null || (url.protocol !== 'redis:' && url.protocol !== 'rediss:') || url.hostname === '') fail('cluster', 'redis', `expected a redis://host:port URL, got ${JSON.stringify(c.redis)}`);
+  }
+  if (!NAME_PATTERN.test(c.key_prefix)) fail('cluster', 'key_prefix', `expected 1-64 characters of A-Z, a-z, 0-9, ".", "_" or "-", got ${JSON.stringify(c.key_prefix)}`);
+  const instanceId = c.instance_id ?? `${hostname}-${port}`.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64);
+  if (!NAME_PATTERN.test(instanceId)) fail('cluster', 'instance_id', `expected 1-64 characters of A-Z, a-z, 0-9, ".", "_" or "-", got ${JSON.stringify(instanceId)}`);
+  return Object.freeze({ redis: c.redis, redisTimeoutMs: c.redis_timeout_ms, onRedisDown: c.on_redis_down as RedisDownPolicy, keyPrefix: c.key_prefix, instanceId });
 }
 
 function tracingOf(t: (typeof DEFAULTS)['tracing'], fail: Fail): TracingConfig | null {

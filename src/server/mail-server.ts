@@ -286,12 +286,12 @@ export class MailServer {
       await this.#manager.abort(staged);
       throw error;
     }
-    for (const section of ['server', 'storage', 'delivery', 'admin', 'tracing'] as const) {
+    for (const section of ['server', 'storage', 'delivery', 'admin', 'tracing', 'cluster'] as const) {
       if (JSON.stringify(this.#config[section]) !== JSON.stringify(next[section])) {
         this.#logger.warn({ section }, `[${section}] changed: it takes effect at the next restart`);
       }
     }
-    this.#config = Object.freeze({ ...next, server: this.#config.server, storage: this.#config.storage, delivery: this.#config.delivery, admin: this.#config.admin, tracing: this.#config.tracing });
+    this.#config = Object.freeze({ ...next, server: this.#config.server, storage: this.#config.storage, delivery: this.#config.delivery, admin: this.#config.admin, tracing: this.#config.tracing, cluster: this.#config.cluster });
     this.#updateAuthOffer();
     await this.#fire('config_changed', () => ({ config_path: next.file ?? '(embedded default)', changed_plugins: changed.join(',') }));
     this.#logger.info({ changed_plugins: changed }, 'config reloaded');
