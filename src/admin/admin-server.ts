@@ -175,8 +175,11 @@ export class AdminServer {
       case 'GET status':
         return this.#json(response, 200, this.#status());
       case 'GET plugins':
-        if (parts.length === 1) return this.#json(response, 200, { plugins: this.#options.server.manager.list().map((instance) => this.#pluginJson(instance)) });
-        return this.#json(response, 200, this.#pluginJson(this.#plugin(parts[1]!)));
+        if (parts.length === 1) {
+          const lastMinute = this.#history.lastMinute();
+          return this.#json(response, 200, { plugins: this.#options.server.manager.list().map((instance) => this.#pluginJson(instance, lastMinute)) });
+        }
+        return this.#json(response, 200, this.#pluginJson(this.#plugin(parts[1]!), this.#history.lastMinute()));
       case 'POST plugins':
         this.#authorize(request);
         return this.#json(response, 200, await this.#pluginAction(parts[1], parts[2], url.searchParams));
@@ -222,7 +225,7 @@ export class AdminServer {
     return instance;
   }
 
-  #pluginJson(instance: PluginInstance): Record<string, unknown> {
+  #pluginJson(instance: PluginInstance, lastMinute: ReadonlyMap<string, number | null>): Record<string, unknown> {
     const { calls } = this.#metrics;
     const totals = calls.totals(instance.name);
     const verdicts: Record<string, number> = { continue: 0, stop: 0, cancel: 0 };
@@ -243,7 +246,7 @@ export class AdminServer {
       verdicts,
       errors,
       latency_us_mean: totals.calls === 0 ? null : Math.round((totals.seconds / totals.calls) * 1e7) / 10,
-      latency_us_last_minute: this.#history.lastMinute().get(instance.name) ?? null,
+      latency_us_last_minute: lastMinute.get(instance.name) ?? null,
       refusals: this.#metrics.refusals.byPlugin()[instance.name] ?? 0,
       restarts: runtime?.restarts ?? null,
       memory_bytes: runtime?.memoryBytes ?? null,
