@@ -8,10 +8,12 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { dirname, join, isAbsolute } from 'node:path';
 import { PROJECT_ROOT } from '../dist/src/paths.js';
-import { accepts, cpuTicks, findTool, freePort, statusKiB, TICKS_PER_SECOND, waitFor } from './_support.mjs';
+import { accepts, cpuTicks, findTool, freePort, statusKiB, TICKS_PER_SECOND, treeCpuTicks, treeStatusKiB, waitedChildrenTicks, waitFor } from './_support.mjs';
 
 export const SESSIONS = 20;
 const SERVER_CHILD = join(PROJECT_ROOT, 'bench', '_server-child.mjs');
+/** The `smtp-server` command itself, for peers that need what only it does (workers). */
+const SERVER_COMMAND = join(PROJECT_ROOT, 'bin', 'smtp-server.js');
 const HARAKA_BIN = join(PROJECT_ROOT, 'node_modules', 'Haraka', 'bin', 'haraka');
 const HARAKA_PLUGINS = join(PROJECT_ROOT, 'bench', 'haraka');
 /** tmpfs, where a spool that must exist (for message_stored) costs no disk I/O; the temporary folder where there is none. */
@@ -93,9 +95,10 @@ const spoolDirs = new Map();
  * (the disk spool in the temporary folder, fsync before 250). Every
  * measurement of it starts from an empty spool (measure() empties it).
  * `admin`: with the admin listener, so every session, message and plugin
- * call is counted for /metrics.
+ * call is counted for /metrics. `workers`: [server] workers (run it with
+ * commandPeer: only the smtp-server command forks workers).
  */
-export function hostConfig(name, { entries = '', spool = 'none', groupCommitMs = 0, admin = false } = {}) {
+export function hostConfig(name, { entries = '', spool = 'none', groupCommitMs = 0, admin = false, workers = 1 } = {}) {
   const dir = tempDir(`bench-${name}-`);
   mkdirSync(join(dir, 'plugins'));
   const spoolDir = spool === 'tmpfs' ? tempDir(`bench-spool-${name}-`, TMPFS) : join(dir, 'spool');
@@ -103,7 +106,7 @@ export function hostConfig(name, { entries = '', spool = 'none', groupCommitMs =
   // The plugin builds live in their own folders (the build cache): those are trusted, as an admin would list /opt/smtp-plugins.
   const trusted = [...new Set([...entries.matchAll(/^(?:library|wasm|component) = (".*")$/gm)].map((m) => JSON.parse(m[1])).filter(isAbsolute).map(dirname))];
   writeFileSync(join(dir, 'config.toml'), [
-    '[server]\nhost = "127.0.0.1"\nport = 0\nmax_clients = 200\nhostname = "bench.localdomain"\n',
+    `[server]\nhost = "127.0.0.1"\nport = 0\nmax_clients = 200\nhostname = "bench.localdomain"\n${workers === 1 ? '' : `workers = ${workers}\n`}`,
     `[storage]\nspool = "${spool === 'none' ? 'none' : 'disk'}"\nspool_dir = ${toml(spoolDir)}\nfsync = ${spool === 'durable'}\ngroup_commit_ms = ${groupCommitMs}\n`,
     '[delivery]\nmode = "none"\n',
     `[plugins]\nenabled = true\ndirectory = "plugins"\ntrusted_directories = ${toml(trusted)}\n\n${entries}`,
@@ -141,6 +144,8 @@ export const HARAKA_BARE = ['bench_accept', 'queue/discard'];
 export const barePeer = (name) => ({ name, kind: 'bare' });
 export const hostPeer = (name, config) => ({ name, kind: 'host', config });
 export const harakaPeer = (name, dir) => ({ name, kind: 'haraka', dir });
+/** This server run as the `smtp-server` command (its logs at info on a pipe); `workers` as in its config: measured over the whole process tree. */
+export const commandPeer = (name, config, workers = 1) => ({ name, kind: 'command', config, workers });
 
 /** Starts a peer's server; resolves once it accepts connections. */
 export async function startServer(peer, { cpuProfDir, collector } = {}) {
@@ -162,6 +167,24 @@ export async function startServer(peer, { cpuProfDir, collector } = {}) {
       return accepts(port);
     }, 30_000, 'Haraka');
     return { pid: child.pid, port, child, exited, signal: 'SIGTERM' };
+  }
+  if (peer.kind === 'command') {
+    const port = await freePort();
+    const child = spawn(process.execPath, [...prof, SERVER_COMMAND, '--config', peer.config, '--port', String(port)], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...peer.env } });
+    let errors = '';
+    let ready = false;
+    // With workers, the primary says when every worker listens: smtp-source opens its connections once, at the start.
+    const readyLine = peer.workers > 1 ? '"msg":"workers ready"' : '"msg":"listening"';
+    child.stderr.on('data', (chunk) => {
+      errors = (errors + chunk).slice(-8000);
+      ready ||= errors.includes(readyLine);
+    });
+    const exited = new Promise((done) => child.once('exit', done));
+    await waitFor(async () => {
+      if (child.exitCode !== null) throw new Error(`${peer.name}: smtp-server exited ${child.exitCode}: ${errors}`);
+      return ready && accepts(port);
+    }, 60_000, peer.name);
+    return { pid: child.pid, port, child, exited, signal: 'SIGTERM', tree: true };
   }
   const args = peer.kind === 'bare' ? ['bare'] : ['host', peer.config];
   // peer.serverChild: another build's bench/_server-child.mjs, for an A/B run against it.
@@ -203,26 +226,37 @@ export function runLoad(source, port, load, timeoutMs = 180_000) {
 /**
  * One measurement: a fresh server, one load, then its figures. `collector`
  * (when the chain logs) gives the records that arrived per message.
+ * `warmupMessages`: an unmeasured load of that many messages first, so that
+ * each process's start-up and JIT warm-up are not counted (with workers,
+ * every worker pays them).
  */
-export async function measure(source, peer, load, { collector, expectRecords = false, cpuProfDir } = {}) {
+export async function measure(source, peer, load, { collector, expectRecords = false, cpuProfDir, warmupMessages = 0 } = {}) {
   if (peer.kind === 'external') return measureExternal(source, peer, load);
   // A fresh start: what an earlier round left spooled must not be worked off during this one.
-  const spoolDir = peer.kind === 'host' ? spoolDirs.get(peer.config) : undefined;
+  const spoolDir = peer.kind === 'host' || peer.kind === 'command' ? spoolDirs.get(peer.config) : undefined;
   if (spoolDir !== undefined) rmSync(spoolDir, { recursive: true, force: true });
   const server = await startServer(peer, { collector, cpuProfDir });
   try {
     await new Promise((r) => setTimeout(r, 200));
-    const idleKiB = statusKiB(server.pid, 'VmRSS');
+    if (warmupMessages > 0) await runLoad(source, server.port, { ...load, messages: warmupMessages });
+    // A command peer may be several processes (a primary and its workers): all of them count.
+    const ticks = server.tree ? treeCpuTicks : cpuTicks;
+    const kib = server.tree ? treeStatusKiB : statusKiB;
+    const idleKiB = kib(server.pid, 'VmRSS');
     const recordsBefore = collector?.received() ?? 0;
-    const cpuBefore = cpuTicks(server.pid);
+    const cpuBefore = ticks(server.pid);
+    const loadBefore = waitedChildrenTicks();
     const seconds = await runLoad(source, server.port, load);
-    const cpuSeconds = (cpuTicks(server.pid) - cpuBefore) / TICKS_PER_SECOND;
-    const peakKiB = statusKiB(server.pid, 'VmHWM');
+    const cpuSeconds = (ticks(server.pid) - cpuBefore) / TICKS_PER_SECOND;
+    // smtp-source has exited and been waited for: its CPU time is now in this process's children's total.
+    const loadCpuSeconds = (waitedChildrenTicks() - loadBefore) / TICKS_PER_SECOND;
+    const peakKiB = kib(server.pid, 'VmHWM');
     const records = collector ? (expectRecords ? await collector.waitForReceived(recordsBefore + load.messages, 3_000) : collector.received()) - recordsBefore : undefined;
     return {
       rate: load.messages / seconds,
       seconds,
       cpuUsPerMessage: (cpuSeconds / load.messages) * 1e6,
+      loadCpuUsPerMessage: (loadCpuSeconds / load.messages) * 1e6,
       idleKiB,
       peakKiB,
       recordsPerMessage: records === undefined ? undefined : records / load.messages,

@@ -1,7 +1,7 @@
 // Shared by the bench scenarios: plugin builds, statistics, tools found on
 // this machine, and small process helpers.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { join } from 'node:path';
 import { buildPlugin } from '../dist/src/toolchain/build.js';
@@ -100,6 +100,62 @@ export function cpuTicks(pid, { children = false } = {}) {
   // fields[0] is the state (field 3): utime is field 14, stime 15, cutime 16, cstime 17.
   const own = Number(fields[11]) + Number(fields[12]);
   return children ? own + Number(fields[13]) + Number(fields[14]) : own;
+}
+
+/** `pid` and every process below it (a cluster primary's workers, their isolated plugin processes), read from /proc. */
+export function processTree(pid) {
+  const all = [];
+  const pending = [pid];
+  // Bounded: a process tree of a server is a handful of processes.
+  while (pending.length > 0 && all.length < 1024) {
+    const next = pending.pop();
+    all.push(next);
+    let tasks = [];
+    try {
+      tasks = readdirSync(`/proc/${next}/task`);
+    } catch {
+      continue;
+    }
+    for (const task of tasks) {
+      try {
+        pending.push(...readFileSync(`/proc/${next}/task/${task}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+      } catch {
+        // The task ended meanwhile.
+      }
+    }
+  }
+  return all;
+}
+
+/**
+ * CPU ticks of a whole process tree: each live process's own time, plus
+ * what its children that already exited and were waited for used
+ * (cutime/cstime), so that a worker restarted during a load still counts.
+ */
+export function treeCpuTicks(pid) {
+  return processTree(pid).reduce((sum, each) => {
+    try {
+      return sum + cpuTicks(each, { children: true });
+    } catch {
+      return sum;
+    }
+  }, 0);
+}
+
+/** CPU ticks of this process's children that exited and were waited for (a load generator once it has finished). */
+export function waitedChildrenTicks() {
+  return cpuTicks(process.pid, { children: true }) - cpuTicks(process.pid);
+}
+
+/** A /proc/PID/status field in KiB summed over the process tree of `pid`. */
+export function treeStatusKiB(pid, field) {
+  return processTree(pid).reduce((sum, each) => {
+    try {
+      return sum + statusKiB(each, field);
+    } catch {
+      return sum;
+    }
+  }, 0);
 }
 
 /** A /proc/PID/status field in KiB (VmRSS, VmHWM). */

@@ -44,6 +44,13 @@ export interface AdminServerOptions {
   readonly reloadConfig: () => Promise<readonly string[]>;
   /** Validates a config text (or, when null, the file on disk) as a reload would load it; throws the coded error. */
   readonly validateConfig: (text: string | null) => AppConfig;
+  /**
+   * Set in a worker of `[server] workers = N` (docs/scale-out.md): what this
+   * listener reads (metrics, plugins, queue) is this worker's alone, and
+   * actions on plugins or queued messages, which would reach this worker
+   * only, are refused (a config reload reaches every worker).
+   */
+  readonly worker?: { readonly index: number; readonly count: number };
 }
 
 /** A failure the API answers with an HTTP status and a coded JSON error. */
@@ -182,6 +189,7 @@ export class AdminServer {
         return this.#json(response, 200, this.#pluginJson(this.#plugin(parts[1]!), this.#history.lastMinute()));
       case 'POST plugins':
         this.#authorize(request);
+        this.#refuseInWorkerMode('plugin actions');
         return this.#json(response, 200, await this.#pluginAction(parts[1], parts[2], url.searchParams));
       case 'GET config':
         this.#authorize(request);
@@ -193,6 +201,7 @@ export class AdminServer {
         return this.#json(response, 200, this.#queueList(this.#selectorOf(url.searchParams, true)));
       case 'POST queue':
         this.#authorize(request);
+        this.#refuseInWorkerMode('queue actions');
         return this.#json(response, 200, await this.#queueAction(parts[1], await this.#body(request)));
       default:
         throw new ApiError(parts[0] !== undefined && ['status', 'plugins', 'config', 'queue'].includes(parts[0]) ? 405 : 404, hostError('SMTP_E_ADMIN_REQUEST', `${method} ${path} is not an admin API call (docs/admin-api.md)`));
@@ -206,6 +215,12 @@ export class AdminServer {
     if (match === null || !timingSafeEqual(sha256(match[1]!), this.#tokenHash)) {
       throw new ApiError(401, hostError('SMTP_E_ADMIN_AUTH', 'this call needs the admin bearer token ([admin] token or token_file): Authorization: Bearer <token>'));
     }
+  }
+
+  #refuseInWorkerMode(what: string): void {
+    const { worker } = this.#options;
+    if (worker === undefined) return;
+    throw new ApiError(409, hostError('SMTP_E_ADMIN_REQUEST', `${what} would reach worker ${worker.index} of ${worker.count} only ([server] workers): change the config and reload it (POST /api/config/reload reaches every worker), see docs/scale-out.md`));
   }
 
   async #body(request: IncomingMessage): Promise<string> {
@@ -370,6 +385,7 @@ export class AdminServer {
         started_at: this.#startedAt.toISOString(),
         uptime_s: Math.round((Date.now() - this.#startedAt.getTime()) / 100) / 10,
         smtp_port: server.port,
+        ...(this.#options.worker === undefined ? {} : { worker: this.#options.worker.index, workers: this.#options.worker.count }),
       },
       plugins: server.manager.list().map((instance) => {
         const totals = this.#metrics.calls.totals(instance.name);

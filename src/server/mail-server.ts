@@ -85,26 +85,9 @@ export class MailServer {
     });
     this.#reloader = config.plugins.hotReload ? new HotReloader(this.#manager, logger) : null;
     this.#hooks = new HookRunner(this.#manager, logger, config.server.logHookCalls);
-    const { storage, delivery } = config;
+    const { storage } = config;
     this.#spool = storage.spool === 'disk' ? new Spool({ dir: storage.spoolDir, fsync: storage.fsync, groupCommitMs: storage.groupCommitMs, logger }) : null;
-    this.#queue = this.#spool === null
-      ? null
-      : new DeliveryQueue({
-          spool: this.#spool,
-          mode: delivery.mode,
-          maildirRoot: delivery.maildirRoot,
-          relay: { host: delivery.relayHost, port: delivery.relayPort, name: config.server.hostname },
-          fsync: storage.fsync,
-          retryInitialMs: delivery.retryInitialMs,
-          retryMaxMs: delivery.retryMaxMs,
-          maxAttempts: delivery.maxAttempts,
-          logger,
-          onDelivered: (message, recipient, detail) => this.#delivered(message, recipient, detail),
-          onBounced: (message, reason) => {
-            this.#logger.error({ spool_id: message.id, reason }, 'message bounced');
-          },
-          ...(this.#metrics === null ? {} : { observer: this.#metrics }),
-        });
+    this.#queue = this.#spool === null ? null : this.deliveryQueueFor(this.#spool);
     this.#pipeline = new MessagePipeline({
       hostname: config.server.hostname,
       quarantineDir: storage.quarantineDir,
@@ -118,6 +101,32 @@ export class MailServer {
 
   get manager(): PluginManager {
     return this.#manager;
+  }
+
+  /**
+   * A delivery queue for `spool` as this server delivers: its [delivery]
+   * settings, message_delivered fired per recipient, bounces logged, the
+   * metrics observer. Its own spool's queue, and a spool it took over from a
+   * worker that died (src/cluster/spool-adopter.ts).
+   */
+  deliveryQueueFor(spool: Spool): DeliveryQueue {
+    const { delivery, storage, server } = this.#config;
+    return new DeliveryQueue({
+      spool,
+      mode: delivery.mode,
+      maildirRoot: delivery.maildirRoot,
+      relay: { host: delivery.relayHost, port: delivery.relayPort, name: server.hostname },
+      fsync: storage.fsync,
+      retryInitialMs: delivery.retryInitialMs,
+      retryMaxMs: delivery.retryMaxMs,
+      maxAttempts: delivery.maxAttempts,
+      logger: this.#logger,
+      onDelivered: (message, recipient, detail) => this.#delivered(message, recipient, detail),
+      onBounced: (message, reason) => {
+        this.#logger.error({ spool_id: message.id, reason }, 'message bounced');
+      },
+      ...(this.#metrics === null ? {} : { observer: this.#metrics }),
+    });
   }
 
   /** The delivery queue (null without a spool): what the admin API lists and steers. */
