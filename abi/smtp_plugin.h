@@ -34,7 +34,7 @@ extern "C" {
  * loads a plugin whose major equals its own and whose minor is not newer than
  * its own. */
 #define SMTP_PLUGIN_ABI_VERSION_MAJOR 1u
-#define SMTP_PLUGIN_ABI_VERSION_MINOR 1u
+#define SMTP_PLUGIN_ABI_VERSION_MINOR 2u
 #define SMTP_PLUGIN_ABI_VERSION ((SMTP_PLUGIN_ABI_VERSION_MAJOR << 16) | SMTP_PLUGIN_ABI_VERSION_MINOR)
 
 /* The 19 hooks, in the order and with the names of the seed guide. */
@@ -93,6 +93,25 @@ typedef enum smtp_net_status {
     SMTP_NET_E_IO = -6,       /* the connection failed mid-way (reset, broken pipe) */
     SMTP_NET_E_LIMIT = -7     /* too many handles open, or a length over its bound */
 } smtp_net_status;
+
+/* What counter_incr returns on failure (ABI 1.2). Every failure is a
+ * negative value; a count is >= 0. */
+typedef enum smtp_counter_status {
+    SMTP_COUNTER_E_DENIED = -1,      /* the plugin has no allow_counters grant (the host logs it) */
+    SMTP_COUNTER_E_UNAVAILABLE = -2, /* Redis is down and the server's on_redis_down is "tempfail" */
+    SMTP_COUNTER_E_INVALID = -3,     /* a bad key, window_seconds or `by` (the bounds below) */
+    SMTP_COUNTER_E_LIMIT = -4        /* the host's memory table holds SMTP_COUNTER_KEYS_MAX keys */
+} smtp_counter_status;
+
+/* Bounds on counter_incr's arguments (ABI 1.2), enforced by the host. A key
+ * is 1 to SMTP_COUNTER_KEY_BYTES_MAX bytes of UTF-8 without control
+ * characters, spaces or DEL (a domain, an address, "ip:192.0.2.7"). */
+#define SMTP_COUNTER_KEY_BYTES_MAX 256
+#define SMTP_COUNTER_WINDOW_SECONDS_MAX 2678400          /* 31 days */
+#define SMTP_COUNTER_BY_MAX INT64_C(2147483647)          /* one call adds at most this (a message's bytes fit) */
+/* The most keys (of all plugins and windows together) the host's memory
+ * table holds; the keys of windows that ended are dropped to make room. */
+#define SMTP_COUNTER_KEYS_MAX 100000
 
 /* Plugin flags, in smtp_plugin_metadata.flags (ABI 1.1). */
 /* The plugin's hooks may block (network I/O, long computation): the host runs
@@ -163,6 +182,24 @@ typedef struct smtp_host_api {
                         uint8_t *buf, size_t cap, uint32_t timeout_ms);
     /* Closes a handle. Returns 0, or SMTP_NET_E_CLOSED for an unknown one. */
     int32_t (*net_close)(struct smtp_hook_context *ctx, int32_t handle);
+
+    /* --- ABI 1.2: present when struct_size covers it. ------------------ */
+
+    /* Adds `by` (0 to SMTP_COUNTER_BY_MAX; 0 reads) to the counter `key` of
+     * the fixed window the host's clock is in (window index =
+     * floor(now_unix_s / window_seconds), 1 to SMTP_COUNTER_WINDOW_SECONDS_MAX)
+     * and returns the count in that window after the addition, or an
+     * smtp_counter_status. A count starts at 0 in each window. The host keeps
+     * the counters, not the plugin: in the server's memory, or in Redis when
+     * the server is configured with one (shared by every server using it),
+     * and namespaced by the plugin's name (a plugin never sees another's).
+     * Only a plugin granted allow_counters may call it (else
+     * SMTP_COUNTER_E_DENIED). `key` is only read during the call. May wait
+     * for Redis, bounded by the server's redis_timeout_ms and the hook's
+     * deadline: a plugin that counts with Redis should be blocking. */
+    int64_t (*counter_incr)(struct smtp_hook_context *ctx,
+                            const uint8_t *key, size_t key_len,
+                            int64_t by, uint32_t window_seconds);
 } smtp_host_api;
 
 /* The context of one hook call.

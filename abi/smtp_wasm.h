@@ -76,7 +76,7 @@ SMTP_WASM_STATIC_ASSERT(offsetof(smtp_plugin_metadata, flags) == SMTP_WASM32_MET
 SMTP_WASM_STATIC_ASSERT(offsetof(smtp_plugin_metadata, flags) == SMTP_WASM32_METADATA_SIZE_1_0, "a 1.0 plugin's metadata ends where flags begins");
 SMTP_WASM_STATIC_ASSERT(sizeof(smtp_plugin_metadata) == SMTP_WASM32_METADATA_SIZE_1_1, "sizeof(smtp_plugin_metadata)");
 SMTP_WASM_STATIC_ASSERT(sizeof(smtp_allocator) == 20, "sizeof(smtp_allocator)");
-SMTP_WASM_STATIC_ASSERT(sizeof(smtp_host_api) == 36, "sizeof(smtp_host_api)");
+SMTP_WASM_STATIC_ASSERT(sizeof(smtp_host_api) == 40, "sizeof(smtp_host_api)");
 SMTP_WASM_STATIC_ASSERT(offsetof(smtp_hook_context, cancel) == 8 && offsetof(smtp_hook_context, host) == 16, "smtp_hook_context fields");
 SMTP_WASM_STATIC_ASSERT(sizeof(smtp_hook_context) == 24, "sizeof(smtp_hook_context)");
 SMTP_WASM_STATIC_ASSERT(sizeof(smtp_plugin_interface) == 24, "sizeof(smtp_plugin_interface)");
@@ -137,13 +137,16 @@ uint32_t smtp_wasm_context_status(const smtp_hook_context *context);
 int32_t smtp_wasm_take_changes(smtp_hook_context *context, uint8_t *out, size_t cap);
 
 /* --- Imports --------------------------------------------------------------
- * Module "smtp_host": the clock and the network of smtp_host_api (ABI 1.1),
- * without the context argument. The guest half's host api calls them; a
- * plugin calls them through context->host like a native plugin does. The
- * host checks every address against the plugin's allow_connect grants, checks
- * every pointer and length against the module's memory (a bad one answers
- * SMTP_NET_E_ADDRESS or SMTP_NET_E_LIMIT), and cuts every timeout to what is
- * left of the hook's deadline. Results are those of smtp_host_api. */
+ * Module "smtp_host": the clock and the network of smtp_host_api (ABI 1.1)
+ * and its counters (ABI 1.2), without the context argument. The guest half's
+ * host api calls them; a plugin calls them through context->host like a
+ * native plugin does. The host checks every address against the plugin's
+ * allow_connect grants and every counter call against its allow_counters
+ * grant, checks every pointer and length against the module's memory (a bad
+ * one answers SMTP_NET_E_ADDRESS, SMTP_NET_E_LIMIT or SMTP_COUNTER_E_INVALID),
+ * and cuts every timeout to what is left of the hook's deadline. Results are
+ * those of smtp_host_api. The counters are the server's (namespaced by the
+ * plugin's name), shared with its native plugins. */
 #define SMTP_WASM_HOST_MODULE "smtp_host"
 #if defined(__wasm__)
 #define SMTP_WASM_HOST_IMPORT(name) __attribute__((import_module(SMTP_WASM_HOST_MODULE), import_name(name)))
@@ -152,6 +155,7 @@ int32_t smtp_host_net_connect(const uint8_t *address, size_t address_len, uint32
 int32_t smtp_host_net_send(int32_t handle, const uint8_t *data, size_t len, uint32_t timeout_ms) SMTP_WASM_HOST_IMPORT("net_send");
 int32_t smtp_host_net_recv(int32_t handle, uint8_t *buf, size_t cap, uint32_t timeout_ms) SMTP_WASM_HOST_IMPORT("net_recv");
 int32_t smtp_host_net_close(int32_t handle) SMTP_WASM_HOST_IMPORT("net_close");
+int64_t smtp_host_counter_incr(const uint8_t *key, size_t key_len, int64_t by, uint32_t window_seconds) SMTP_WASM_HOST_IMPORT("counter_incr");
 #undef SMTP_WASM_HOST_IMPORT
 #endif
 

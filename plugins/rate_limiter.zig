@@ -6,10 +6,14 @@
 //! - it limits per sender domain and per client IP, over a fixed window
 //!   (`window_seconds`) read from the host clock (`ctx.nowMs()`), and the
 //!   count really restarts when the window ends (the guide's never did);
-//! - its table is bounded (`max_tracked_keys`), owns copies of its keys (the
-//!   guide stored the host's metadata slice, which dies with the hook call)
-//!   and is emptied when a window ends;
-//! - with `backend = "redis"` several servers share one count, through a
+//! - by default (`backend = "host"`) it counts with the host's counters (ABI
+//!   1.2, `ctx.counterIncr`): in the server's memory, or in the Redis the
+//!   server is configured with, shared by every server using it; the host
+//!   grants them with `allow_counters = true`;
+//! - its own table (`backend = "memory"`) is bounded (`max_tracked_keys`),
+//!   owns copies of its keys (the guide stored the host's metadata slice,
+//!   which dies with the hook call) and is emptied when a window ends;
+//! - with `backend = "redis"` it talks to Redis itself, through a
 //!   persistent connection opened with `ctx.connect`;
 //! - it chooses its reply (`451 4.7.1 Rate limit exceeded for <who>`), and
 //!   a counting failure gives an explicit, configurable answer.
@@ -43,7 +47,7 @@ const timeout_ms_max = 60_000;
 /// The config as JSON (every key optional). Strings are checked in init and
 /// turned into the enums below, so a typo gets a message naming the key.
 const Config = struct {
-    backend: []const u8 = "memory",
+    backend: []const u8 = "host",
     max_per_sender_domain: i64 = 100,
     max_per_client_ip: i64 = 0,
     window_seconds: i64 = 3600,
@@ -54,12 +58,12 @@ const Config = struct {
     on_backend_error: []const u8 = "tempfail",
 };
 
-const Backend = enum { memory, redis };
+const Backend = enum { host, memory, redis };
 const OnBackendError = enum { tempfail, allow };
 
 /// The validated config. The strings point into `config_parsed`.
 const Settings = struct {
-    backend: Backend = .memory,
+    backend: Backend = .host,
     max_per_sender_domain: u32 = 100,
     max_per_client_ip: u32 = 0,
     window_seconds: u32 = 3600,
@@ -85,6 +89,13 @@ const Kind = enum {
             .ip => "i:",
         };
     }
+
+    fn hostTag(kind: Kind) []const u8 {
+        return switch (kind) {
+            .domain => "domain:",
+            .ip => "ip:",
+        };
+    }
 };
 
 const Check = struct {
@@ -107,15 +118,16 @@ const metadata = plugin.PluginMetadata{
     .name = "rate-limiter",
     .version = "1.0.0",
     .author = "SMTP Team",
-    .description = "Per sender domain and per client IP rate limiting, in memory or shared through Redis",
+    .description = "Per sender domain and per client IP rate limiting, on the host's counters, in its own memory or shared through Redis",
     .license = "MIT",
     .dependencies = &.{},
     .min_server_version = "0.28.0",
     .max_server_version = null,
     .handled_hooks = plugin.hookMask(&.{.command_validated}),
-    // A metadata constant: the Redis backend blocks on the network. In memory
-    // mode the flag only costs a thread hop; `blocking = false` in
-    // config.toml removes it there.
+    // A metadata constant: the Redis backend blocks on the network, and so
+    // does the host backend when the server counts in Redis. In memory the
+    // flag only costs a thread hop; `blocking = false` in config.toml
+    // removes it there.
     .flags = plugin.flag_blocking,
 };
 
@@ -134,7 +146,7 @@ fn bounded(name: []const u8, value: i64, min: i64, max: i64) error{InvalidConfig
 fn validate(config: Config) error{InvalidConfig}!Settings {
     var result: Settings = .{};
     result.backend = std.meta.stringToEnum(Backend, config.backend) orelse
-        return invalid("backend must be \"memory\" or \"redis\", got \"{s}\"", .{config.backend});
+        return invalid("backend must be \"host\", \"memory\" or \"redis\", got \"{s}\"", .{config.backend});
     result.on_backend_error = std.meta.stringToEnum(OnBackendError, config.on_backend_error) orelse
         return invalid("on_backend_error must be \"tempfail\" or \"allow\", got \"{s}\"", .{config.on_backend_error});
     result.max_per_sender_domain = try bounded("max_per_sender_domain", config.max_per_sender_domain, 0, limit_max);
@@ -184,6 +196,7 @@ export fn smtp_plugin_init(host_allocator: *const plugin.Allocator, config: [*:0
     counters = table;
     backend_down = false;
     switch (settings.backend) {
+        .host => std.debug.print(log_prefix ++ "Initialized: host counters, {d} per sender domain, {d} per client IP (0 = unlimited) per {d} s\n", .{ settings.max_per_sender_domain, settings.max_per_client_ip, settings.window_seconds }),
         .memory => std.debug.print(log_prefix ++ "Initialized: memory backend, {d} per sender domain, {d} per client IP (0 = unlimited) per {d} s\n", .{ settings.max_per_sender_domain, settings.max_per_client_ip, settings.window_seconds }),
         .redis => std.debug.print(log_prefix ++ "Initialized: redis backend at {s}, {d} per sender domain, {d} per client IP (0 = unlimited) per {d} s\n", .{ settings.redis_address, settings.max_per_sender_domain, settings.max_per_client_ip, settings.window_seconds }),
     }
@@ -271,6 +284,7 @@ fn onCommandValidated(ctx: *plugin.HookContext) c_int {
     // Every check is counted, refused attempts included (an INCR cannot be
     // taken back without a race), so retrying does not get through sooner.
     const counted: CountError!void = switch (settings.backend) {
+        .host => countOnHost(ctx, checks, &counts),
         .memory => countInMemory(window, checks, &counts),
         .redis => countInRedis(ctx, window, checks, &counts),
     };
@@ -301,6 +315,7 @@ fn backendFailed(ctx: *plugin.HookContext, err: CountError) c_int {
         backend_down = true;
         const hint = if (err == error.NetDenied) " (is it listed in allow_connect?)" else "";
         switch (settings.backend) {
+            .host => std.debug.print(log_prefix ++ "host counters cannot count: {s}{s}; answering per on_backend_error = {s}\n", .{ @errorName(err), if (err == error.CounterDenied) " (is allow_counters = true set for this plugin?)" else "", @tagName(settings.on_backend_error) }),
             .memory => std.debug.print(log_prefix ++ "memory backend cannot count: {s}; answering per on_backend_error = {s}\n", .{ @errorName(err), @tagName(settings.on_backend_error) }),
             .redis => std.debug.print(log_prefix ++ "redis backend {s} failed: {s}{s}; answering per on_backend_error = {s}\n", .{ settings.redis_address, @errorName(err), hint, @tagName(settings.on_backend_error) }),
         }
@@ -324,7 +339,28 @@ const CountError = error{
     /// The peer was gone before it answered anything: a reused connection
     /// that Redis closed meanwhile. Safe to retry: nothing was counted.
     ConnectionLost,
-} || plugin.NetError;
+} || plugin.NetError || plugin.CounterError;
+
+// --- Host backend: the server's counters (ABI 1.2) ---------------------------
+
+/// `domain:<domain>` or `ip:<ip>`. The host takes keys of UTF-8 without
+/// control characters or spaces; other bytes become "_", which can only make
+/// their senders share a count.
+fn hostKey(buf: *[7 + subject_bytes_max]u8, check: Check) []const u8 {
+    const tag = check.kind.hostTag();
+    @memcpy(buf[0..tag.len], tag);
+    for (check.subject, buf[tag.len..][0..check.subject.len]) |byte, *out| {
+        out.* = if (byte <= ' ' or byte >= 0x7f) '_' else byte;
+    }
+    return buf[0 .. tag.len + check.subject.len];
+}
+
+fn countOnHost(ctx: *plugin.HookContext, checks: []const Check, counts: []u64) CountError!void {
+    for (checks, 0..) |check, i| {
+        var key_buf: [7 + subject_bytes_max]u8 = undefined;
+        counts[i] = @intCast(try ctx.counterIncr(hostKey(&key_buf, check), 1, settings.window_seconds));
+    }
+}
 
 // --- Memory backend -------------------------------------------------------
 
@@ -614,8 +650,24 @@ fn initWith(config: [:0]const u8) !void {
         var wrapped: plugin.Allocator = undefined;
     };
     host.wrapped = plugin.Allocator.wrap(&testing.allocator);
+    // The host backend counts in the unit-test host's counters: each test starts with none.
+    metadata_host.resetTestCounters();
     try testing.expectEqual(@as(c_int, 0), smtp_plugin_init(&host.wrapped, config));
 }
+
+/// The backends that count on the unit-test host alone (redis needs a peer).
+const local_backends = [_][]const u8{ "host", "memory" };
+
+/// initWith `{"backend": "<backend>", <rest>}`.
+fn initBackend(backend: []const u8, comptime rest: []const u8) !void {
+    var buf: [256]u8 = undefined;
+    const text = try std.fmt.bufPrint(buf[0 .. buf.len - 1], "{{\"backend\": \"{s}\", " ++ rest ++ "}}", .{backend});
+    buf[text.len] = 0;
+    try initWith(buf[0..text.len :0]);
+}
+
+/// What the unit-test host's counters answer instead of counting (null: they count).
+var host_failure: ?plugin.CounterStatus = null;
 
 /// One MAIL through the plugin at `now_ms`; returns the hook's result and
 /// the reply text it chose (owned by the caller's buffer).
@@ -623,6 +675,7 @@ fn mail(domain: []const u8, ip: []const u8, now_ms: i64, text_buf: []u8) !struct
     var ctx = plugin.HookContext.init(testing.allocator, .command_validated);
     defer ctx.deinit();
     metadata_host.storeOf(&ctx).test_now_ms = now_ms;
+    metadata_host.storeOf(&ctx).test_counter_failure = host_failure;
     try ctx.setMetadata("command", "MAIL");
     try ctx.setMetadata("sender", "someone@x");
     try ctx.setMetadata("sender_domain", domain);
@@ -638,7 +691,11 @@ fn mail(domain: []const u8, ip: []const u8, now_ms: i64, text_buf: []u8) !struct
 }
 
 test "the 4th MAIL of a domain in a window gets 451 4.7.1, other domains pass, the next window starts afresh" {
-    try initWith("{\"max_per_sender_domain\": 3}");
+    for (local_backends) |backend| try fourthMailRefused(backend);
+}
+
+fn fourthMailRefused(backend: []const u8) !void {
+    try initBackend(backend, "\"max_per_sender_domain\": 3");
     defer smtp_plugin_deinit();
     var buf: [512]u8 = undefined;
     const t0 = 1_700_000_000_000 - @mod(1_700_000_000_000, hour_ms); // the start of a window
@@ -653,7 +710,11 @@ test "the 4th MAIL of a domain in a window gets 451 4.7.1, other domains pass, t
 }
 
 test "per client IP limit; 0 leaves the domain unlimited" {
-    try initWith("{\"max_per_sender_domain\": 0, \"max_per_client_ip\": 2, \"window_seconds\": 60}");
+    for (local_backends) |backend| try perClientIp(backend);
+}
+
+fn perClientIp(backend: []const u8) !void {
+    try initBackend(backend, "\"max_per_sender_domain\": 0, \"max_per_client_ip\": 2, \"window_seconds\": 60");
     defer smtp_plugin_deinit();
     var buf: [512]u8 = undefined;
     try testing.expectEqual(@as(c_int, 0), (try mail("a.example", "198.51.100.7", 0, &buf)).code);
@@ -666,7 +727,11 @@ test "per client IP limit; 0 leaves the domain unlimited" {
 }
 
 test "RCPT, other hooks and the null sender's missing domain are not counted" {
-    try initWith("{\"max_per_sender_domain\": 1}");
+    for (local_backends) |backend| try onlyMailCounts(backend);
+}
+
+fn onlyMailCounts(backend: []const u8) !void {
+    try initBackend(backend, "\"max_per_sender_domain\": 1");
     defer smtp_plugin_deinit();
     var rcpt = plugin.HookContext.init(testing.allocator, .command_validated);
     defer rcpt.deinit();
@@ -714,8 +779,31 @@ test "the memory table is bounded: a new window empties it, a newcomer to a full
     try testing.expectEqual(@as(u32, 1), table.tracked());
 }
 
+test "host backend: the host's keys, bytes it refuses, and its failures per on_backend_error" {
+    var key_buf: [7 + subject_bytes_max]u8 = undefined;
+    try testing.expectEqualStrings("domain:ex_mple.com", hostKey(&key_buf, .{ .kind = .domain, .subject = "ex mple.com", .limit = 1 }));
+    try testing.expectEqualStrings("ip:__::1", hostKey(&key_buf, .{ .kind = .ip, .subject = "\x00\xff::1", .limit = 1 }));
+    try initWith("{\"max_per_sender_domain\": 1}");
+    var buf: [512]u8 = undefined;
+    // Bytes the host would refuse in a key share one count, not an error.
+    try testing.expectEqual(@as(c_int, 0), (try mail("caf\xe9.example", "192.0.2.1", 0, &buf)).code);
+    try testing.expectEqual(@as(c_int, 2), (try mail("caf\xff.example", "192.0.2.1", 0, &buf)).code);
+    defer host_failure = null;
+    host_failure = .unavailable;
+    const refused = try mail("example.com", "192.0.2.1", 0, &buf);
+    try testing.expectEqual(@as(c_int, 2), refused.code);
+    try testing.expectEqualStrings("4.3.0 Rate limit service unavailable, try again later", refused.text);
+    host_failure = .denied;
+    try testing.expectEqual(@as(c_int, 2), (try mail("example.com", "192.0.2.1", 0, &buf)).code);
+    smtp_plugin_deinit();
+    try initWith("{\"max_per_sender_domain\": 1, \"on_backend_error\": \"allow\"}");
+    defer smtp_plugin_deinit();
+    host_failure = .unavailable;
+    for (0..3) |_| try testing.expectEqual(@as(c_int, 0), (try mail("example.com", "192.0.2.1", 0, &buf)).code);
+}
+
 test "max_tracked_keys bounds the plugin's table" {
-    try initWith("{\"max_per_sender_domain\": 5, \"max_tracked_keys\": 4}");
+    try initWith("{\"backend\": \"memory\", \"max_per_sender_domain\": 5, \"max_tracked_keys\": 4}");
     defer smtp_plugin_deinit();
     var buf: [512]u8 = undefined;
     var name_buf: [32]u8 = undefined;

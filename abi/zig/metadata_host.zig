@@ -49,6 +49,15 @@ pub const Store = struct {
     /// first context, so that every context of one plugin (a blocking plugin
     /// has one per call of a batch) shares its connections; 0: its own.
     net_owner: usize = 0,
+    /// The namespace of the plugin's counters (its name) when allow_counters
+    /// grants them; empty: counter_incr is refused (native host).
+    counter_namespace: []u8 = &.{},
+    /// Set when the plugin called counter_incr without the grant; the host
+    /// reads and clears it to log the refusal.
+    counters_denied: bool = false,
+    /// Unit-test contexts: what counter_incr fails with instead of counting
+    /// (for testing a plugin's answer to an unavailable host); null: count.
+    test_counter_failure: ?plugin.CounterStatus = null,
 
     pub fn find(self: *const Store, key: []const u8) ?*Entry {
         for (self.entries[0..self.len]) |*entry| {
@@ -156,6 +165,8 @@ pub const Store = struct {
         self.clear();
         self.allocator.free(self.grants);
         self.grants = &.{};
+        self.allocator.free(self.counter_namespace);
+        self.counter_namespace = &.{};
         self.allocator.free(self.entries);
         self.entries = &.{};
     }
@@ -189,7 +200,9 @@ fn setMetadata(ctx: *plugin.HookContext, key: ?[*]const u8, key_len: usize, valu
 }
 
 /// A host's table: the metadata functions above plus `Io`'s clock and network
-/// functions (`nowUnixMs`, `netConnect`, `netSend`, `netRecv`, `netClose`).
+/// functions (`nowUnixMs`, `netConnect`, `netSend`, `netRecv`, `netClose`)
+/// and its `counterIncr` (ABI 1.2). An `Io` without counterIncr (a plugin's
+/// own test host written for ABI 1.1) refuses every counter call.
 pub fn hostApi(comptime Io: type) plugin.HostApi {
     return .{
         .get_metadata = getMetadata,
@@ -199,7 +212,35 @@ pub fn hostApi(comptime Io: type) plugin.HostApi {
         .net_send = Io.netSend,
         .net_recv = Io.netRecv,
         .net_close = Io.netClose,
+        .counter_incr = if (@hasDecl(Io, "counterIncr")) Io.counterIncr else refuseCounter,
     };
+}
+
+fn refuseCounter(ctx: *plugin.HookContext, key: ?[*]const u8, key_len: usize, by: i64, window_seconds: u32) callconv(.c) i64 {
+    _ = .{ ctx, key, key_len, by, window_seconds };
+    return @intFromEnum(plugin.CounterStatus.denied);
+}
+
+/// The counter_incr key (a NULL pointer with a length: none), when it and
+/// `by` and `window_seconds` are within the bounds of abi/smtp_plugin.h: 1 to
+/// counter_key_bytes_max bytes of UTF-8 without control characters, spaces
+/// or DEL; `by` from 0 to counter_by_max; a window of 1 to
+/// counter_window_seconds_max seconds. Every host checks with this.
+pub fn counterKey(key: ?[*]const u8, key_len: usize, by: i64, window_seconds: u32) ?[]const u8 {
+    if (key_len == 0 or key_len > plugin.counter_key_bytes_max) return null;
+    if (by < 0 or by > plugin.counter_by_max) return null;
+    if (window_seconds == 0 or window_seconds > plugin.counter_window_seconds_max) return null;
+    const bytes = (key orelse return null)[0..key_len];
+    for (bytes) |byte| {
+        if (byte <= ' ' or byte == 0x7f) return null;
+    }
+    if (!std.unicode.utf8ValidateSlice(bytes)) return null;
+    return bytes;
+}
+
+/// The index of the fixed window of `window_seconds` that `now_ms` falls in.
+pub fn counterWindow(now_ms: i64, window_seconds: u32) i64 {
+    return @divFloor(now_ms, @as(i64, window_seconds) * std.time.ms_per_s);
 }
 
 /// Unit-test contexts: the clock is the store's `test_now_ms`; no address is
@@ -225,7 +266,51 @@ const TestIo = struct {
         _ = .{ ctx, handle };
         return @intFromEnum(plugin.NetStatus.closed);
     }
+    pub fn counterIncr(ctx: *plugin.HookContext, key_ptr: ?[*]const u8, key_len: usize, by: i64, window_seconds: u32) callconv(.c) i64 {
+        const store = storeOf(ctx);
+        const key = counterKey(key_ptr, key_len, by, window_seconds) orelse return @intFromEnum(plugin.CounterStatus.invalid);
+        if (store.test_counter_failure) |failure| return @intFromEnum(failure);
+        return test_counters.add(key, by, window_seconds, counterWindow(store.test_now_ms, window_seconds));
+    }
 };
+
+/// The counters of unit-test contexts: one small table shared by every test
+/// context (a plugin's tests make a context per call, as the host does), on
+/// the test clock. Tests run one at a time; resetTestCounters empties it.
+const TestCounters = struct {
+    const counters_max = 64;
+    const Counter = struct {
+        key: [plugin.counter_key_bytes_max]u8,
+        key_len: usize,
+        window_seconds: u32,
+        index: i64,
+        count: i64,
+    };
+    counters: [counters_max]Counter = undefined,
+    len: usize = 0,
+
+    fn add(self: *TestCounters, key: []const u8, by: i64, window_seconds: u32, index: i64) i64 {
+        for (self.counters[0..self.len]) |*counter| {
+            if (counter.window_seconds != window_seconds or !std.mem.eql(u8, counter.key[0..counter.key_len], key)) continue;
+            if (counter.index != index) counter.* = .{ .key = counter.key, .key_len = key.len, .window_seconds = window_seconds, .index = index, .count = 0 };
+            counter.count +|= by;
+            return counter.count;
+        }
+        if (self.len == counters_max) return @intFromEnum(plugin.CounterStatus.limit);
+        const counter = &self.counters[self.len];
+        self.len += 1;
+        counter.* = .{ .key = undefined, .key_len = key.len, .window_seconds = window_seconds, .index = index, .count = by };
+        @memcpy(counter.key[0..key.len], key);
+        return by;
+    }
+};
+
+var test_counters: TestCounters = .{};
+
+/// Forgets every counter of the unit-test contexts.
+pub fn resetTestCounters() void {
+    test_counters.len = 0;
+}
 
 pub const api: plugin.HostApi = hostApi(TestIo);
 
@@ -410,6 +495,36 @@ test "unit-test contexts have a settable clock and refuse every connection" {
     try std.testing.expectError(error.NetDenied, ctx.connect("tcp:127.0.0.1:6379", 100));
     try std.testing.expectEqual(@as(u32, 2), contextStatus(&ctx));
     try std.testing.expectEqual(@as(u32, 0), contextStatus(&ctx));
+}
+
+test "unit-test contexts count per fixed window on the test clock, and refuse bad arguments" {
+    resetTestCounters();
+    defer resetTestCounters();
+    var ctx = initContext(std.testing.allocator, .command_validated, .{});
+    defer deinitContext(&ctx);
+    storeOf(&ctx).test_now_ms = 60_000 * 7 + 59_999;
+    try std.testing.expectEqual(@as(i64, 1), try ctx.counterIncr("ip:192.0.2.7", 1, 60));
+    try std.testing.expectEqual(@as(i64, 3), try ctx.counterIncr("ip:192.0.2.7", 2, 60));
+    try std.testing.expectEqual(@as(i64, 3), try ctx.counterIncr("ip:192.0.2.7", 0, 60));
+    // Another window length is another counter.
+    try std.testing.expectEqual(@as(i64, 1), try ctx.counterIncr("ip:192.0.2.7", 1, 3600));
+    // The next window starts at 0.
+    storeOf(&ctx).test_now_ms += 1;
+    try std.testing.expectEqual(@as(i64, 0), try ctx.counterIncr("ip:192.0.2.7", 0, 60));
+    const long: [plugin.counter_key_bytes_max + 1]u8 = @splat('k');
+    for ([_][]const u8{ "", "a b", "tab\t", "nul\x00", "\xff\xfe", &long }) |bad| {
+        try std.testing.expectError(error.CounterInvalid, ctx.counterIncr(bad, 1, 60));
+    }
+    try std.testing.expectEqual(@as(i64, 1), try ctx.counterIncr(long[0..plugin.counter_key_bytes_max], 1, 60));
+    try std.testing.expectEqual(@as(i64, 1), try ctx.counterIncr("d\u{e9}j\u{e0}.example", 1, 60));
+    try std.testing.expectError(error.CounterInvalid, ctx.counterIncr("k", -1, 60));
+    try std.testing.expectError(error.CounterInvalid, ctx.counterIncr("k", plugin.counter_by_max + 1, 60));
+    try std.testing.expectError(error.CounterInvalid, ctx.counterIncr("k", 1, 0));
+    try std.testing.expectError(error.CounterInvalid, ctx.counterIncr("k", 1, plugin.counter_window_seconds_max + 1));
+    try std.testing.expectEqual(@as(i64, plugin.counter_by_max), try ctx.counterIncr("k", plugin.counter_by_max, plugin.counter_window_seconds_max));
+    storeOf(&ctx).test_counter_failure = .unavailable;
+    try std.testing.expectError(error.CounterUnavailable, ctx.counterIncr("k", 1, 60));
+    try std.testing.expectEqual(@as(i64, @intFromEnum(plugin.CounterStatus.invalid)), ctx.host.counter_incr(&ctx, null, 3, 1, 60));
 }
 
 test "limits refuse oversized keys, values and key counts" {

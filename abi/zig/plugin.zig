@@ -6,7 +6,7 @@ const builtin = @import("builtin");
 const metadata_host = @import("metadata_host.zig");
 
 pub const abi_version_major: u32 = 1;
-pub const abi_version_minor: u32 = 1;
+pub const abi_version_minor: u32 = 2;
 /// SMTP_PLUGIN_ABI_VERSION: major in the high 16 bits, minor in the low 16.
 pub const abi_version: u32 = (abi_version_major << 16) | abi_version_minor;
 
@@ -92,6 +92,46 @@ fn netError(code: i32) NetError {
         .closed => error.NetClosed,
         .limit => error.NetLimit,
         else => error.NetIo,
+    };
+}
+
+/// smtp_counter_status: what HostApi.counter_incr returns on failure (ABI 1.2).
+pub const CounterStatus = enum(i64) {
+    denied = -1,
+    unavailable = -2,
+    invalid = -3,
+    limit = -4,
+    _,
+};
+
+pub const CounterError = error{
+    /// The plugin has no `allow_counters` grant.
+    CounterDenied,
+    /// Redis is down and the server's `on_redis_down` is "tempfail".
+    CounterUnavailable,
+    /// A bad key, window or increment (the bounds below).
+    CounterInvalid,
+    /// The host's memory table is full.
+    CounterLimit,
+    /// The host predates ABI 1.2 and has no counters.
+    CounterUnsupported,
+};
+
+/// Bounds on HookContext.counterIncr's arguments (SMTP_COUNTER_* in the header).
+/// A key is 1 to counter_key_bytes_max bytes of UTF-8 without control
+/// characters, spaces or DEL.
+pub const counter_key_bytes_max: usize = 256;
+pub const counter_window_seconds_max: u32 = 31 * 24 * 3600;
+pub const counter_by_max: i64 = std.math.maxInt(i32);
+/// The most keys the host's memory table holds, all plugins together.
+pub const counter_keys_max: usize = 100_000;
+
+fn counterError(code: i64) CounterError {
+    return switch (@as(CounterStatus, @enumFromInt(code))) {
+        .denied => error.CounterDenied,
+        .unavailable => error.CounterUnavailable,
+        .limit => error.CounterLimit,
+        else => error.CounterInvalid,
     };
 }
 
@@ -194,10 +234,17 @@ pub const HostApi = extern struct {
     net_send: *const fn (ctx: *HookContext, handle: i32, data: [*]const u8, len: usize, timeout_ms: u32) callconv(.c) i32,
     net_recv: *const fn (ctx: *HookContext, handle: i32, buf: [*]u8, cap: usize, timeout_ms: u32) callconv(.c) i32,
     net_close: *const fn (ctx: *HookContext, handle: i32) callconv(.c) i32,
+    // ABI 1.2: present when struct_size covers it (HookContext checks).
+    counter_incr: *const fn (ctx: *HookContext, key: ?[*]const u8, key_len: usize, by: i64, window_seconds: u32) callconv(.c) i64,
 
     /// True when the host's table has the ABI 1.1 functions.
     pub fn hasNet(self: *const HostApi) bool {
         return self.struct_size >= @offsetOf(HostApi, "net_close") + @sizeOf(usize);
+    }
+
+    /// True when the host's table has the ABI 1.2 counter function.
+    pub fn hasCounters(self: *const HostApi) bool {
+        return self.struct_size >= @offsetOf(HostApi, "counter_incr") + @sizeOf(usize);
     }
 };
 
@@ -288,6 +335,19 @@ pub const HookContext = extern struct {
         return .{ .handle = code };
     }
 
+    /// Adds `by` (0 reads) to the host's counter `key` in the current fixed
+    /// window of `window_seconds` and returns the count in that window. The
+    /// counters belong to the host (shared by every server using the same
+    /// Redis), namespaced by this plugin's name; the plugin needs the
+    /// `allow_counters` grant. Unit-test contexts count in memory, on the
+    /// test clock (metadata_host.resetTestCounters() empties them).
+    pub fn counterIncr(self: *HookContext, key: []const u8, by: i64, window_seconds: u32) CounterError!i64 {
+        if (!self.host.hasCounters()) return error.CounterUnsupported;
+        const code = self.host.counter_incr(self, key.ptr, key.len, by, window_seconds);
+        if (code < 0) return counterError(code);
+        return code;
+    }
+
     /// A context with no host, for unit tests (the guide's "Unit Tests"):
     /// metadata lives in memory taken from `allocator`; call `deinit`.
     pub fn init(allocator: std.mem.Allocator, hook_type: HookType) HookContext {
@@ -332,7 +392,7 @@ comptime {
     const p = @sizeOf(usize);
     std.debug.assert(@sizeOf(HookType) == 4);
     std.debug.assert(@sizeOf(Allocator) == 8 + 3 * p);
-    std.debug.assert(@sizeOf(HostApi) == 8 + 7 * p);
+    std.debug.assert(@sizeOf(HostApi) == 8 + 8 * p);
     std.debug.assert(@sizeOf(HookContext) == 16 + 2 * p);
     std.debug.assert(@sizeOf(PluginMetadata) == 8 * p + 16);
     std.debug.assert(@sizeOf(PluginInterface) == 6 * p);

@@ -29,15 +29,17 @@ export fn smtp_wasm_host_allocator() *const plugin.Allocator {
     return &guest_allocator;
 }
 
-/// The clock and the network come from the host as imports of module
-/// "smtp_host"; the host checks every address against the plugin's grants
-/// and bounds every wait by the hook's deadline.
+/// The clock, the network and the counters come from the host as imports of
+/// module "smtp_host"; the host checks every address against the plugin's
+/// grants, every counter call against allow_counters, and bounds every wait
+/// by the hook's deadline.
 const imports = struct {
     extern "smtp_host" fn now_unix_ms() i64;
     extern "smtp_host" fn net_connect(address: [*]const u8, address_len: usize, timeout_ms: u32) i32;
     extern "smtp_host" fn net_send(handle: i32, data: [*]const u8, len: usize, timeout_ms: u32) i32;
     extern "smtp_host" fn net_recv(handle: i32, buf: [*]u8, cap: usize, timeout_ms: u32) i32;
     extern "smtp_host" fn net_close(handle: i32) i32;
+    extern "smtp_host" fn counter_incr(key: ?[*]const u8, key_len: usize, by: i64, window_seconds: u32) i64;
 };
 
 const GuestIo = struct {
@@ -60,6 +62,10 @@ const GuestIo = struct {
     pub fn netClose(ctx: *plugin.HookContext, handle: i32) callconv(.c) i32 {
         _ = ctx;
         return imports.net_close(handle);
+    }
+    pub fn counterIncr(ctx: *plugin.HookContext, key: ?[*]const u8, key_len: usize, by: i64, window_seconds: u32) callconv(.c) i64 {
+        _ = ctx;
+        return imports.counter_incr(key, key_len, by, window_seconds);
     }
 };
 

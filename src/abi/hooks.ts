@@ -45,6 +45,20 @@ export const HostStatus = { OK: 0, NO_MEMORY: 1, TOO_LARGE: 2, INVALID: 3 } as c
 /** smtp_net_status: what the network host functions return on failure (ABI 1.1). */
 export const NetStatus = { DENIED: -1, ADDRESS: -2, CONNECT: -3, TIMEOUT: -4, CLOSED: -5, IO: -6, LIMIT: -7 } as const;
 
+/** smtp_counter_status: what counter_incr returns on failure (ABI 1.2). */
+export const CounterStatus = { DENIED: -1, UNAVAILABLE: -2, INVALID: -3, LIMIT: -4 } as const;
+
+/** The bounds on counter_incr's arguments and the host's memory table (SMTP_COUNTER_* in the header). */
+export const COUNTER_LIMITS = Object.freeze({
+  keyBytesMax: 256,
+  /** 31 days. */
+  windowSecondsMax: 2_678_400,
+  /** One call adds at most this. */
+  byMax: 2_147_483_647,
+  /** Keys in the memory table, every plugin and window together. */
+  keysMax: 100_000,
+});
+
 /** smtp_plugin_metadata.flags bits (ABI 1.1). */
 export const PluginFlag = { BLOCKING: 1n } as const;
 
@@ -52,7 +66,7 @@ export const PluginFlag = { BLOCKING: 1n } as const;
 export const ABI_VERSION_1_1 = (1 << 16) | 1;
 
 export const ABI_VERSION_MAJOR = 1;
-export const ABI_VERSION_MINOR = 1;
+export const ABI_VERSION_MINOR = 2;
 export const ABI_VERSION = (ABI_VERSION_MAJOR << 16) | ABI_VERSION_MINOR;
 
 export function formatAbiVersion(version: number): string {

@@ -23,6 +23,7 @@ export const HostApiStruct = koffi.struct('smtp_host_api', {
   net_send: 'void *',
   net_recv: 'void *',
   net_close: 'void *',
+  counter_incr: 'void *',
 });
 
 export const HookContextStruct = koffi.struct('smtp_hook_context', {

@@ -20,6 +20,7 @@ export const PLUGIN_USAGE = `usage:
                           [--meta KEY=VALUE]... [--meta-file KEY=PATH]...
                           [--memory-mb N] [--deadline-ms N]     (limits of a .wasm plugin)
                           [--allow-connect ADDRESS]...         (grants: "tcp:127.0.0.1:389", "unix:/path")
+                          [--allow-counters]                   (grant: the host counters, in memory)
 FILE is a native library (.so/.dylib/.dll), a sandboxed module or a component (.wasm).`;
 
 function usage(message: string): never {
@@ -90,6 +91,7 @@ async function call(args: string[]): Promise<number> {
       'memory-mb': { type: 'string' },
       'deadline-ms': { type: 'string' },
       'allow-connect': { type: 'string', multiple: true, default: [] },
+      'allow-counters': { type: 'boolean', default: false },
     },
   });
   const limits: Record<string, number> = {};
@@ -99,7 +101,7 @@ async function call(args: string[]): Promise<number> {
     if (!/^\d+$/.test(text)) usage(`--${flag} expects a positive integer, got "${text}"`);
     limits[key] = Number(text);
   }
-  const options = resolvePluginOptions({ limits, allowConnect: values['allow-connect'] }, 'plugin call');
+  const options = resolvePluginOptions({ limits, allowConnect: values['allow-connect'], allowCounters: values['allow-counters'] }, 'plugin call');
   const file = onePositional(positionals, 'call');
   const hook = values.hook ?? usage('plugin call needs --hook NAME');
   if (!isHookName(hook)) usage(`unknown hook "${hook}"; hooks: ${HOOK_NAMES.join(', ')}`);

@@ -543,7 +543,8 @@ function clusterOf(c: (typeof DEFAULTS)['cluster'], hostname: string, port: numb
     } catch {
       url = null;
     }
-    if (url === null || (url.protocol !== 'redis:' && url.protocol !== 'rediss:') || url.hostname === '') fail('cluster', 'redis', `expected a redis://host:port URL, got ${JSON.stringify(c.redis)}`);
+    // rediss:// (TLS) is refused: the host counters' Redis client speaks plain RESP.
+    if (url === null || url.protocol !== 'redis:' || url.hostname === '') fail('cluster', 'redis', `expected a redis://host:port URL (TLS, rediss://, is not supported), got ${JSON.stringify(c.redis)}`);
   }
   if (!NAME_PATTERN.test(c.key_prefix)) fail('cluster', 'key_prefix', `expected 1-64 characters of A-Z, a-z, 0-9, ".", "_" or "-", got ${JSON.stringify(c.key_prefix)}`);
   const instanceId = c.instance_id ?? `${hostname}-${port}`.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64);

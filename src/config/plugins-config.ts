@@ -44,7 +44,7 @@ export interface PluginsConfig {
 }
 
 const SECTION_KEYS = ['enabled', 'directory', 'wasm_directory', 'auto_load', 'hot_reload', 'trusted_directories', 'plugin'] as const;
-const ENTRY_KEYS = ['name', 'enabled', 'optional', 'authenticator', 'library', 'wasm', 'component', 'milter', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits', 'allow_connect', 'blocking', 'isolation'] as const;
+const ENTRY_KEYS = ['name', 'enabled', 'optional', 'authenticator', 'library', 'wasm', 'component', 'milter', 'sandbox', 'config', 'on_error', 'max_consecutive_failures', 'limits', 'allow_connect', 'allow_counters', 'blocking', 'isolation'] as const;
 /** A bound on plugins.trusted_directories, like every list in the config. */
 const TRUSTED_DIRECTORIES_MAX = 64;
 const LIMIT_KEYS: Record<string, keyof SandboxLimits> = {
@@ -199,7 +199,7 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     const milter = text(entry.milter, key('milter'), index);
     if (milter !== undefined) {
       // A milter is a service reached over a socket: there is no build to load, sandbox or isolate.
-      for (const other of ['library', 'wasm', 'component', 'sandbox', 'isolation', 'blocking', 'allow_connect', 'authenticator'] as const) {
+      for (const other of ['library', 'wasm', 'component', 'sandbox', 'isolation', 'blocking', 'allow_connect', 'allow_counters', 'authenticator'] as const) {
         if (entry[other] !== undefined) fail(key(other), `does not apply to a milter entry (milter = "${milter}")`, index);
       }
       try {
@@ -260,16 +260,18 @@ export function parsePluginsSection(section: unknown, path: string, source = '')
     const onError = entry.on_error === undefined ? {} : { onError: entry.on_error as string };
     const maxFailures = entry.max_consecutive_failures === undefined ? {} : { maxConsecutiveFailures: entry.max_consecutive_failures as number };
     const allowConnect = entry.allow_connect === undefined ? {} : { allowConnect: entry.allow_connect as unknown[] };
+    const allowCounters = entry.allow_counters === undefined ? {} : { allowCounters: entry.allow_counters as boolean };
     const blocking = entry.blocking === undefined ? {} : { blocking: entry.blocking as boolean };
     check('on_error', onError);
     check('max_consecutive_failures', maxFailures);
     check('allow_connect', allowConnect);
+    check('allow_counters', allowCounters);
     check('blocking', blocking);
     const isolation = entry.isolation === undefined ? {} : { isolation: entry.isolation as string };
     check('isolation', isolation);
     // Only a native library can run in a process of its own; a sandboxed build already runs out of the server's memory.
     if (entry.isolation !== undefined && sandboxed) fail(key('isolation'), 'applies to a native library, but this entry runs its sandboxed build', index);
-    const options: PluginOptions = resolvePluginOptions({ limits: limits as Partial<SandboxLimits>, ...onError, ...maxFailures, ...allowConnect, ...blocking, ...isolation });
+    const options: PluginOptions = resolvePluginOptions({ limits: limits as Partial<SandboxLimits>, ...onError, ...maxFailures, ...allowConnect, ...allowCounters, ...blocking, ...isolation });
     return Object.freeze({
       name,
       enabled: bool(entry.enabled, key('enabled'), true, index),

@@ -76,6 +76,8 @@ interface Functions {
   childFds: (channel: Pointer, out: Int32Array) => void;
   attach: (channel: Pointer, pid: number) => number;
   setGrants: (channel: Pointer, buf: Buffer, len: number) => number;
+  setCounters: (channel: Pointer, name: Buffer, len: number) => number;
+  countersDeniedWord: (channel: Pointer) => Pointer;
   denied: (channel: Pointer, out: Buffer, cap: number) => number;
   call: (channel: Pointer, op: number, hook: number, requestLen: number, spinNs: number) => number;
   wait: ((channel: Pointer, timeoutMs: number) => number) & { async: (channel: Pointer, timeoutMs: number, done: AsyncCallback<number>) => void };
@@ -101,6 +103,8 @@ function load(): Functions {
     childFds: lib.func('void smtp_isolation_child_fds(void *, _Out_ int32_t *out)'),
     attach: lib.func('int32_t smtp_isolation_attach(void *, int32_t pid)'),
     setGrants: lib.func('int32_t smtp_isolation_set_grants(void *, const uint8_t *buf, size_t len)'),
+    setCounters: lib.func('int32_t smtp_isolation_set_counters(void *, const uint8_t *name, size_t len)'),
+    countersDeniedWord: lib.func('void *smtp_isolation_counters_denied_word(void *)'),
     denied: lib.func('intptr_t smtp_isolation_denied(void *, uint8_t *out, size_t cap)'),
     call: lib.func('int32_t smtp_isolation_call(void *, uint32_t op, int32_t hook, uint64_t len, uint64_t spin_ns)'),
     wait: lib.func('int32_t smtp_isolation_wait(void *, uint32_t timeout_ms)'),
@@ -142,6 +146,8 @@ export class Channel {
   readonly reply: Buffer;
   readonly requestOffset: number;
   readonly replyOffset: number;
+  /** The host's word set when the child's plugin called counter_incr without the grant (host memory, out of the child's reach). */
+  readonly #countersDenied: Int32Array;
   #destroyed = false;
 
   constructor(sizes: ChannelSizes) {
@@ -156,6 +162,7 @@ export class Channel {
     this.#words = new Int32Array(memory, 0, HEADER_BYTES / 4);
     this.request = Buffer.from(memory, this.requestOffset, Number(view.getBigUint64(HEADER_OFFSETS.requestBytesMax, true)));
     this.reply = Buffer.from(memory, this.replyOffset, Number(view.getBigUint64(HEADER_OFFSETS.replyBytesMax, true)));
+    this.#countersDenied = new Int32Array(koffi.view(this.#fns.countersDeniedWord(pointer), 4));
   }
 
   /** The memfd and the child's socket end: the child's fds 3 and 4. */
@@ -173,6 +180,17 @@ export class Channel {
   setGrants(grants: readonly string[]): void {
     const text = Buffer.from(grants.join('\n'), 'utf8');
     if (this.#fns.setGrants(this.#pointer, text, text.length) !== 0) throw hostError('SMTP_E_METADATA_LIMIT', 'the native runtime could not store the grants');
+  }
+
+  /** Grants the counters under `name` (the plugin's name), or refuses them (null). */
+  setCounters(name: string | null): void {
+    const text = Buffer.from(name ?? '', 'utf8');
+    if (this.#fns.setCounters(this.#pointer, text, text.length) !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `the plugin name "${name}" is too long for the counters`);
+  }
+
+  /** Whether a counter call was refused for want of allow_counters since the last look. */
+  countersDenied(): boolean {
+    return !this.#destroyed && Atomics.exchange(this.#countersDenied, 0, 0) !== 0;
   }
 
   /** The last address refused for want of a grant since the last look, or null. */

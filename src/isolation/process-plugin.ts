@@ -6,7 +6,7 @@ import { ABI_VERSION, ABI_VERSION_1_1, formatAbiVersion, isAbiCompatible } from 
 import { hostError, isHostError, type HostError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { CHILD_PROGRAM } from '../paths.js';
-import { deniedConnectLogger } from '../plugin/denied-log.js';
+import { denialLog, type DenialLog } from '../plugin/denied-log.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/metadata.js';
 import { applyChanges, copyWire, wireSize, type WireBounds } from '../plugin/metadata-wire.js';
@@ -132,7 +132,7 @@ class ProcessPlugin implements Plugin {
   readonly #options: PluginOptions;
   readonly #logger: Logger;
   readonly #bounds: WireBounds;
-  readonly #onDenied: (address: string) => void;
+  readonly #onDenied: DenialLog;
   readonly #hookTimeoutMs: number;
   readonly #lifecycleTimeoutMs: number;
   #live: Live | null = null;
@@ -155,7 +155,7 @@ class ProcessPlugin implements Plugin {
     this.#logger = logger;
     const { limits } = options;
     this.#bounds = { keyBytesMax: limits.metadataKeyBytesMax, valueBytesMax: limits.metadataValueBytesMax, keysMax: limits.metadataKeysMax };
-    this.#onDenied = deniedConnectLogger(logger, 'plugin asked for a connection it was not granted (allow_connect)');
+    this.#onDenied = denialLog(logger);
     this.#hookTimeoutMs = limits.hookTimeoutMs;
     this.#lifecycleTimeoutMs = Math.max(limits.hookTimeoutMs, LIFECYCLE_TIMEOUT_MIN_MS);
   }
@@ -209,6 +209,8 @@ class ProcessPlugin implements Plugin {
     try {
       await this.#exchange(live, Op.LOAD, 0, 0, LOAD_TIMEOUT_MS, 'load');
       this.#checkLoad(live);
+      // Its counters are the server's (served by this process), under its name.
+      channel.setCounters(this.#options.allowCounters ? this.metadata.name : null);
     } catch (error) {
       this.#discard(live);
       throw error;
@@ -326,7 +328,7 @@ class ProcessPlugin implements Plugin {
     const outcome = await live.channel.wait(timeoutMs);
     // Connections are asked for (and refused) only while the host waits here.
     const denied = live.channel.deniedAddress();
-    if (denied !== null) this.#onDenied(denied);
+    if (denied !== null) this.#onDenied.connect(denied);
     return outcome;
   }
 
@@ -512,6 +514,7 @@ class ProcessPlugin implements Plugin {
     const replyLen = channel.replyLen;
     if (replyLen > 0) applyChanges(channel.reply, replyLen, context, this.#bounds, 'SMTP_E_METADATA_LIMIT', who);
     if ((channel.status & STATUS_CANCEL) !== 0) context.cancel = true;
+    if (channel.countersDenied()) this.#onDenied.counters();
     if (length > RELEASE_ABOVE_BYTES || replyLen > RELEASE_ABOVE_BYTES) channel.releaseBeyond(RELEASE_ABOVE_BYTES);
     this.#failures = 0;
     const now = Date.now();

@@ -15,7 +15,7 @@
 import { hostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { HookContext, MetadataLimits } from '../plugin/hook-context.js';
-import { BatchCallState, CallBatch, NativeContextSlot, type DeniedListener, type NativePointer } from '../runtime/host-runtime.js';
+import { BatchCallState, CallBatch, NativeContextSlot, type ContextGrants, type DeniedListener, type NativePointer } from '../runtime/host-runtime.js';
 import { callReturned, callStarted, type PoolCall } from './pool-calls.js';
 
 /** The most calls of one plugin handed to a pool thread at once; the rest wait for the next batch. */
@@ -38,7 +38,7 @@ export interface BlockingCallsOptions {
   readonly plugin: string;
   readonly executeHook: NativePointer;
   readonly hookTimeoutMs: number;
-  readonly grants: readonly string[];
+  readonly grants: ContextGrants;
   readonly onDenied: DeniedListener;
   readonly logger: Logger;
   /** No call is waiting or running any more: deferred lifecycle calls may run. */

@@ -12,8 +12,8 @@ import { silentLogger, type Logger } from '../log.js';
 import type { MetadataLimits } from '../plugin/hook-context.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
 import { PluginFlag } from '../abi/hooks.js';
-import { deniedConnectLogger } from '../plugin/denied-log.js';
-import { NativeContextSlot, boundedStrlen, callNativeHook, hostAllocator, type NativePointer } from '../runtime/host-runtime.js';
+import { denialLog, type DenialLog } from '../plugin/denied-log.js';
+import { NativeContextSlot, boundedStrlen, callNativeHook, hostAllocator, type ContextGrants, type NativePointer } from '../runtime/host-runtime.js';
 import { checkLibraryFile } from './library-file.js';
 import { lateCallsAtLimit, LATE_CALLS_MAX } from './pool-calls.js';
 import { BlockingCalls } from './blocking-calls.js';
@@ -127,9 +127,10 @@ class NativePlugin implements Plugin {
   readonly metadata: PluginMetadata;
   /** Hooks run on koffi's thread pool, one at a time (in batches: src/native/blocking-calls.ts), and executeHook returns a promise. */
   readonly blocking: boolean;
-  readonly #grants: readonly string[];
+  /** Its allow_connect grants and, with allow_counters, the counters under its name. */
+  readonly #grants: ContextGrants;
   readonly #logger: Logger;
-  readonly #deniedListener: (address: string) => void;
+  readonly #deniedListener: DenialLog;
   /** This plugin's own context when it has grants and runs on the event loop, by metadata limits. */
   readonly #slots = new Map<MetadataLimits, NativeContextSlot>();
   readonly #hookTimeoutMs: number;
@@ -147,10 +148,9 @@ class NativePlugin implements Plugin {
   constructor(path: string, lib: Library, abiVersion: number, pointers: InterfacePointers, options: PluginOptions, logger: Logger) {
     this.path = path;
     this.#lib = lib;
-    this.#grants = options.allowConnect;
     this.#hookTimeoutMs = options.limits.hookTimeoutMs;
     this.#logger = logger;
-    this.#deniedListener = deniedConnectLogger(logger, 'plugin asked for a connection it was not granted (allow_connect)');
+    this.#deniedListener = denialLog(logger);
     this.abiVersion = abiVersion;
     this.#executeHook = pointers.execute_hook;
     this.#init = koffi.decode(pointers.init, InitProto) as (allocator: NativePointer, config: string) => number;
@@ -159,6 +159,7 @@ class NativePlugin implements Plugin {
     this.#disable = koffi.decode(pointers.disable, IntProto) as () => number;
     const getMetadata = koffi.decode(pointers.get_metadata, PointerProto) as () => unknown;
     this.metadata = readMetadata(getMetadata(), path, abiVersion);
+    this.#grants = Object.freeze({ connect: options.allowConnect, counters: options.allowCounters ? this.metadata.name : null });
     this.blocking = options.blocking ?? (this.metadata.flags & PluginFlag.BLOCKING) !== 0n;
     this.#blockingCalls = this.blocking
       ? new BlockingCalls({ plugin: this.metadata.name, executeHook: this.#executeHook, hookTimeoutMs: this.#hookTimeoutMs, grants: this.#grants, onDenied: this.#deniedListener, logger, onIdle: () => this.#drain() })
@@ -221,7 +222,9 @@ class NativePlugin implements Plugin {
   executeHook(context: HookContext): number | Promise<number> {
     const blockingCalls = this.#blockingCalls;
     if (blockingCalls === null) {
-      return this.#grants.length === 0 ? callNativeHook(this.#executeHook, context, this.#deniedListener) : this.#slot(context.limits).call(this.#executeHook, context, this.#deniedListener);
+      // Without grants, the context shared by every such plugin serves it (a counter call there is refused).
+      const shared = this.#grants.connect.length === 0 && this.#grants.counters === null;
+      return shared ? callNativeHook(this.#executeHook, context, this.#deniedListener) : this.#slot(context.limits).call(this.#executeHook, context, this.#deniedListener);
     }
     const refused = this.#refusal(blockingCalls);
     if (refused !== null) return Promise.reject(refused);

@@ -6,6 +6,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { loadNativePlugin } from '../native/native-plugin.js';
 import { loadProcessPlugin, processesStopped } from '../isolation/process-plugin.js';
 import { loadWasmPlugin } from '../wasm/wasm-plugin.js';
+import { sandboxCounters } from '../runtime/counters.js';
 import { loadWorkerPlugin, workersStopped } from '../wasm/worker-plugin.js';
 import { isMilterSource, loadMilterPlugin } from '../milter/milter-plugin.js';
 import { PluginFlag } from '../abi/hooks.js';
@@ -51,7 +52,7 @@ interface Backend {
  */
 async function loadSandboxed(path: string, options: PluginOptions, logger: Logger): Promise<Plugin> {
   if (options.allowConnect.length > 0 || options.blocking === true) return loadWorkerPlugin(path, options, logger);
-  const plugin = loadWasmPlugin(path, { options, logger });
+  const plugin = loadWasmPlugin(path, { options, logger, counters: sandboxCounters(options.allowCounters, logger) });
   if (options.blocking === false || (plugin.metadata.flags & PluginFlag.BLOCKING) === 0n) return plugin;
   await plugin.unload();
   return loadWorkerPlugin(path, options, logger);

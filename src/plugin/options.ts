@@ -27,6 +27,8 @@ export interface PluginOptions {
   readonly maxConsecutiveFailures: number;
   /** Addresses the plugin may connect to (allow_connect), verbatim: "tcp:127.0.0.1:389", "unix:/run/clamd.sock". */
   readonly allowConnect: readonly string[];
+  /** The plugin may use the host counters (allow_counters, ABI 1.2), under its name. */
+  readonly allowCounters: boolean;
   /** Run hooks off the event loop: true or false overrides the plugin's SMTP_PLUGIN_FLAG_BLOCKING; undefined follows it. */
   readonly blocking: boolean | undefined;
   /** For a native library: where it runs; undefined means in-process. */
@@ -57,6 +59,7 @@ export const DEFAULT_PLUGIN_OPTIONS: PluginOptions = Object.freeze({
   onError: 'tempfail',
   maxConsecutiveFailures: 5,
   allowConnect: Object.freeze([]) as readonly string[],
+  allowCounters: false,
   blocking: undefined,
 });
 
@@ -74,6 +77,7 @@ export type PluginOptionsInput = {
   readonly onError?: string;
   readonly maxConsecutiveFailures?: number;
   readonly allowConnect?: readonly unknown[];
+  readonly allowCounters?: boolean;
   readonly blocking?: boolean;
   readonly isolation?: string;
 };
@@ -106,6 +110,9 @@ export function resolvePluginOptions(input: PluginOptionsInput = {}, where = 'pl
       throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: allow_connect entry ${JSON.stringify(address)} is not "tcp:IPV4:PORT", "tcp:localhost:PORT" or "unix:/PATH"`);
     }
   }
+  if (input.allowCounters !== undefined && typeof input.allowCounters !== 'boolean') {
+    throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: expected true or false for allow_counters, got ${JSON.stringify(input.allowCounters)}`);
+  }
   if (input.blocking !== undefined && typeof input.blocking !== 'boolean') {
     throw hostError('SMTP_E_PLUGIN_OPTIONS', `${where}: expected true or false for blocking, got ${JSON.stringify(input.blocking)}`);
   }
@@ -117,6 +124,7 @@ export function resolvePluginOptions(input: PluginOptionsInput = {}, where = 'pl
     onError: onError as OnErrorPolicy,
     maxConsecutiveFailures: max,
     allowConnect: Object.freeze([...(allowConnect as string[])]),
+    allowCounters: input.allowCounters ?? false,
     blocking: input.blocking,
     ...(input.isolation === undefined ? {} : { isolation: input.isolation as Isolation }),
   });

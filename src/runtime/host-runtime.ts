@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import koffi from 'koffi';
 import { hostError } from '../errors.js';
 import { RUNTIME_LIBRARY } from '../paths.js';
+import type { DenialLog } from '../plugin/denied-log.js';
 import type { HookContext, MetadataLimits } from '../plugin/hook-context.js';
 import { applyChanges, encodeEntries, scratchBuffer, type EncodedMetadata } from '../plugin/metadata-wire.js';
 
@@ -18,6 +19,7 @@ interface RuntimeFunctions {
   contextLoad: (ctx: NativePointer, hook: number, head: Buffer, headLen: number, tail: Buffer | null, tailLen: number) => number;
   contextApply: (ctx: NativePointer, buf: Buffer, len: number) => number;
   setGrants: (ctx: NativePointer, buf: Buffer, len: number) => number;
+  setCounters: (ctx: NativePointer, name: Buffer, len: number) => number;
   denied: (ctx: NativePointer, out: Buffer, cap: number) => number;
   callHook: (fn: NativePointer, ctx: NativePointer) => number;
   callBatch: { async: (fn: NativePointer, contexts: NativePointer, states: NativePointer, results: NativePointer, n: number, done: AsyncCallback<undefined>) => void };
@@ -34,13 +36,21 @@ interface RuntimeFunctions {
 }
 
 let runtime: RuntimeFunctions | undefined;
+let library: ReturnType<typeof koffi.load> | undefined;
 
-function loadRuntime(): RuntimeFunctions {
-  if (runtime) return runtime;
+/** The runtime library, loaded once in this thread (and kept loaded for the process's life). */
+export function runtimeLibrary(): ReturnType<typeof koffi.load> {
+  if (library) return library;
   if (!existsSync(RUNTIME_LIBRARY)) {
     throw hostError('SMTP_E_RUNTIME_MISSING', `the native host runtime ${RUNTIME_LIBRARY} is missing: run "npm run build:native" (npm install does it)`);
   }
-  const lib = koffi.load(RUNTIME_LIBRARY);
+  library = koffi.load(RUNTIME_LIBRARY);
+  return library;
+}
+
+function loadRuntime(): RuntimeFunctions {
+  if (runtime) return runtime;
+  const lib = runtimeLibrary();
   runtime = {
     allocator: lib.func('void *smtp_host_allocator(void)'),
     contextCreate: lib.func('void *smtp_host_context_create(size_t, size_t, size_t)'),
@@ -48,6 +58,7 @@ function loadRuntime(): RuntimeFunctions {
     contextLoad: lib.func('int smtp_host_context_load(void *ctx, int hook, const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len)'),
     contextApply: lib.func('int smtp_host_context_apply(void *ctx, const uint8_t *buf, size_t len)'),
     setGrants: lib.func('int smtp_host_context_set_grants(void *ctx, const uint8_t *buf, size_t len)'),
+    setCounters: lib.func('int smtp_host_context_set_counters(void *ctx, const uint8_t *name, size_t len)'),
     denied: lib.func('size_t smtp_host_context_denied(void *ctx, uint8_t *out, size_t cap)'),
     callHook: lib.func('int64_t smtp_host_call_hook(void *fn, void *ctx)'),
     callBatch: lib.func('void smtp_host_call_batch(void *fn, void *contexts, void *states, void *results, size_t n)'),
@@ -99,8 +110,19 @@ export function boundedStrlen(s: NativePointer, max: number): number {
 
 const TWO_POW_32 = 2 ** 32;
 
-/** Called with an address a plugin asked for without a grant. */
-export type DeniedListener = (address: string) => void;
+/** smtp_host_call_hook's packing, above bit 32 (src/runtime/host_runtime.zig): cancel, a connect refused, 18 bits of changed keys, a counter call refused. */
+const PACKED = { CANCEL: 1, NET_DENIED: 2, CHANGED_SHIFT: 2, CHANGED_MASK: 0x3ffff, COUNTERS_DENIED: 1 << 20 } as const;
+
+/** Hears of what a plugin was refused for want of a grant (src/plugin/denied-log.ts). */
+export type DeniedListener = DenialLog;
+
+/** What a plugin's native context may reach: its allow_connect grants, and the counters under its name (null: not granted). */
+export interface ContextGrants {
+  readonly connect: readonly string[];
+  readonly counters: string | null;
+}
+
+const NO_GRANTS: ContextGrants = Object.freeze({ connect: Object.freeze([]) as readonly string[], counters: null });
 
 /**
  * One native context. The shared one serves every plugin without grants
@@ -123,15 +145,19 @@ export class NativeContextSlot {
   readonly #onDenied: DeniedListener | undefined;
   #destroyed = false;
 
-  constructor(limits: MetadataLimits, grants: readonly string[] = [], onDenied?: DeniedListener) {
+  constructor(limits: MetadataLimits, grants: ContextGrants = NO_GRANTS, onDenied?: DeniedListener) {
     const fns = loadRuntime();
     const pointer = fns.contextCreate(limits.keyBytesMax, limits.valueBytesMax, limits.keysMax);
     if (pointer === null || pointer === 0n) throw hostError('SMTP_E_METADATA_LIMIT', 'the native runtime could not allocate a hook context');
     this.pointer = pointer;
     this.#onDenied = onDenied;
-    if (grants.length > 0) {
-      const text = Buffer.from(grants.join('\n'), 'utf8');
+    if (grants.connect.length > 0) {
+      const text = Buffer.from(grants.connect.join('\n'), 'utf8');
       if (fns.setGrants(pointer, text, text.length) !== 0) throw hostError('SMTP_E_METADATA_LIMIT', 'the native runtime could not store the grants');
+    }
+    if (grants.counters !== null) {
+      const name = Buffer.from(grants.counters, 'utf8');
+      if (fns.setCounters(pointer, name, name.length) !== 0) throw hostError('SMTP_E_METADATA_LIMIT', 'the native runtime could not store the counters grant');
     }
   }
 
@@ -191,10 +217,10 @@ export class NativeContextSlot {
   #finish(fns: RuntimeFunctions, context: HookContext, packed: number, onDenied: DeniedListener | undefined): number {
     const code = packed % TWO_POW_32 | 0;
     const high = Math.floor(packed / TWO_POW_32);
-    const cancel = (high & 1) === 1;
-    const denied = (high & 2) === 2;
-    const changes = high >>> 2;
-    if (denied) this.#reportDenied(fns, onDenied);
+    const cancel = (high & PACKED.CANCEL) !== 0;
+    const changes = (high >>> PACKED.CHANGED_SHIFT) & PACKED.CHANGED_MASK;
+    if ((high & PACKED.NET_DENIED) !== 0) this.#reportDenied(fns, onDenied);
+    if ((high & PACKED.COUNTERS_DENIED) !== 0) onDenied?.counters();
     if (changes > 0) this.#collect(fns, context);
     if (cancel) {
       context.cancel = true;
@@ -207,7 +233,7 @@ export class NativeContextSlot {
   #reportDenied(fns: RuntimeFunctions, onDenied: DeniedListener | undefined): void {
     const out = Buffer.alloc(256);
     const length = fns.denied(this.pointer, out, out.length);
-    onDenied?.(out.subarray(0, length).toString('utf8'));
+    onDenied?.connect(out.subarray(0, length).toString('utf8'));
   }
 
   #load(fns: RuntimeFunctions, context: HookContext): void {
@@ -341,13 +367,13 @@ export function destroyRuntimeContext(pointer: NativePointer): void {
  * Grants are checked by the runtime, exactly as for a native plugin.
  */
 export class RuntimeNet {
-  readonly #onDenied: DeniedListener;
+  readonly #onDenied: (address: string) => void;
   /** One context for the worker's life: its pointer is what the main thread frees if the worker is killed. */
   readonly #current: NativeContextSlot;
 
-  constructor(grants: readonly string[], onDenied: DeniedListener) {
+  constructor(grants: readonly string[], onDenied: (address: string) => void) {
     this.#onDenied = onDenied;
-    this.#current = new NativeContextSlot({ keyBytesMax: 1, valueBytesMax: 1, keysMax: 1 }, grants);
+    this.#current = new NativeContextSlot({ keyBytesMax: 1, valueBytesMax: 1, keysMax: 1 }, { connect: grants, counters: null });
   }
 
   /** The native context holding the grants and the connections (to close them if the worker is killed). */

@@ -18,10 +18,31 @@ export fn smtp_host_allocator() *const plugin.Allocator {
 }
 
 const net = @import("net.zig");
+const counters = @import("counters.zig");
 
-/// Every native context's table: the metadata store plus the real clock and
-/// the granted network (src/runtime/net.zig).
-const native_api = host.hostApi(net.Io);
+/// The clock and network of src/runtime/net.zig, and the counters of
+/// src/runtime/counters.zig under the context's namespace (its plugin's
+/// name, set only when allow_counters grants them).
+const NativeIo = struct {
+    pub const nowUnixMs = net.Io.nowUnixMs;
+    pub const netConnect = net.Io.netConnect;
+    pub const netSend = net.Io.netSend;
+    pub const netRecv = net.Io.netRecv;
+    pub const netClose = net.Io.netClose;
+
+    pub fn counterIncr(ctx: *plugin.HookContext, key: ?[*]const u8, key_len: usize, by: i64, window_seconds: u32) callconv(.c) i64 {
+        const store = host.storeOf(ctx);
+        if (store.counter_namespace.len == 0) {
+            store.counters_denied = true;
+            return @intFromEnum(plugin.CounterStatus.denied);
+        }
+        return counters.incr(store.counter_namespace, key, key_len, by, window_seconds, .{ .deadline_ms = store.call_deadline_ms }) catch unreachable;
+    }
+};
+
+/// Every native context's table: the metadata store plus the real clock,
+/// the granted network and the counters.
+const native_api = host.hostApi(NativeIo);
 
 export fn smtp_host_context_create(key_bytes_max: usize, value_bytes_max: usize, keys_max: usize) ?*plugin.HookContext {
     return host.createContext(c_allocator, .{ .key_bytes_max = key_bytes_max, .value_bytes_max = value_bytes_max, .keys_max = keys_max }, &native_api);
@@ -39,6 +60,16 @@ export fn smtp_host_context_set_grants(ctx: *plugin.HookContext, buf: [*]const u
     const copy = c_allocator.dupe(u8, buf[0..len]) catch return @intFromEnum(plugin.Status.no_memory);
     c_allocator.free(store.grants);
     store.grants = copy;
+    return @intFromEnum(plugin.Status.ok);
+}
+
+/// Grants the context's plugin the counters, under its name (empty: refused).
+export fn smtp_host_context_set_counters(ctx: *plugin.HookContext, name: [*]const u8, len: usize) c_int {
+    if (len > counters.namespace_bytes_max) return @intFromEnum(plugin.Status.too_large);
+    const store = host.storeOf(ctx);
+    const copy = c_allocator.dupe(u8, name[0..len]) catch return @intFromEnum(plugin.Status.no_memory);
+    c_allocator.free(store.counter_namespace);
+    store.counter_namespace = copy;
     return @intFromEnum(plugin.Status.ok);
 }
 
@@ -70,6 +101,36 @@ export fn smtp_host_net_close_all(ctx: *plugin.HookContext) void {
     net.closeOwnedBy(ctx);
 }
 
+// The counters (src/runtime/counters.zig), as exports: the sandbox calls
+// counter_incr for a WebAssembly plugin with that plugin's name (after
+// checking its grant); the host configures the backend.
+
+/// counter_incr for the plugin named `namespace`; `deadline_ms` (0: none) cuts Redis waits.
+export fn smtp_host_counters_incr(namespace: [*]const u8, namespace_len: usize, key: ?[*]const u8, key_len: usize, by: i64, window_seconds: u32, deadline_ms: i64) i64 {
+    if (namespace_len == 0 or namespace_len > counters.namespace_bytes_max) return @intFromEnum(plugin.CounterStatus.denied);
+    return counters.incr(namespace[0..namespace_len], key, key_len, by, window_seconds, .{ .deadline_ms = deadline_ms }) catch unreachable;
+}
+
+/// Sets the backend (see counters.configure): host empty for memory only;
+/// `unusable` non-zero: a Redis is configured that cannot be used. Returns
+/// 0, or -1 when a value is over its bound or the host is not an IP address.
+export fn smtp_host_counters_configure(redis_host: [*]const u8, redis_host_len: usize, port: u16, db: u32, user: [*]const u8, user_len: usize, password: [*]const u8, password_len: usize, timeout_ms: u32, policy: u32, prefix: [*]const u8, prefix_len: usize, unusable: c_int) c_int {
+    const which = std.meta.intToEnum(counters.Policy, policy) catch return -1;
+    return if (counters.configure(redis_host[0..redis_host_len], port, db, user[0..user_len], password[0..password_len], timeout_ms, which, prefix[0..prefix_len], unusable != 0)) 0 else -1;
+}
+
+/// The backend's state: numbers = [keys in memory, Redis configured, Redis
+/// down, Redis failures so far]; the last failure's name goes to `error_text`
+/// (returns its length).
+export fn smtp_host_counters_state(numbers: *[4]i64, error_text: [*]u8, cap: usize) usize {
+    const now = counters.state();
+    numbers.* = .{ @intCast(now.keys), @intFromBool(now.redis_configured), @intFromBool(now.redis_down), @intCast(now.failures) };
+    const text = now.last_error.slice();
+    const n = @min(cap, text.len);
+    @memcpy(error_text[0..n], text[0..n]);
+    return n;
+}
+
 /// Loads a hook context without copying: the entries point into `head` (and
 /// the last value into `tail`, the message body), which the Node host keeps
 /// alive and unchanged until the next load of this context.
@@ -85,14 +146,24 @@ export fn smtp_host_context_apply(ctx: *plugin.HookContext, buf: [*]const u8, le
     return @intFromEnum(host.applyEncoded(ctx, buf[0..len]));
 }
 
-/// Calls `execute_hook(ctx)` and packs what the host needs into one value:
-/// bits 0-31 the returned code (as u32), then host.contextStatus(): bit 32 the
-/// cancel flag, bit 33 a connection refused for want of a grant, bits 34 and
-/// up the number of keys the plugin set.
+/// Calls `execute_hook(ctx)` and packs what the host needs into one value
+/// (below 2^53, so that JavaScript reads it exactly as a number): bits 0-31
+/// the returned code (as u32), then host.contextStatus(): bit 32 the cancel
+/// flag, bit 33 a connection refused for want of a grant, bits 34 to 51 the
+/// number of keys the plugin set (at most the host's metadata_keys_max,
+/// 100000); bit 52 a counter call refused for want of allow_counters.
 export fn smtp_host_call_hook(execute_hook: *const fn (*plugin.HookContext) callconv(.c) c_int, ctx: *plugin.HookContext) i64 {
     const code: u32 = @bitCast(execute_hook(ctx));
-    return @as(i64, code) | (@as(i64, host.contextStatus(ctx)) << 32);
+    const store = host.storeOf(ctx);
+    const counters_denied = store.counters_denied;
+    store.counters_denied = false;
+    const context_status = host.contextStatus(ctx);
+    std.debug.assert(context_status >> 2 < 1 << changed_bits);
+    return @as(i64, code) | (@as(i64, context_status) << 32) | (@as(i64, @intFromBool(counters_denied)) << 52);
 }
+
+/// Bits of the changed-keys count in smtp_host_call_hook's packing.
+const changed_bits = 18;
 
 /// Makes `ctx` reach the connections of `first` (the same plugin's first
 /// context), so a handle a blocking plugin opened in one call of a batch is
@@ -154,4 +225,8 @@ export fn smtp_host_strnlen(s: [*]const u8, max: usize) isize {
 // The host half of process-isolated native plugins (src/isolation/).
 comptime {
     _ = @import("isolation_host.zig");
+}
+
+test {
+    _ = counters;
 }

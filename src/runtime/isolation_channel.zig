@@ -38,6 +38,8 @@ pub const Op = enum(u32) {
     /// The answer to the child's net_connect request (Header.net_status;
     /// a connected socket follows on the socketpair when it is >= 0).
     net_reply = 7,
+    /// The answer to the child's counter_incr request (Header.counter_result).
+    counter_reply = 8,
     _,
 };
 
@@ -48,6 +50,9 @@ pub const Kind = enum(u32) {
     done = 1,
     /// The plugin called net_connect: the address is in net_address.
     net_connect = 2,
+    /// The plugin called counter_incr: the key is in net_address (its
+    /// length in net_address_len), with counter_by and counter_window_seconds.
+    counter = 3,
     _,
 };
 
@@ -112,7 +117,9 @@ pub const Header = extern struct {
     net_status: i32 = 0,
     /// Bytes of the request area in use.
     request_len: u64 = 0,
-    reserved2: [5]u64 = @splat(0),
+    /// The answer to a counter_incr: a count, or an smtp_counter_status.
+    counter_result: i64 = 0,
+    reserved2: [4]u64 = @splat(0),
 
     // --- offset 192: the flags of a side about to sleep ------------------
     child_sleeping: u32 = 0,
@@ -136,10 +143,12 @@ pub const Header = extern struct {
     net_address_len: u32 = 0,
     /// The Landlock ABI the child confined itself with (0: none available).
     landlock_abi: i32 = 0,
-    reserved4: [3]u32 = @splat(0),
-    reserved5: u64 = 0,
+    /// counter_incr's window and increment (its key is in net_address).
+    counter_window_seconds: u32 = 0,
+    reserved4: [2]u32 = @splat(0),
+    counter_by: i64 = 0,
     // --- offset 320 ------------------------------------------------------
-    /// The address net_connect asked for.
+    /// The address net_connect asked for, or the key of counter_incr.
     net_address: [net_address_bytes_max]u8 = @splat(0),
     reserved6: [header_bytes - 576]u8 = @splat(0),
 };
@@ -153,6 +162,8 @@ comptime {
     std.debug.assert(@offsetOf(Header, "child_sleeping") == 192);
     std.debug.assert(@offsetOf(Header, "reply_seq") == 256);
     std.debug.assert(@offsetOf(Header, "net_address") == 320);
+    // A counter key travels in net_address.
+    std.debug.assert(net_address_bytes_max >= @import("smtp-host").plugin.counter_key_bytes_max);
 }
 
 /// The offsets src/isolation/channel.ts reads, in the order of `offsets_names`.

@@ -10,6 +10,7 @@ const linux = std.os.linux;
 const posix = std.posix;
 const host = @import("smtp-host");
 const net = @import("net.zig");
+const counters = @import("counters.zig");
 const channel = @import("isolation_channel.zig");
 const Header = channel.Header;
 
@@ -54,6 +55,13 @@ const Channel = struct {
     denied: bool = false,
     denied_address: [channel.net_address_bytes_max]u8 = undefined,
     denied_len: usize = 0,
+    /// The plugin's name when allow_counters grants it the counters (empty: refused).
+    counter_namespace: [counters.namespace_bytes_max]u8 = undefined,
+    counter_namespace_len: usize = 0,
+    /// Set to 1 when a counter call was refused for want of the grant; the
+    /// host reads and clears it through a view of this word (in the host's
+    /// own memory, out of the child's reach).
+    counters_denied: u32 = 0,
 };
 
 fn check(rc: usize) !usize {
@@ -153,6 +161,19 @@ export fn smtp_isolation_set_grants(self: *Channel, buf: [*]const u8, len: usize
     return 0;
 }
 
+/// Grants the plugin the counters under `name` (its name; empty: refused).
+export fn smtp_isolation_set_counters(self: *Channel, name: [*]const u8, len: usize) i32 {
+    if (len > self.counter_namespace.len) return -1;
+    @memcpy(self.counter_namespace[0..len], name[0..len]);
+    self.counter_namespace_len = len;
+    return 0;
+}
+
+/// The word set when a counter call was refused for want of allow_counters.
+export fn smtp_isolation_counters_denied_word(self: *Channel) *u32 {
+    return &self.counters_denied;
+}
+
 /// Copies the last address refused for want of a grant into `out` and
 /// clears the mark; returns its length, or -1 when none was refused.
 export fn smtp_isolation_denied(self: *Channel, out: [*]u8, cap: usize) isize {
@@ -178,12 +199,17 @@ export fn smtp_isolation_call(self: *Channel, op: u32, hook_type: i32, request_l
 }
 
 /// Spins until the child publishes or `until_ns`; done, or pending for a
-/// net request or no answer yet.
+/// net request, a counter call that needs Redis, or no answer yet. A
+/// counter call the memory table answers is served here, in this thread.
 fn spin(self: *Channel, until_ns: u64) Outcome {
     var round: u32 = 0;
     while (true) : (round +%= 1) {
         const seq = @atomicLoad(u32, &self.header.reply_seq, .acquire);
         if (seq != self.seen_reply_seq) {
+            if (self.header.kind == .counter and serveCounter(self, false, 0)) {
+                self.seen_reply_seq = seq;
+                continue;
+            }
             if (self.header.kind != .done) return .pending;
             self.seen_reply_seq = seq;
             return .done;
@@ -206,6 +232,10 @@ export fn smtp_isolation_wait(self: *Channel, timeout_ms: u32) i32 {
             self.seen_reply_seq = seq;
             if (header.kind == .net_connect) {
                 serveConnect(self, deadline_ns);
+                continue;
+            }
+            if (header.kind == .counter) {
+                _ = serveCounter(self, true, deadline_ns);
                 continue;
             }
             return @intFromEnum(Outcome.done);
@@ -329,6 +359,32 @@ fn serveConnect(self: *Channel, deadline_ns: u64) void {
     header.net_status = result;
     header.op = .net_reply;
     channel.publish(&header.request_seq, &header.child_sleeping);
+}
+
+/// The child's plugin called counter_incr: answer it from the counters
+/// under the plugin's name (src/runtime/counters.zig), as for an in-process
+/// plugin. False, leaving it unanswered, when `network` is false and the
+/// call needs Redis (the waiting thread serves it then).
+fn serveCounter(self: *Channel, network: bool, deadline_ns: u64) bool {
+    const header = self.header;
+    // Copied first: the child could change the shared bytes meanwhile.
+    const len: usize = header.net_address_len;
+    const by = header.counter_by;
+    const window_seconds = header.counter_window_seconds;
+    var key: [channel.net_address_bytes_max]u8 = undefined;
+    var result: i64 = @intFromEnum(host.plugin.CounterStatus.invalid);
+    if (self.counter_namespace_len == 0) {
+        @atomicStore(u32, &self.counters_denied, 1, .release);
+        result = @intFromEnum(host.plugin.CounterStatus.denied);
+    } else if (len <= key.len) {
+        @memcpy(key[0..len], header.net_address[0..len]);
+        const deadline_ms: i64 = if (deadline_ns == 0) 0 else std.time.milliTimestamp() + @as(i64, @intCast((deadline_ns -| channel.nowNs()) / std.time.ns_per_ms));
+        result = counters.incr(self.counter_namespace[0..self.counter_namespace_len], &key, len, by, window_seconds, .{ .deadline_ms = deadline_ms, .network = network }) catch return false;
+    }
+    header.counter_result = result;
+    header.op = .counter_reply;
+    channel.publish(&header.request_seq, &header.child_sleeping);
+    return true;
 }
 
 /// Sends `fd` to the child (SCM_RIGHTS) and closes it here; 0, or SMTP_NET_E_IO.

@@ -128,13 +128,13 @@ fn waitDeadline(ctx: *const plugin.HookContext, timeout_ms: u32) i64 {
 }
 
 /// Milliseconds left before `deadline` (a milliTimestamp), at least 0.
-fn remaining(deadline: i64) i32 {
+pub fn remaining(deadline: i64) i32 {
     const left = deadline - std.time.milliTimestamp();
     return @intCast(std.math.clamp(left, 0, std.math.maxInt(i32)));
 }
 
 /// Waits for `events` on `fd` until `deadline`; false on timeout.
-fn waitFor(fd: posix.socket_t, events: i16, deadline: i64) error{Io}!bool {
+pub fn waitFor(fd: posix.socket_t, events: i16, deadline: i64) error{Io}!bool {
     while (true) {
         var fds = [_]posix.pollfd{.{ .fd = fd, .events = events, .revents = 0 }};
         const ready = posix.poll(&fds, remaining(deadline)) catch return error.Io;
@@ -149,11 +149,15 @@ fn waitFor(fd: posix.socket_t, events: i16, deadline: i64) error{Io}!bool {
 /// its child, then passes the socket over.
 pub fn connectAddress(address: []const u8, timeout_ms: u32) i32 {
     const target = parseAddress(address) orelse return status(.address);
-    const sockaddr = switch (target) {
+    return connectTo(switch (target) {
         inline else => |a| a,
-    };
-    const domain: u32 = if (target == .unix) posix.AF.UNIX else posix.AF.INET;
-    const fd = posix.socket(domain, posix.SOCK.STREAM | posix.SOCK.CLOEXEC | posix.SOCK.NONBLOCK, 0) catch return status(.limit);
+    }, timeout_ms);
+}
+
+/// Opens a stream connection to `sockaddr` (IPv4, IPv6 or unix): a
+/// connected non-blocking socket, or a negative smtp_net_status.
+pub fn connectTo(sockaddr: std.net.Address, timeout_ms: u32) i32 {
+    const fd = posix.socket(sockaddr.any.family, posix.SOCK.STREAM | posix.SOCK.CLOEXEC | posix.SOCK.NONBLOCK, 0) catch return status(.limit);
     const deadline = std.time.milliTimestamp() + timeout_ms;
     posix.connect(fd, &sockaddr.any, sockaddr.getOsSockLen()) catch |err| switch (err) {
         error.WouldBlock => {

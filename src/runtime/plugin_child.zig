@@ -12,7 +12,8 @@
 //! calls, and hook calls whose context it loads in place from shared memory
 //! into the same metadata store the in-process runtime uses, so get/set
 //! metadata never leave this process. net_connect asks the host, which
-//! checks the plugin's grants and hands over a connected socket.
+//! checks the plugin's grants and hands over a connected socket;
+//! counter_incr asks the host too, which keeps the server's counters.
 const std = @import("std");
 const linux = std.os.linux;
 const posix = std.posix;
@@ -410,6 +411,21 @@ const ChildIo = struct {
         if (result < 0) return result;
         const fd = receiveSocket() orelse return @intFromEnum(plugin.NetStatus.io);
         return net.adopt(ctx, fd);
+    }
+
+    /// Asks the host, which keeps the server's counters (and checks the grant).
+    pub fn counterIncr(ctx: *plugin.HookContext, key: ?[*]const u8, key_len: usize, by: i64, window_seconds: u32) callconv(.c) i64 {
+        _ = ctx;
+        const invalid = @intFromEnum(plugin.CounterStatus.invalid);
+        if (key_len > channel.net_address_bytes_max) return invalid;
+        if (key_len > 0) @memcpy(header.net_address[0..key_len], (key orelse return invalid)[0..key_len]);
+        header.net_address_len = @intCast(key_len);
+        header.counter_by = by;
+        header.counter_window_seconds = window_seconds;
+        header.kind = .counter;
+        channel.publish(&header.reply_seq, &header.host_sleeping);
+        if (waitRequest() != .counter_reply) return @intFromEnum(plugin.CounterStatus.unavailable);
+        return header.counter_result;
     }
 };
 

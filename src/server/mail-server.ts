@@ -15,6 +15,7 @@ import type { PluginInstance } from '../plugin/lifecycle.js';
 import { DEFAULT_SANDBOX_LIMITS } from '../plugin/options.js';
 import { ServerMetrics } from '../ops/metrics.js';
 import { Tracing } from '../ops/tracing.js';
+import { configureHostCounters } from '../runtime/counters.js';
 import { Spool, type SpooledMessage } from '../storage/spool.js';
 import { SERVER_VERSION } from '../version.js';
 import { BODY_HOOKS } from './hook-table.js';
@@ -181,6 +182,8 @@ export class MailServer {
   }
 
   async start(): Promise<number> {
+    // The plugins' counters (ABI 1.2) count where [cluster] says: Redis, or this process's memory.
+    await configureHostCounters({ ...this.#config.cluster, logger: this.#logger });
     const { loaded, failed } = await this.#manager.loadFromConfig(this.#config.plugins);
     this.#logger.info({ loaded: loaded.map((p) => `${p.name}@${p.plugin.metadata.version} (${p.plugin.kind})`), failed: failed.length }, 'plugins loaded');
     const required = failed.filter((failure) => !failure.optional);

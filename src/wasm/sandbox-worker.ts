@@ -16,6 +16,7 @@ import { isHookName } from '../abi/hooks.js';
 import { isHostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { deniedConnectLogger } from '../plugin/denied-log.js';
+import { deniedCounters, type GuestCounters } from '../sandbox/guest-counters.js';
 import { HookContext } from '../plugin/hook-context.js';
 import { encodeEntries, wireMetadata } from '../plugin/metadata-wire.js';
 import type { PluginOptions } from '../plugin/options.js';
@@ -85,7 +86,15 @@ async function runtimeNet(): Promise<GuestNet> {
   };
 }
 
+/** The host counters: the runtime's (loaded in this thread too) with allow_counters. */
+async function runtimeCounters(): Promise<GuestCounters> {
+  if (!data.options.allowCounters) return deniedCounters(logger);
+  const { sandboxCounters } = await import('../runtime/counters.js');
+  return sandboxCounters(true, logger);
+}
+
 const net = await runtimeNet();
+const counters = await runtimeCounters();
 let plugin: Plugin | null = null;
 
 function failure(error: unknown): Failure {
@@ -101,7 +110,7 @@ function loaded(): Plugin {
 function runLifecycle(request: LifecycleRequest): unknown {
   switch (request.op) {
     case 'load': {
-      plugin = loadWasmPlugin(data.path, { options: data.options, logger, net });
+      plugin = loadWasmPlugin(data.path, { options: data.options, logger, net, counters });
       return { abiVersion: plugin.abiVersion, metadata: plugin.metadata };
     }
     case 'init':

@@ -12,6 +12,7 @@ import type { Plugin, PluginMetadata, PluginRuntimeStats } from '../plugin/plugi
 import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME, WasmInstrumentError, instrument } from '../sandbox/instrument.js';
 import { BUDGET_ITERATIONS, DeadlineExceeded, classifySandboxError } from '../sandbox/sandbox-errors.js';
 import { NET_IMPORT_MODULE, NET_IMPORT_NAMES, deniedNet, netImports, type GuestNet } from '../sandbox/guest-net.js';
+import { COUNTER_IMPORT_NAMES, counterImports, deniedCounters, type GuestCounters } from '../sandbox/guest-counters.js';
 import { WASI_MODULE, WASI_PREVIEW1_FUNCTIONS, createWasi, type WasiHost } from '../sandbox/wasi.js';
 
 const PAGE_BYTES = 65_536;
@@ -63,13 +64,16 @@ function fail(code: Parameters<typeof hostError>[0], message: string, cause?: un
   throw hostError(code, message, cause);
 }
 
-/** Validates imports: WASI preview1 functions, env.memory, the host's clock and network, and its own deadline check only. */
+/** The "smtp_host" functions a module may import: the clock, the network and the counters. */
+const HOST_IMPORT_NAMES: readonly string[] = [...NET_IMPORT_NAMES, ...COUNTER_IMPORT_NAMES];
+
+/** Validates imports: WASI preview1 functions, env.memory, the host's clock, network and counters, and its own deadline check only. */
 function checkImports(module: WebAssembly.Module, path: string): void {
   for (const entry of WebAssembly.Module.imports(module)) {
     const ok =
       (entry.module === WASI_MODULE && entry.kind === 'function' && WASI_PREVIEW1_FUNCTIONS.includes(entry.name)) ||
       (entry.module === 'env' && entry.name === 'memory' && entry.kind === 'memory') ||
-      (entry.module === NET_IMPORT_MODULE && entry.kind === 'function' && NET_IMPORT_NAMES.includes(entry.name)) ||
+      (entry.module === NET_IMPORT_MODULE && entry.kind === 'function' && HOST_IMPORT_NAMES.includes(entry.name)) ||
       (entry.module === CHECK_IMPORT_MODULE && entry.name === CHECK_IMPORT_NAME && entry.kind === 'function');
     if (!ok) fail('SMTP_E_WASM_IMPORT', `${path}: imports ${entry.kind} "${entry.module}.${entry.name}", which the sandbox does not grant`);
   }
@@ -122,6 +126,7 @@ class WasmPlugin implements Plugin {
   readonly #bounds: WireBounds;
   readonly #logger: Logger;
   readonly #net: GuestNet;
+  readonly #counters: GuestCounters;
   readonly #importsMemory: boolean;
   readonly #initialPages: number;
   #wasi!: WasiHost;
@@ -137,11 +142,12 @@ class WasmPlugin implements Plugin {
   #enabled = false;
   #broken: HostError | null = null;
 
-  constructor(path: string, options: PluginOptions, logger: Logger, net: GuestNet) {
+  constructor(path: string, options: PluginOptions, logger: Logger, net: GuestNet, counters: GuestCounters) {
     this.path = path;
     this.#options = options;
     this.#logger = logger;
     this.#net = net;
+    this.#counters = counters;
     const { limits } = options;
     this.#bounds = { keyBytesMax: limits.metadataKeyBytesMax, valueBytesMax: limits.metadataValueBytesMax, keysMax: limits.metadataKeysMax };
     const compiled = compile(path, options);
@@ -169,10 +175,15 @@ class WasmPlugin implements Plugin {
       if (performance.now() > this.#deadline) throw new DeadlineExceeded();
       if (budget) budget.value = BUDGET_ITERATIONS;
     };
+    const remainingMs = (): number => this.#deadline - performance.now();
     const imports: WebAssembly.Imports = {
       [WASI_MODULE]: this.#wasi.imports as WebAssembly.ModuleImports,
       [CHECK_IMPORT_MODULE]: { [CHECK_IMPORT_NAME]: budgetExhausted },
-      [NET_IMPORT_MODULE]: netImports(() => memory!, this.#net, () => this.#deadline - performance.now()),
+      [NET_IMPORT_MODULE]: {
+        ...netImports(() => memory!, this.#net, remainingMs),
+        // The counters are the plugin's by name: none before its metadata is read.
+        ...counterImports(() => memory!, this.#counters, () => this.metadata?.name, remainingMs),
+      },
       ...(imported ? { env: { memory: imported } } : {}),
     };
     let instance: WebAssembly.Instance;
@@ -437,10 +448,12 @@ export interface WasmLoadOptions {
   readonly logger?: Logger;
   /** Where the plugin's connections go; by default every connect is refused (no grants in this thread). */
   readonly net?: GuestNet;
+  /** The host counters (src/runtime/counters.ts sandboxCounters); by default every call is refused. */
+  readonly counters?: GuestCounters;
 }
 
 /** Loads a sandboxed plugin from a .wasm file; every failure is a coded error naming the file. */
 export function loadWasmPlugin(path: string, load: WasmLoadOptions = {}): Plugin {
   const logger = load.logger ?? silentLogger();
-  return new WasmPlugin(path, load.options ?? DEFAULT_PLUGIN_OPTIONS, logger, load.net ?? deniedNet(logger));
+  return new WasmPlugin(path, load.options ?? DEFAULT_PLUGIN_OPTIONS, logger, load.net ?? deniedNet(logger), load.counters ?? deniedCounters(logger));
 }

@@ -97,8 +97,9 @@ class WorkerWasmPlugin implements Plugin {
   async start(): Promise<void> {
     // The worker loads the runtime library too; loaded here first, it stays
     // mapped when the worker's copy is released, so the context the worker
-    // made can be freed here after it exits.
-    if (this.#options.allowConnect.length > 0) ensureRuntimeLoaded();
+    // made can be freed here after it exits, and the counters (process-wide,
+    // in the runtime) outlive the worker.
+    if (this.#options.allowConnect.length > 0 || this.#options.allowCounters) ensureRuntimeLoaded();
     const channel = new MessageChannel();
     const worker = new Worker(workerEntry(), {
       workerData: { path: this.path, options: this.#options, port: channel.port2 },

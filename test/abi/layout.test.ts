@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import koffi from 'koffi';
 import { describe, expect, it } from 'vitest';
-import { ABI_VERSION, HOOK_NAMES, HookCode, HostStatus, NetStatus, PluginFlag } from '../../src/abi/hooks.js';
+import { ABI_VERSION, COUNTER_LIMITS, CounterStatus, HOOK_NAMES, HookCode, HostStatus, NetStatus, PluginFlag } from '../../src/abi/hooks.js';
 import { LAYOUT_STRUCTS } from '../../src/abi/layout.js';
 import { ABI_DIR, ABI_HEADER, PROJECT_ROOT, ZIG_MODULE_ROOT } from '../../src/paths.js';
 import { SUPPORTED_ZIG_VERSIONS, findZig, zigEnv } from '../../src/toolchain/zig.js';
@@ -18,6 +18,8 @@ interface Layout {
   results: number[];
   statuses: number[];
   net_statuses: number[];
+  counter_statuses: number[];
+  counter_bounds: number[];
   flags: number[];
   abi_version: number;
 }
@@ -57,6 +59,8 @@ function tsLayout(c: Layout): Layout {
     statuses: [HostStatus.OK, HostStatus.NO_MEMORY, HostStatus.TOO_LARGE, HostStatus.INVALID],
     net_statuses: [NetStatus.DENIED, NetStatus.ADDRESS, NetStatus.CONNECT, NetStatus.TIMEOUT, NetStatus.CLOSED, NetStatus.IO, NetStatus.LIMIT],
     flags: [Number(PluginFlag.BLOCKING)],
+    counter_statuses: [CounterStatus.DENIED, CounterStatus.UNAVAILABLE, CounterStatus.INVALID, CounterStatus.LIMIT],
+    counter_bounds: [COUNTER_LIMITS.keyBytesMax, COUNTER_LIMITS.windowSecondsMax, COUNTER_LIMITS.byMax, COUNTER_LIMITS.keysMax],
     abi_version: ABI_VERSION,
   };
 }

@@ -12,6 +12,7 @@ import type { Plugin } from '../../src/plugin/plugin.js';
 import { buildPlugin } from '../../src/toolchain/build.js';
 import { PINNED_ZIG_VERSION, SUPPORTED_ZIG_VERSIONS, findZig, zigEnv } from '../../src/toolchain/zig.js';
 import { NET_IMPORT_MODULE, NET_IMPORT_NAMES } from '../../src/sandbox/guest-net.js';
+import { COUNTER_IMPORT_NAMES } from '../../src/sandbox/guest-counters.js';
 import { BUDGET_EXPORT, CHECK_IMPORT_MODULE, CHECK_IMPORT_NAME } from '../../src/sandbox/instrument.js';
 import { BUDGET_ITERATIONS } from '../../src/sandbox/sandbox-errors.js';
 import { ProcExit, WASI_MODULE, createWasi } from '../../src/sandbox/wasi.js';
@@ -147,7 +148,7 @@ describe('abi/smtp_wasm.h: the sandbox ABI', () => {
     it('names the exports and imports the host uses', () => {
       expect([...header.exports.keys()].filter((name) => name.startsWith('smtp_wasm_')).sort()).toEqual([...WASM_GUEST_EXPORTS].sort());
       for (const name of WASM_PLUGIN_EXPORTS) expect(header.exports.has(name), name).toBe(true);
-      expect([...header.imports.keys()].sort()).toEqual(NET_IMPORT_NAMES.map((name) => `${NET_IMPORT_MODULE}.${name}`).sort());
+      expect([...header.imports.keys()].sort()).toEqual([...NET_IMPORT_NAMES, ...COUNTER_IMPORT_NAMES].map((name) => `${NET_IMPORT_MODULE}.${name}`).sort());
     });
 
     // A Zig plugin (both Zig versions) and a C plugin: each links the Zig guest half.

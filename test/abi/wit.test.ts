@@ -82,11 +82,12 @@ function cStruct(header: string, name: string): CField[] {
 }
 
 /**
- * What ABI 1.1 added to the header, which the component world does not
- * offer yet (docs/components.md: components have no clock, network or
- * blocking flag): the WIT is compared with the header's ABI 1.0 part.
+ * What ABI 1.1 and 1.2 added to the header, which the component world does
+ * not offer yet (docs/components.md: components have no clock, network,
+ * blocking flag or host counters): the WIT is compared with the header's
+ * ABI 1.0 part.
  */
-const ABI_1_1_ONLY = new Set(['flags', 'now_unix_ms', 'net_connect', 'net_send', 'net_recv', 'net_close']);
+const ABI_1_1_ONLY = new Set(['flags', 'now_unix_ms', 'net_connect', 'net_send', 'net_recv', 'net_close', 'counter_incr']);
 const abi10 = (fields: CField[]): CField[] => fields.filter((field) => !ABI_1_1_ONLY.has(field.name));
 
 function parseHeader(text: string): Header {

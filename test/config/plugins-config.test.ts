@@ -78,6 +78,7 @@ describe('config.toml [plugins]', () => {
   it('names the file, the line and the key of every mistake', async () => {
     const cases: [string, RegExp][] = [
       [configText('sandbox = "yes"'), /config\.toml:12: plugins\.plugin\[0\]\.sandbox: expected true or false, got "yes"/],
+      [configText('allow_counters = "yes"'), /config\.toml:12: plugins\.plugin\[0\]\.allow_counters: expected true or false for allow_counters, got "yes"/],
       [configText('colour = "blue"'), /config\.toml:12: plugins\.plugin\[0\]\.colour: unknown key/],
       [configText('').replace('memory_mb = 32', 'memory_mb = 0'), /config\.toml:19: plugins\.plugin\[0\]\.limits\.memory_mb: expected an integer from 1 to 4096 for memoryMb, got 0/],
       [configText('').replace('hook_timeout_ms', 'timeout'), /config\.toml:20: plugins\.plugin\[0\]\.limits\.timeout: unknown limit/],
@@ -102,6 +103,7 @@ describe('config.toml [plugins]', () => {
       [toml('milter = "inet:127.0.0.1:0"\n'), /plugins\.plugin\[0\]\.milter: .*expected a port from 1 to 65535/],
       [toml('milter = "inet:127.0.0.1:11332"\nlibrary = "libplain.so"\n'), /config\.toml:7: plugins\.plugin\[0\]\.library: does not apply to a milter entry/],
       [toml('milter = "unix:/run/x.sock"\nauthenticator = true\n'), /plugins\.plugin\[0\]\.authenticator: does not apply to a milter entry/],
+      [toml('milter = "unix:/run/x.sock"\nallow_counters = true\n'), /plugins\.plugin\[0\]\.allow_counters: does not apply to a milter entry/],
     ];
     for (const [text, expected] of cases) {
       expect(() => loadPluginsConfig(root(text)), text).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(expected) }));
@@ -116,6 +118,8 @@ describe('config.toml [plugins]', () => {
     expect(authenticatorNames(config)).toEqual(['spam-filter']);
     expect(authenticatorNames(loadPluginsConfig(root(toml('authenticator = true\nenabled = false\n'))))).toEqual([]);
     expect(authenticatorNames(loadPluginsConfig(root(toml(''))))).toEqual([]);
+    // allow_counters (ABI 1.2's host counters): off unless an entry grants it.
+    expect(loadPluginsConfig(root(toml('allow_counters = true\n'))).plugins.map((p) => p.options.allowCounters)).toEqual([false, true]);
     expect(() => loadPluginsConfig(root(toml('optional = "yes"\n')))).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(/config\.toml:11: plugins\.plugin\[1\]\.optional: expected true or false, got "yes"/) }));
     expect(() => loadPluginsConfig(root(toml('authenticator = 1\n')))).toThrow(expect.objectContaining({ code: 'SMTP_E_CONFIG', message: expect.stringMatching(/config\.toml:11: plugins\.plugin\[1\]\.authenticator: expected true or false, got 1/) }));
   });

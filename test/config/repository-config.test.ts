@@ -9,8 +9,12 @@ import { PROJECT_ROOT } from '../../src/paths.js';
 describe("the repository's config.toml", () => {
   it('is valid and names the example builds that npm install makes', () => {
     const config = loadPluginsConfig(join(PROJECT_ROOT, 'config.toml'));
-    expect(config.plugins.map((p) => [p.name, p.sandboxed])).toEqual([['spam-filter', false]]);
+    expect(config.plugins.map((p) => [p.name, p.sandboxed])).toEqual([['spam-filter', false], ['rate-limiter', false]]);
     expect(config.plugins[0]!.builds).toEqual([join(PROJECT_ROOT, 'plugins', 'libspam_filter.so'), join(PROJECT_ROOT, 'wasm-plugins', 'spam_filter.wasm')]);
+    // The rate limiter counts with the host's counters, which its grant allows.
+    expect(config.plugins[1]!.builds).toEqual([join(PROJECT_ROOT, 'plugins', 'librate_limiter.so'), join(PROJECT_ROOT, 'wasm-plugins', 'rate_limiter.wasm')]);
+    expect(config.plugins[1]!.options.allowCounters).toBe(true);
+    expect(JSON.parse(config.plugins[1]!.config)).toMatchObject({ backend: 'host' });
     // The spam filter's config is the per-plugin file, not an inline config.
     expect(JSON.parse(config.plugins[0]!.config)).toEqual(JSON.parse(readFileSync(join(PROJECT_ROOT, 'plugins', 'spam_filter.json'), 'utf8')));
   });

@@ -75,6 +75,11 @@ export async function buildFixtures(): Promise<void> {
     buildPlugin({ source: join(FIXTURE_SOURCES, 'read_set.zig'), output: fixture('read_set') }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'net_probe.zig'), output: fixture('net_probe') }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'net_probe.zig'), output: wasmFixture('net_probe'), target: 'wasm' }),
+    // The host counters in every backend (test/runtime/counters.test.ts), and the rate limiter on them.
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'counter_probe.zig'), output: fixture('counter_probe') }),
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'counter_probe.zig'), output: wasmFixture('counter_probe'), target: 'wasm' }),
+    buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'rate_limiter.zig'), output: fixture('rate_limiter') }),
+    buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'rate_limiter.zig'), output: wasmFixture('rate_limiter'), target: 'wasm' }),
     // The same C probe as gcc's native build above, sandboxed: the parity test runs both.
     buildPlugin({ source: join(FIXTURE_SOURCES, 'c_isolation_probe.c'), output: wasmFixture('c_isolation_probe'), target: 'wasm' }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter') }),

@@ -129,8 +129,8 @@ describe.each(MODES)('rate-limiter, $mode', ({ sandbox }) => {
     let ipLimited: Running;
 
     beforeAll(async () => {
-      domainLimited = await startServer({ max_per_sender_domain: 3 });
-      ipLimited = await startServer({ max_per_sender_domain: 0, max_per_client_ip: 2 });
+      domainLimited = await startServer({ backend: 'memory', max_per_sender_domain: 3 });
+      ipLimited = await startServer({ backend: 'memory', max_per_sender_domain: 0, max_per_client_ip: 2 });
     });
 
     it('answers the 4th MAIL FROM of a domain with 451 4.7.1, before DATA; other domains are unaffected', async () => {

@@ -213,7 +213,7 @@ describe('the admin status page in headless Chromium', () => {
         };
         return (
           '[plugins]\nenabled = true\ndirectory = "./plugins"\n\n' +
-          entry('rate-limiter', 'rate_limiter', `config = '{"max_per_sender_domain": 100}'`) +
+          entry('rate-limiter', 'rate_limiter', `allow_counters = true\nconfig = '{"max_per_sender_domain": 100}'`) +
           entry('spam-filter', 'spam_filter', `config = '{"spam_threshold": 5.0, "quarantine": false}'`) +
           entry('message-logger', 'message_logger', `allow_connect = ["${sink}"]\nconfig = '${JSON.stringify({ collector: sink, retry_ms: 100 })}'`)
         );

@@ -1,6 +1,6 @@
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HostStatus } from '../../src/abi/hooks.js';
+import { CounterStatus, HostStatus } from '../../src/abi/hooks.js';
 import { openPlugin } from '../../src/plugin/backends.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { resolvePluginOptions, type Isolation } from '../../src/plugin/options.js';
@@ -40,7 +40,7 @@ describe('parity: the same C probe in-process, process-isolated and wasm', () =>
   async function results(mode: Mode): Promise<Record<string, unknown>[]> {
     const granted = `tcp:127.0.0.1:${port}`;
     // blocking: in-process, the hooks run on a pool thread, so that this process's loopback server can answer net_recv.
-    const options = resolvePluginOptions({ allowConnect: [granted], blocking: true, ...(mode === 'wasm' ? {} : { isolation: mode }) });
+    const options = resolvePluginOptions({ allowConnect: [granted], allowCounters: true, blocking: true, ...(mode === 'wasm' ? {} : { isolation: mode }) });
     const plugin: Plugin = await openPlugin(mode === 'wasm' ? wasmFixture('c_isolation_probe') : fixture('c_isolation_probe'), { options });
     expect(await plugin.init('{}')).toBe(0);
     expect(await plugin.enable()).toBe(0);
@@ -53,6 +53,10 @@ describe('parity: the same C probe in-process, process-isolated and wasm', () =>
       { probe: 'net', address: 'tcp:127.0.0.1:1' },
       { probe: 'alloc', mb: '8' },
       { probe: 'null' },
+      // The host counters (ABI 1.2), a key per mode (they share one store); a 31-day window.
+      { probe: 'counter', key: `parity:${mode}`, by: '2', window: '2678400' },
+      { probe: 'counter', key: `parity:${mode}`, by: '3', window: '2678400' },
+      { probe: 'counter', key: 'not a key', by: '1', window: '2678400' },
     ];
     for (const fields of cases) {
       const context = HookContext.of('message_filtered', fields);
@@ -78,6 +82,7 @@ describe('parity: the same C probe in-process, process-isolated and wasm', () =>
     expect(inProcess[3]).toMatchObject({ changed: { net_reply: 'pong\n' } });
     expect(inProcess[4]).toMatchObject({ changed: { net_result: '-1' } });
     expect(inProcess[5]).toMatchObject({ changed: { alloc: 'ok' } });
+    expect(inProcess.slice(7).map((each) => each.changed)).toEqual([{ counter: '2' }, { counter: '5' }, { counter: String(CounterStatus.INVALID) }]);
   });
 
   it('refuses a NULL value with a non-zero length as SMTP_STATUS_INVALID and stores nothing, in all three modes', async () => {

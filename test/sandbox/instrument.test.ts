@@ -120,8 +120,8 @@ function wasiImports(module: WebAssembly.Module, memory: () => WebAssembly.Memor
   return wasi;
 }
 
-/** The host's clock and network, as a plugin with no grants sees them: every connect refused. */
-const NO_NET = { now_unix_ms: () => 0n, net_connect: () => -1, net_send: () => -5, net_recv: () => -5, net_close: () => -5 };
+/** The host's clock, network and counters, as a plugin with no grants sees them: every connect and counter call refused. */
+const NO_NET = { now_unix_ms: () => 0n, net_connect: () => -1, net_send: () => -5, net_recv: () => -5, net_close: () => -5, counter_incr: () => -1n };
 
 function instantiatePlugin(bytes: Uint8Array<ArrayBuffer>, budgetExhausted: () => void = () => {}): Exports {
   const module = new WebAssembly.Module(bytes);
