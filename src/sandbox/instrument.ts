@@ -364,6 +364,17 @@ interface Section {
 
 const MAGIC_AND_VERSION = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
 
+/**
+ * Custom sections that describe the original code by function index or byte
+ * offset: instrumenting changes both, so they would describe the wrong code,
+ * and DWARF is most of a debug build's size (900 KB of a 1 MB Zig plugin,
+ * kept in memory as wire bytes by every loaded instance's module). Others
+ * (producers, target_features, component types) are kept.
+ */
+function describesCode(customName: string): boolean {
+  return customName === 'name' || customName.startsWith('.debug_') || customName === 'sourceMappingURL' || customName === 'external_debug_info';
+}
+
 /** Section ids in the order the binary format requires them (custom excluded). */
 const SECTION_ORDER = [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 10, 11];
 const sectionRank = (id: number): number => SECTION_ORDER.indexOf(id);
@@ -564,8 +575,7 @@ export function instrument(bytes: Uint8Array, options: InstrumentOptions): Instr
   const output: { id: number; body: Uint8Array }[] = [];
   for (const s of sections) {
     const original = bytes.subarray(s.start, s.end);
-    // Function indices change, so the names section would describe the wrong functions.
-    if (s.id === 0 && new Reader(bytes, s.start, s.end).name() === 'name') continue;
+    if (s.id === 0 && describesCode(new Reader(bytes, s.start, s.end).name())) continue;
     output.push({ id: s.id, body: s.id === 0 ? original : (replaced.get(s.id) ?? original) });
   }
   for (const id of [1, 2, 6, 7]) {

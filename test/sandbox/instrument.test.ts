@@ -419,6 +419,8 @@ describe('instrument() function index rewriting', () => {
       func([], [0x12, 2]),
     ]),
     customSection('name', nameSubsection(1, vec([[0, ...str('bump')]]))),
+    customSection('.debug_info', new Array(4096).fill(0x55)),
+    customSection('sourceMappingURL', str('plugin.wasm.map')),
   );
 
   function observe(bytes: Uint8Array<ArrayBuffer>): unknown {
@@ -448,10 +450,13 @@ describe('instrument() function index rewriting', () => {
     expect(exportNames(instrument(module, OPTIONS).bytes)).toEqual([...exportNames(module), `${BUDGET_EXPORT}:global`]);
   });
 
-  it('drops the name section and keeps other custom sections', () => {
-    const compiled = new WebAssembly.Module(instrument(module, OPTIONS).bytes);
-    expect(WebAssembly.Module.customSections(compiled, 'name')).toHaveLength(0);
+  it('drops the sections that describe the original code (names, DWARF, source map) and keeps other custom sections', () => {
+    const { bytes } = instrument(module, OPTIONS);
+    const compiled = new WebAssembly.Module(bytes);
+    for (const name of ['name', '.debug_info', 'sourceMappingURL']) expect(WebAssembly.Module.customSections(compiled, name), name).toHaveLength(0);
     expect(WebAssembly.Module.customSections(compiled, 'producers')).toHaveLength(1);
+    // The 4 KiB of DWARF is not carried along.
+    expect(bytes.length).toBeLessThan(module.length - 4096);
   });
 
   it('creates the type, import, global and export sections a module lacks', () => {
