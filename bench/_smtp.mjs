@@ -8,7 +8,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { dirname, join, isAbsolute } from 'node:path';
 import { PROJECT_ROOT } from '../dist/src/paths.js';
-import { accepts, cpuTicks, findTool, freePort, statusKiB, TICKS_PER_SECOND, treeCpuTicks, treeStatusKiB, waitedChildrenTicks, waitFor } from './_support.mjs';
+import { accepts, cpuTicks, findTool, freePort, processTree, statusKiB, TICKS_PER_SECOND, treeCpuTicks, treeStatusKiB, waitedChildrenTicks, waitFor } from './_support.mjs';
 
 export const SESSIONS = 20;
 const SERVER_CHILD = join(PROJECT_ROOT, 'bench', '_server-child.mjs');
@@ -141,9 +141,11 @@ export const HARAKA_CHAIN_NO_LOG = ['bench_accept', 'bench_rate', 'bench_spam', 
 export const HARAKA_BARE = ['bench_accept', 'queue/discard'];
 
 /** Peer helpers: what a scenario lists and measure() starts. */
-export const barePeer = (name) => ({ name, kind: 'bare' });
+/** `workers` > 1: the bare engine under node:cluster (the control for [server] workers). */
+export const barePeer = (name, workers = 1) => ({ name, kind: 'bare', workers });
 export const hostPeer = (name, config) => ({ name, kind: 'host', config });
-export const harakaPeer = (name, dir) => ({ name, kind: 'haraka', dir });
+/** `nodes`: Haraka's smtp.ini nodes (0 = one process; N = a cluster master and N workers). */
+export const harakaPeer = (name, dir, nodes = 0) => ({ name, kind: 'haraka', dir, nodes });
 /** This server run as the `smtp-server` command (its logs at info on a pipe); `workers` as in its config: measured over the whole process tree. */
 export const commandPeer = (name, config, workers = 1) => ({ name, kind: 'command', config, workers });
 
@@ -153,7 +155,8 @@ export async function startServer(peer, { cpuProfDir, collector } = {}) {
   if (peer.kind === 'haraka') {
     const port = await freePort();
     // nodes=0: one process (Haraka's default of 1 forks a cluster worker beside the master).
-    writeFileSync(join(peer.dir, 'config', 'smtp.ini'), `listen=127.0.0.1:${port}\nnodes=0\n`);
+    const nodes = peer.nodes ?? 0;
+    writeFileSync(join(peer.dir, 'config', 'smtp.ini'), `listen=127.0.0.1:${port}\nnodes=${nodes}\n`);
     const child = spawn(process.execPath, [...prof, HARAKA_BIN, '-c', peer.dir], {
       cwd: peer.dir,
       env: { ...process.env, YES_REALLY_DO_DISCARD: '1', BENCH_SYSLOG_PORT: String(collector?.port ?? 9) },
@@ -166,7 +169,9 @@ export async function startServer(peer, { cpuProfDir, collector } = {}) {
       if (child.exitCode !== null) throw new Error(`Haraka exited ${child.exitCode}: ${errors}`);
       return accepts(port);
     }, 30_000, 'Haraka');
-    return { pid: child.pid, port, child, exited, signal: 'SIGTERM' };
+    // With nodes, every worker must be listening before smtp-source opens its connections (node:cluster hands them to listening workers only).
+    if (nodes > 0) await new Promise((done) => setTimeout(done, 2_000));
+    return { pid: child.pid, port, child, exited, signal: 'SIGTERM', tree: nodes > 0 };
   }
   if (peer.kind === 'command') {
     const port = await freePort();
@@ -188,7 +193,8 @@ export async function startServer(peer, { cpuProfDir, collector } = {}) {
   }
   const args = peer.kind === 'bare' ? ['bare'] : ['host', peer.config];
   // peer.serverChild: another build's bench/_server-child.mjs, for an A/B run against it.
-  const child = spawn(process.execPath, [...prof, peer.serverChild ?? SERVER_CHILD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...peer.env } });
+  const workers = peer.kind === 'bare' ? (peer.workers ?? 1) : 1;
+  const child = spawn(process.execPath, [...prof, peer.serverChild ?? SERVER_CHILD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...peer.env, BENCH_WORKERS: String(workers) } });
   let errors = '';
   child.stderr.on('data', (chunk) => (errors = (errors + chunk).slice(-4000)));
   const exited = new Promise((done) => child.once('exit', done));
@@ -196,7 +202,7 @@ export async function startServer(peer, { cpuProfDir, collector } = {}) {
     child.stdout.once('data', (chunk) => done(Number(String(chunk).trim())));
     child.once('exit', (code) => fail(new Error(`${peer.name}: server child exited ${code}: ${errors}`)));
   });
-  return { pid: child.pid, port, child, exited, signal: 'SIGTERM' };
+  return { pid: child.pid, port, child, exited, signal: 'SIGTERM', tree: workers > 1 };
 }
 
 export async function stopServer(server) {
@@ -245,9 +251,11 @@ export async function measure(source, peer, load, { collector, expectRecords = f
     const idleKiB = kib(server.pid, 'VmRSS');
     const recordsBefore = collector?.received() ?? 0;
     const cpuBefore = ticks(server.pid);
+    const sharesBefore = ownTicksByProcess(server.pid);
     const loadBefore = waitedChildrenTicks();
     const seconds = await runLoad(source, server.port, load);
     const cpuSeconds = (ticks(server.pid) - cpuBefore) / TICKS_PER_SECOND;
+    const busyProcesses = processShares(sharesBefore, ownTicksByProcess(server.pid), seconds);
     // smtp-source has exited and been waited for: its CPU time is now in this process's children's total.
     const loadCpuSeconds = (waitedChildrenTicks() - loadBefore) / TICKS_PER_SECOND;
     const peakKiB = kib(server.pid, 'VmHWM');
@@ -260,10 +268,34 @@ export async function measure(source, peer, load, { collector, expectRecords = f
       idleKiB,
       peakKiB,
       recordsPerMessage: records === undefined ? undefined : records / load.messages,
+      busyProcesses,
     };
   } finally {
     await stopServer(server);
   }
+}
+
+/** Each live process of the tree of `pid`: its own CPU ticks. */
+function ownTicksByProcess(pid) {
+  const ticks = new Map();
+  for (const each of processTree(pid)) {
+    try {
+      ticks.set(each, cpuTicks(each));
+    } catch {
+      // It ended meanwhile.
+    }
+  }
+  return ticks;
+}
+
+/** How busy each process of a tree was over `seconds`, in % of one core, busiest first (those under 5% left out): is the work spread over the cores? */
+function processShares(before, after, seconds) {
+  const shares = [];
+  for (const [pid, ticks] of after) {
+    const percent = ((ticks - (before.get(pid) ?? 0)) / TICKS_PER_SECOND / seconds) * 100;
+    if (percent >= 5) shares.push(percent);
+  }
+  return shares.sort((a, b) => b - a);
 }
 
 /** A server that runs across measurements (Postfix): its own CPU counter, no RSS (several processes). */

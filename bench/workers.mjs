@@ -6,10 +6,12 @@
 // with the durable spool (fsync before 250, as users run it). Each server is
 // the smtp-server command; its CPU is counted over the whole process tree
 // (primary and workers), and smtp-source's own CPU beside it: the load
-// generator shares the two cores with the server.
+// generator shares the two cores with the server. The controls (bare
+// smtp-server under node:cluster, Haraka with nodes = 2) show what a second
+// process gains the engine and the JS peer on the same two cores.
 import { fmt, median, scaled } from './_support.mjs';
 import { startCollector } from './_rsyslog.mjs';
-import { chainEntries, commandPeer, hostConfig, interleaved, loadText, smtpSource } from './_smtp.mjs';
+import { barePeer, chainEntries, commandPeer, harakaConfig, harakaMissing, harakaPeer, HARAKA_CHAIN, hostConfig, interleaved, loadText, smtpSource } from './_smtp.mjs';
 import { chainBuilds } from './smtp-throughput.mjs';
 
 const ROUNDS = scaled(5, 1);
@@ -37,6 +39,19 @@ export async function run() {
       workers,
       ...(logs ? { collector: logs } : {}),
     })));
+    // The controls: the same split of the same two cores for the bare engine and for Haraka (nodes = 2 against one process).
+    const controls = [1, 2].map((workers) => ({ ...barePeer(`control: bare smtp-server (drain), ${workers === 1 ? 'one process' : 'node:cluster, 2 workers'}`, workers), color: 'bare', key: 'bare', workers }));
+    const harakaWhy = harakaMissing();
+    if (harakaWhy === null) {
+      controls.push(...[1, 2].map((workers) => ({
+        ...harakaPeer(`control: Haraka, 3 JS plugins, ${workers === 1 ? 'nodes = 0 (one process)' : 'nodes = 2'}`, harakaConfig(`workers-${workers}`, HARAKA_CHAIN), workers === 1 ? 0 : 2),
+        color: 'haraka',
+        key: 'haraka',
+        workers,
+        collector,
+      })));
+    }
+    peers.push(...controls);
     const samples = await interleaved(source, peers, LOAD, ROUNDS, { warmupMessages: WARMUP_MESSAGES });
     const stat = (peer) => {
       const s = samples.get(peer.name);
@@ -47,6 +62,8 @@ export async function run() {
         cpu: median(s.map((x) => x.cpuUsPerMessage)),
         loadCpu: median(s.map((x) => x.loadCpuUsPerMessage)),
         peakKiB: median(s.map((x) => x.peakKiB)),
+        // Per rank (busiest process first), the median over rounds.
+        busy: Array.from({ length: Math.max(...s.map((x) => x.busyProcesses?.length ?? 0)) }, (_, i) => median(s.map((x) => x.busyProcesses?.[i] ?? 0))),
       };
     };
     const stats = new Map(peers.map((peer) => [peer.name, stat(peer)]));
@@ -54,7 +71,7 @@ export async function run() {
     const rows = peers.map((peer) => {
       const s = stats.get(peer.name);
       const one = of(peer.key, 1);
-      return [peer.name, fmt(s.rate), fmt(s.min), fmt(s.max), (s.rate / one.rate).toFixed(2), fmt(s.cpu), fmt(s.loadCpu), fmt((s.cpu + s.loadCpu) * s.rate / 1e6 * 100), fmt(s.peakKiB / 1024)];
+      return [peer.name, fmt(s.rate), fmt(s.min), fmt(s.max), (s.rate / one.rate).toFixed(2), fmt(s.cpu), fmt(s.loadCpu), fmt((s.cpu + s.loadCpu) * s.rate / 1e6 * 100), s.busy.map((p) => fmt(p)).join(' + ') || '-', fmt(s.peakKiB / 1024)];
     });
     const targets = configs.map(({ key, label }) => {
       const ratio = of(key, 2).rate / of(key, 1).rate;
@@ -65,8 +82,17 @@ export async function run() {
       const two = of(key, 2);
       // Two cores: what the server and smtp-source use together bounds the rate.
       const busy = (s) => ((s.cpu + s.loadCpu) * s.rate) / 1e6;
-      return `${label}: workers = 1 ${fmt(one.rate)} msg/s using ${busy(one).toFixed(2)} cores (server ${fmt(one.cpu)} us/msg + smtp-source ${fmt(one.loadCpu)} us/msg); workers = 2 ${fmt(two.rate)} msg/s using ${busy(two).toFixed(2)} cores (server ${fmt(two.cpu)} + smtp-source ${fmt(two.loadCpu)} us/msg). With 2 cores shared by the server and its load, 2 workers can gain at most what the single process leaves idle.`;
+      // If two workers cost per message what one does, the two cores bound the rate at 2 / (cores one worker and smtp-source use).
+      const ceiling = 2 / busy(one);
+      return `${label}: workers = 1 ${fmt(one.rate)} msg/s using ${busy(one).toFixed(2)} cores (server ${fmt(one.cpu)} us/msg + smtp-source ${fmt(one.loadCpu)} us/msg); workers = 2 ${fmt(two.rate)} msg/s using ${busy(two).toFixed(2)} cores (server ${fmt(two.cpu)} + smtp-source ${fmt(two.loadCpu)} us/msg). Two cores shared with the load generator cap workers = 2 at ${ceiling.toFixed(2)}x even if a message cost no more CPU with two workers; it cost ${(((two.cpu + two.loadCpu) / (one.cpu + one.loadCpu) - 1) * 100).toFixed(0)}% more (server and smtp-source together).`;
     });
+    for (const key of ['bare', 'haraka']) {
+      if (!peers.some((peer) => peer.key === key)) continue;
+      const one = of(key, 1);
+      const two = of(key, 2);
+      notes.push(`Control, ${key === 'bare' ? 'bare smtp-server under node:cluster' : 'Haraka nodes = 2'}: ${(two.rate / one.rate).toFixed(2)}x one process, ${fmt(one.cpu)} -> ${fmt(two.cpu)} us of server CPU per message (${(((two.cpu / one.cpu) - 1) * 100).toFixed(0)}% more).`);
+    }
+    if (harakaWhy !== null) notes.push(`No Haraka control: ${harakaWhy}.`);
     return {
       title,
       description:
@@ -76,9 +102,12 @@ export async function run() {
         'utime + stime of the whole process tree (`/proc/PID/task/*/children`, primary and workers) per message; "smtp-source CPU" is the ' +
         'load generator\'s own, which runs on the same two cores. `delivery.mode = "none"`. The chain is scenario 2\'s (spam-filter, ' +
         'rate-limiter in memory with blocking = false, message-logger to rsyslogd): each worker has its own instances, so a rate limit ' +
-        'without [cluster] redis counts per worker.',
+        'without [cluster] redis counts per worker. The controls split the same two cores the same way: bare smtp-server (draining) ' +
+        'as one process and as a node:cluster primary with two workers, and Haraka with the same three JS plugins as scenario 2 ' +
+        'with `nodes = 0` (one process) and `nodes = 2`. "each busy process" is the CPU of every process of the tree that used at ' +
+        'least 5% of a core during the load, busiest first: is the work spread over both cores?',
       commands: [loadText(LOAD)],
-      tables: [{ header: ['peer', 'median msg/s', 'min', 'max', 'x workers = 1', 'server CPU us/msg (tree)', 'smtp-source CPU us/msg', 'both, % of one core', 'peak RSS MiB (tree)'], rows }],
+      tables: [{ header: ['peer', 'median msg/s', 'min', 'max', 'x one process', 'server CPU us/msg (tree)', 'smtp-source CPU us/msg', 'both, % of one core', 'each busy process, % of one core', 'peak RSS MiB (tree)'], rows }],
       notes: [`${ROUNDS} rounds, peers interleaved, every measurement from an empty spool, after ${WARMUP_MESSAGES.toLocaleString('en')} unmeasured messages on the same server.`, ...notes],
       targets,
       chart: {
