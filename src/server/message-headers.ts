@@ -26,36 +26,57 @@ function endOfHeaders(raw: Buffer): number {
   return lf < 0 ? crlf : Math.min(crlf, lf);
 }
 
+/** The fields checkHeaders yields, by lower-case name: all others are checked and not kept. */
+const KEPT_FIELDS: ReadonlyMap<string, 'messageId' | 'subject' | 'from'> = new Map([
+  ['message-id', 'messageId'],
+  ['subject', 'subject'],
+  ['from', 'from'],
+]);
+
+/**
+ * Checks the header section line by line (one scan of a latin1 string, no
+ * split, no object per field: this runs for every message) and keeps the
+ * first occurrence of each field it yields, continuation lines unfolded.
+ */
 export function checkHeaders(raw: Buffer): HeaderCheck {
   const end = endOfHeaders(raw);
-  const fields: Record<string, string> = {};
+  const kept = { messageId: undefined as string | undefined, subject: undefined as string | undefined, from: undefined as string | undefined };
   const result = (problem: string | null): HeaderCheck => ({
     problem,
-    messageId: fields['message-id']?.trim() || null,
-    subject: fields.subject?.trim() ?? null,
-    from: fields.from?.trim() ?? null,
+    messageId: kept.messageId?.trim() || null,
+    subject: kept.subject?.trim() ?? null,
+    from: kept.from?.trim() ?? null,
   });
   // A message that does not start with a header field has none (its text is all body).
-  const firstLineEnd = raw.indexOf('\n');
+  const firstLineEnd = raw.indexOf(10);
   const firstLine = raw.toString('latin1', 0, Math.min(firstLineEnd < 0 ? raw.length : firstLineEnd, HEADER_LINE_BYTES_MAX + 1));
   if (!FIELD.test(firstLine)) return result(null);
   if (end > HEADER_SECTION_BYTES_MAX) return result(`header section over ${HEADER_SECTION_BYTES_MAX} bytes`);
-  const lines = raw.toString('latin1', 0, end).split(/\r?\n/);
-  let current: string | null = null;
-  for (const [index, line] of lines.entries()) {
+  const text = raw.toString('latin1', 0, end);
+  // The field continuation lines add to: one of KEPT_FIELDS, null for any other field, undefined before the first.
+  let current: 'messageId' | 'subject' | 'from' | null | undefined;
+  let index = 0;
+  for (let start = 0; start <= text.length; index++) {
+    let stop = text.indexOf('\n', start);
+    if (stop < 0) stop = text.length;
+    const next = stop + 1;
+    if (stop > start && text.charCodeAt(stop - 1) === 13) stop--;
+    const line = text.slice(start, stop);
+    start = next;
     if (line.length > HEADER_LINE_BYTES_MAX) return result(`header line ${index + 1} is over ${HEADER_LINE_BYTES_MAX} characters`);
     if (line.includes('\0')) return result(`header line ${index + 1} holds a NUL byte`);
-    if (/^[ \t]/.test(line)) {
-      if (current === null) return result(`header line ${index + 1} continues nothing`);
-      fields[current] += ` ${line.trim()}`;
+    const first = line.charCodeAt(0);
+    if (first === 32 || first === 9) {
+      if (current === undefined) return result(`header line ${index + 1} continues nothing`);
+      if (current !== null) kept[current] += ` ${line.trim()}`;
       continue;
     }
     if (!FIELD.test(line)) return result(`header line ${index + 1} is not "Name: value"`);
     const colon = line.indexOf(':');
-    current = line.slice(0, colon).toLowerCase();
+    const name = KEPT_FIELDS.get(line.slice(0, colon).toLowerCase());
     // The first occurrence wins, as for Message-ID in practice.
-    if (fields[current] !== undefined) current = `${current}\0${index}`;
-    fields[current] = line.slice(colon + 1);
+    current = name === undefined || kept[name] !== undefined ? null : name;
+    if (current !== null) kept[current] = line.slice(colon + 1);
   }
   return result(null);
 }

@@ -35,3 +35,14 @@ describe('networks', () => {
     expect(['0.0.0.0', '::', '192.0.2.1', 'localhost.example.org', '128.0.0.1'].some(isLoopbackHost)).toBe(false);
   });
 });
+
+describe('networkMatcher memory', () => {
+  it('answers the same once its memory of client addresses has filled and started again', async () => {
+    const { NETWORK_MATCHER_MEMO_ENTRIES_MAX } = await import('../../src/config/networks.js');
+    const relay = networkMatcher([net('10.0.0.0/9')]);
+    const addresses = Array.from({ length: NETWORK_MATCHER_MEMO_ENTRIES_MAX * 2 + 3 }, (_, i) => `10.${i % 256}.${(i >> 8) % 256}.1`);
+    const first = addresses.map(relay);
+    expect(first.filter(Boolean).length).toBe(addresses.filter((a) => Number(a.split('.')[1]) < 128).length);
+    expect(addresses.map(relay)).toEqual(first);
+  });
+});
