@@ -1,5 +1,6 @@
 import pino, { type Logger } from 'pino';
-import pretty from 'pino-pretty';
+import { createRequire } from 'node:module';
+import type PinoPretty from 'pino-pretty';
 
 export type { Logger };
 
@@ -13,6 +14,8 @@ export function createLogger(options: { level?: string; name?: string } = {}): L
   // Synchronous writes: an asynchronous one runs on libuv's thread pool, which a
   // stuck native hook may be holding (src/native/pool-calls.ts), and the last
   // line before a forced exit (src/cli/shutdown.ts) must be written, not queued.
+  // pino-pretty only for a person at a terminal: a server logging JSON never loads it.
+  const pretty = (options: PinoPretty.PrettyOptions): PinoPretty.PrettyStream => (createRequire(import.meta.url)('pino-pretty') as typeof PinoPretty)(options);
   const destination = process.stderr.isTTY ? pretty({ destination: 2, sync: true, colorize: true }) : pino.destination({ dest: 2, sync: true });
   return pino({ name: options.name ?? 'smtp-plugin-host', level }, destination);
 }

@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import { domainToASCII } from 'node:url';
-import nodemailer from 'nodemailer';
+import { createRequire } from 'node:module';
+import type Nodemailer from 'nodemailer';
 import { HostError } from '../errors.js';
 import type { SpooledMessage } from '../storage/spool.js';
 
@@ -100,6 +101,8 @@ function addressKey(address: string): string {
  */
 export function createRelay(options: RelayOptions): Relay {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  // Loaded here, not at import: a server that relays nothing never loads nodemailer's transports.
+  const nodemailer = createRequire(import.meta.url)('nodemailer') as typeof Nodemailer;
   const transport = nodemailer.createTransport({
     host: options.host,
     port: options.port,

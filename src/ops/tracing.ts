@@ -1,13 +1,40 @@
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api';
-import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { resourceFromAttributes } from '@opentelemetry/resources';
-import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, TracerProvider } from '@opentelemetry/sdk-trace';
+import { createRequire } from 'node:module';
+import type * as OtelApi from '@opentelemetry/api';
+import type { Span, Tracer } from '@opentelemetry/api';
+import type * as OtelExporter from '@opentelemetry/exporter-trace-otlp-http';
+import type * as OtelResources from '@opentelemetry/resources';
+import type * as OtelSdk from '@opentelemetry/sdk-trace';
 import type { TracingConfig } from '../config/config.js';
 import type { HookAction } from '../plugin/lifecycle.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import type { PluginInstance } from '../plugin/lifecycle.js';
 import { SERVER_VERSION } from '../version.js';
 import { pluginMode } from './plugin-mode.js';
+
+interface Otel {
+  readonly api: typeof OtelApi;
+  readonly exporter: typeof OtelExporter;
+  readonly resources: typeof OtelResources;
+  readonly sdk: typeof OtelSdk;
+}
+
+/**
+ * OpenTelemetry, loaded with the first Tracing: without [tracing] the server
+ * never loads it (its modules alone hold about 9 MiB of RSS).
+ */
+let otelModules: Otel | null = null;
+function otel(): Otel {
+  if (otelModules === null) {
+    const require = createRequire(import.meta.url);
+    otelModules = {
+      api: require('@opentelemetry/api') as typeof OtelApi,
+      exporter: require('@opentelemetry/exporter-trace-otlp-http') as typeof OtelExporter,
+      resources: require('@opentelemetry/resources') as typeof OtelResources,
+      sdk: require('@opentelemetry/sdk-trace') as typeof OtelSdk,
+    };
+  }
+  return otelModules;
+}
 
 /** Spans are sent in batches at most this often (ms) or when this many wait. */
 const EXPORT_DELAY_MS = 2000;
@@ -45,11 +72,15 @@ export interface CallSpan {
  * general `client.address`, `client.port` and `error.type`.
  */
 export class Tracing {
-  readonly #provider: TracerProvider;
+  readonly #provider: OtelSdk.TracerProvider;
   readonly #tracer: Tracer;
   readonly #sessions = new Map<string, OpenSession>();
 
+  readonly #api: typeof OtelApi;
+
   constructor(config: TracingConfig) {
+    const { api, exporter: { OTLPTraceExporter }, resources: { resourceFromAttributes }, sdk: { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, TracerProvider } } = otel();
+    this.#api = api;
     const exporter = new OTLPTraceExporter({ url: config.otlpEndpoint, timeoutMillis: EXPORT_TIMEOUT_MS });
     this.#provider = new TracerProvider({
       resource: resourceFromAttributes({ 'service.name': config.serviceName, 'service.version': SERVER_VERSION }),
@@ -62,7 +93,7 @@ export class Tracing {
   sessionOpened(session: SessionLike): void {
     if (this.#sessions.size >= OPEN_SESSIONS_MAX) return;
     const span = this.#tracer.startSpan('smtp.session', {
-      kind: SpanKind.SERVER,
+      kind: this.#api.SpanKind.SERVER,
       attributes: { 'smtp.session.id': session.id, 'client.address': session.remoteAddress, 'client.port': session.remotePort },
     });
     this.#sessions.set(session.id, { span, message: null });
@@ -72,7 +103,7 @@ export class Tracing {
   sessionRefused(sessionId: string, code: number): void {
     const open = this.#sessions.get(sessionId);
     open?.span.setAttribute('smtp.reply.code', code);
-    open?.span.setStatus({ code: SpanStatusCode.ERROR, message: 'connection refused' });
+    open?.span.setStatus({ code: this.#api.SpanStatusCode.ERROR, message: 'connection refused' });
   }
 
   sessionClosed(session: { readonly id: string; readonly hostNameAppearsAs?: string; readonly transmissionType?: string }): void {
@@ -92,8 +123,8 @@ export class Tracing {
     open.message?.end();
     open.message = this.#tracer.startSpan(
       'smtp.message',
-      { kind: SpanKind.INTERNAL, attributes: { 'smtp.mail_from': session.envelope.mailFrom ? session.envelope.mailFrom.address : '', 'smtp.rcpt.count': session.envelope.rcptTo.length } },
-      trace.setSpan(ROOT_CONTEXT, open.span),
+      { kind: this.#api.SpanKind.INTERNAL, attributes: { 'smtp.mail_from': session.envelope.mailFrom ? session.envelope.mailFrom.address : '', 'smtp.rcpt.count': session.envelope.rcptTo.length } },
+      this.#api.trace.setSpan(this.#api.ROOT_CONTEXT, open.span),
     );
   }
 
@@ -105,7 +136,7 @@ export class Tracing {
     open.message = null;
     span.setAttribute('smtp.reply.code', code);
     span.setAttribute('smtp.reply.text', text);
-    if (code >= 400) span.setStatus({ code: SpanStatusCode.ERROR, message: text });
+    if (code >= 400) span.setStatus({ code: this.#api.SpanStatusCode.ERROR, message: text });
     span.end();
   }
 
@@ -116,15 +147,16 @@ export class Tracing {
     const parent = open?.message ?? open?.span;
     const span = this.#tracer.startSpan(
       `smtp.plugin ${context.hook}`,
-      { kind: SpanKind.INTERNAL, attributes: { 'smtp.plugin.name': instance.name, 'smtp.plugin.mode': pluginMode(instance.plugin), 'smtp.plugin.version': instance.plugin.metadata.version, 'smtp.hook': context.hook } },
-      parent === undefined ? ROOT_CONTEXT : trace.setSpan(ROOT_CONTEXT, parent),
+      { kind: this.#api.SpanKind.INTERNAL, attributes: { 'smtp.plugin.name': instance.name, 'smtp.plugin.mode': pluginMode(instance.plugin), 'smtp.plugin.version': instance.plugin.metadata.version, 'smtp.hook': context.hook } },
+      parent === undefined ? this.#api.ROOT_CONTEXT : this.#api.trace.setSpan(this.#api.ROOT_CONTEXT, parent),
     );
+    const failed = this.#api.SpanStatusCode.ERROR;
     return {
       end(verdict, errorCode) {
         span.setAttribute('smtp.plugin.verdict', verdict);
         if (errorCode !== undefined) {
           span.setAttribute('error.type', errorCode);
-          span.setStatus({ code: SpanStatusCode.ERROR, message: errorCode });
+          span.setStatus({ code: failed, message: errorCode });
         }
         span.end();
       },
