@@ -6,10 +6,6 @@
 // SIGTERM stops it and exits 0 (so that --cpu-prof writes its profile).
 import cluster from 'node:cluster';
 import { SMTPServer } from 'smtp-server';
-import { loadConfig } from '../dist/src/config/config.js';
-import { silentLogger } from '../dist/src/log.js';
-import { MailServer } from '../dist/src/server/mail-server.js';
-import { backendsStopped } from '../dist/src/plugin/backends.js';
 
 const [mode, config] = process.argv.slice(2);
 let stop;
@@ -38,6 +34,11 @@ if (mode === 'bare' && bareWorkers > 1 && cluster.isPrimary) {
   else console.log(server.server.address().port);
   stop = () => new Promise((done) => server.close(done));
 } else {
+  // Imported here, not above: the bare peer's memory is smtp-server's alone, not this server's modules too.
+  const { loadConfig } = await import('../dist/src/config/config.js');
+  const { silentLogger } = await import('../dist/src/log.js');
+  const { MailServer } = await import('../dist/src/server/mail-server.js');
+  const { backendsStopped } = await import('../dist/src/plugin/backends.js');
   const server = new MailServer(loadConfig(config), silentLogger());
   console.log(await server.start());
   stop = async () => {
