@@ -237,7 +237,7 @@ export function runLoad(source, port, load, timeoutMs = 180_000) {
  * every worker pays them).
  */
 export async function measure(source, peer, load, { collector, expectRecords = false, cpuProfDir, warmupMessages = 0 } = {}) {
-  if (peer.kind === 'external') return measureExternal(source, peer, load);
+  if (peer.kind === 'external') return measureExternal(source, peer, load, warmupMessages);
   // A fresh start: what an earlier round left spooled must not be worked off during this one.
   const spoolDir = peer.kind === 'host' || peer.kind === 'command' ? spoolDirs.get(peer.config) : undefined;
   if (spoolDir !== undefined) rmSync(spoolDir, { recursive: true, force: true });
@@ -299,7 +299,12 @@ function processShares(before, after, seconds) {
 }
 
 /** A server that runs across measurements (Postfix): its own CPU counter, no RSS (several processes). */
-async function measureExternal(source, peer, load) {
+async function measureExternal(source, peer, load, warmupMessages = 0) {
+  if (warmupMessages > 0) {
+    // Warmed as the servers this one is compared with; what the warm-up queued is gone before the measurement.
+    await runLoad(source, peer.server.port, { ...load, messages: warmupMessages });
+    await peer.server.drained?.();
+  }
   const cpuBefore = peer.server.cpuTicks();
   const seconds = await runLoad(source, peer.server.port, load);
   // What is still queued is delivered (discarded) before the next peer runs, and its CPU counted.
