@@ -6,7 +6,7 @@ import { HostError, hostError, isHostError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { PluginInstance, type HookAction, type HookCallResult } from '../plugin/lifecycle.js';
-import { NATIVE_EXTENSIONS, WASM_EXTENSION, openPlugin } from '../plugin/backends.js';
+import { NATIVE_EXTENSIONS, WASM_EXTENSION, openPlugin, type BackendName } from '../plugin/backends.js';
 import type { PluginEntryConfig, PluginsConfig } from '../config/plugins-config.js';
 import { DEFAULT_PLUGIN_OPTIONS, type OnErrorPolicy, type PluginOptions } from '../plugin/options.js';
 import { SERVER_VERSION } from '../version.js';
@@ -52,6 +52,9 @@ export interface PluginSpec {
 
 /** Which plugins of a chain run: all, only authenticators, or all but them (auth_started runs in two parts). */
 export type ChainRole = 'all' | 'authenticators' | 'others';
+
+/** Backends whose call copies the event's bytes into memory of the plugin's own (bodyCopies). */
+const COPYING_BACKENDS: ReadonlySet<BackendName> = new Set<BackendName>(['wasm', 'component', 'process']);
 
 /** A plugin that could not be loaded, initialised or enabled. */
 export interface LoadFailure {
@@ -172,6 +175,21 @@ export class PluginManager {
   handles(hook: HookName, role: ChainRole = 'all'): boolean {
     const chain = this.#chains[hookValue(hook)]!;
     return role === 'all' ? chain.length > 0 : chain.some((entry) => entry.authenticator === (role === 'authenticators'));
+  }
+
+  /**
+   * How many enabled plugins handling any of `hooks` take a copy of the
+   * event into memory of their own (a sandbox's linear memory, a component,
+   * a process-isolated child): each holds the message body once more while
+   * it is called. In-process native plugins read the host's bytes, and a
+   * milter is sent the body in chunks: neither counts.
+   */
+  bodyCopies(hooks: readonly HookName[]): number {
+    const copying = new Set<PluginInstance>();
+    for (const hook of hooks) {
+      for (const { instance } of this.#chains[hookValue(hook)]!) if (COPYING_BACKENDS.has(instance.plugin.backend)) copying.add(instance);
+    }
+    return copying.size;
   }
 
   /** Opens a plugin file with the backend it needs (metadata read, nothing initialised). */

@@ -53,6 +53,11 @@ export class HookRunner {
     return this.#manager.handles(hook, role);
   }
 
+  /** How many copies of a message body the plugins of `hooks` take into memory of their own (PluginManager.bodyCopies). */
+  bodyCopies(hooks: readonly HookName[]): number {
+    return this.#manager.bodyCopies(hooks);
+  }
+
   /**
    * Runs `hook`; `event` gives its keys (as fields, or already encoded),
    * called only when a plugin handles the hook. `carried` are keys earlier

@@ -20,7 +20,8 @@ import { domainOf, sessionEvent } from './session-fields.js';
 /**
  * Bytes of message bodies held in memory at once for the hooks that carry
  * message_body (message_received, _validated, _filtered): a large message is
- * read back from its spool file only within this budget.
+ * read back from its spool file only within this budget, which counts the
+ * host's buffer and each copy a sandboxed or isolated plugin takes of it.
  */
 export const BODY_HOOKS_MEMORY_BYTES_MAX = 64 * 2 ** 20;
 
@@ -137,9 +138,10 @@ export class MessagePipeline {
     const { hooks } = this.#options;
     const { data, incoming, session } = message;
     const budget = this.#bodyBudget;
-    // A body already in memory (inline in the spool, or received without one) costs nothing more here: only a body read back from its file takes budget.
+    // A body already in memory (inline in the spool, or received without one) costs nothing more here: only a body read back from its file takes budget,
+    // once for the host's buffer and once per plugin that copies it into memory of its own (a sandbox keeps that copy resident: it counts too).
     const inMemory = data.body ?? incoming!.body();
-    const release = inMemory === null ? await budget.acquire(data.size) : RELEASED;
+    const release = inMemory === null ? await budget.acquire(data.size * (1 + hooks.bodyCopies(stages))) : RELEASED;
     let loaded: Buffer | null = null;
     try {
       if (inMemory === null) loaded = budget.buffer(data.size);

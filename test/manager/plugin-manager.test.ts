@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { PluginManager } from '../../src/manager/plugin-manager.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { sharedLibraryName } from '../../src/paths.js';
-import { fixture } from '../helpers/fixtures.js';
+import { fixture, wasmFixture } from '../helpers/fixtures.js';
 
 /** A plugin directory holding copies of the named fixtures, as 00_<name>.so etc. */
 function pluginDir(names: string[]): string {
@@ -128,5 +128,22 @@ describe('PluginManager', () => {
       'second disable', 'second deinit', 'plain disable', 'plain deinit',
     ]);
     expect(manager.list()).toEqual([]);
+  });
+});
+
+describe('PluginManager.bodyCopies (what the body budget counts: docs/hooks.md)', () => {
+  it('counts each enabled sandboxed plugin of the body hooks once, and no in-process native plugin', async () => {
+    const manager = new PluginManager({ directory: mkdtempSync(join(tmpdir(), 'plugins-')) });
+    const bodyHooks = ['message_received', 'message_validated', 'message_filtered'] as const;
+    await manager.loadPlugin(fixture('c_spam_filter'), '{}');
+    expect(manager.bodyCopies(bodyHooks)).toBe(0);
+    await manager.loadPlugin(wasmFixture('spam_filter'), '{}');
+    expect(manager.bodyCopies(bodyHooks)).toBe(1);
+    // read-set declares no hooks, so it handles all three: still one copy.
+    await manager.loadPlugin(wasmFixture('read_set'), '{}');
+    expect(manager.bodyCopies(bodyHooks)).toBe(2);
+    await manager.disablePlugin('spam-filter');
+    expect(manager.bodyCopies(bodyHooks)).toBe(1);
+    await manager.deinit();
   });
 });
