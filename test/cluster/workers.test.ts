@@ -93,8 +93,10 @@ describe('[server] workers = 2', () => {
       const before = records(server).filter((r) => r.msg === 'config reloaded').length;
       const reload = await api('POST', '/api/config/reload');
       expect(reload).toMatchObject({ status: 200, body: { reloaded: true, changed_plugins: [] } });
-      const byAdmin = records(server).filter((r) => r.msg === 'config reloaded').slice(before);
-      expect(new Set(byAdmin.map((r) => r.pid))).toEqual(new Set(pids.values()));
+      // The workers' log lines come through the stderr pipe, which the HTTP answer can overtake: waited for, bounded.
+      const byAdmin = (): Set<number> => new Set(records(server).filter((r) => r.msg === 'config reloaded').slice(before).map((r) => r.pid));
+      await waitFor(() => byAdmin().size === 2, 'the admin reload logged in both workers', 10_000);
+      expect(byAdmin()).toEqual(new Set(pids.values()));
       // An action that would reach one worker only is refused.
       const flush = await api('POST', '/api/queue/flush');
       expect(flush.status).toBe(409);
