@@ -1,6 +1,6 @@
 import pino, { type Logger } from 'pino';
-import { createRequire } from 'node:module';
 import type PinoPretty from 'pino-pretty';
+import { optionalPackage } from './optional-package.js';
 
 export type { Logger };
 
@@ -15,7 +15,7 @@ export function createLogger(options: { level?: string; name?: string } = {}): L
   // stuck native hook may be holding (src/native/pool-calls.ts), and the last
   // line before a forced exit (src/cli/shutdown.ts) must be written, not queued.
   // pino-pretty only for a person at a terminal: a server logging JSON never loads it.
-  const pretty = (options: PinoPretty.PrettyOptions): PinoPretty.PrettyStream => (createRequire(import.meta.url)('pino-pretty') as typeof PinoPretty)(options);
+  const pretty = (options: PinoPretty.PrettyOptions): PinoPretty.PrettyStream => optionalPackage<typeof PinoPretty>('pino-pretty')(options);
   const destination = process.stderr.isTTY ? pretty({ destination: 2, sync: true, colorize: true }) : pino.destination({ dest: 2, sync: true });
   return pino({ name: options.name ?? 'smtp-plugin-host', level }, destination);
 }

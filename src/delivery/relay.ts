@@ -1,8 +1,8 @@
 import type { Readable } from 'node:stream';
 import { domainToASCII } from 'node:url';
-import { createRequire } from 'node:module';
 import type Nodemailer from 'nodemailer';
 import { HostError } from '../errors.js';
+import { optionalPackage } from '../optional-package.js';
 import type { SpooledMessage } from '../storage/spool.js';
 
 export interface RelayOptions {
@@ -102,7 +102,7 @@ function addressKey(address: string): string {
 export function createRelay(options: RelayOptions): Relay {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   // Loaded here, not at import: a server that relays nothing never loads nodemailer's transports.
-  const nodemailer = createRequire(import.meta.url)('nodemailer') as typeof Nodemailer;
+  const nodemailer = optionalPackage<typeof Nodemailer>('nodemailer');
   const transport = nodemailer.createTransport({
     host: options.host,
     port: options.port,

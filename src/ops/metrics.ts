@@ -1,21 +1,13 @@
-import { createRequire } from 'node:module';
 import type * as PromClient from 'prom-client';
+import { optionalPackage } from '../optional-package.js';
 import type { QueueSummary } from '../delivery/queue-selector.js';
 import type { PluginInstance } from '../plugin/lifecycle.js';
 import { pluginMode } from './plugin-mode.js';
 import { RefusalLog } from './refusal-log.js';
 import { CALL_LATENCY_BUCKETS_S, DISABLE_REASONS, PluginCallStats, VERDICTS } from './plugin-call-stats.js';
 
-/**
- * prom-client, loaded with the first ServerMetrics: a server that counts
- * nothing (no [admin] listener) never loads it. With OpenTelemetry and
- * nodemailer loaded the same way, an idle server holds 14 MiB less RSS
- * (docs/benchmarks.md, scenario 4).
- */
-let promClient: typeof PromClient | null = null;
-function prom(): typeof PromClient {
-  return (promClient ??= createRequire(import.meta.url)('prom-client') as typeof PromClient);
-}
+/** prom-client, loaded with the first ServerMetrics: a server without an [admin] listener never loads it. */
+const prom = (): typeof PromClient => optionalPackage<typeof PromClient>('prom-client');
 
 /** Every metric's name starts so (postfix_exporter's style: <prefix>_<service>_<what>_<unit|total>). */
 export const METRIC_PREFIX = 'smtphost_';

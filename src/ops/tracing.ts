@@ -1,4 +1,3 @@
-import { createRequire } from 'node:module';
 import type * as OtelApi from '@opentelemetry/api';
 import type { Span, Tracer } from '@opentelemetry/api';
 import type * as OtelExporter from '@opentelemetry/exporter-trace-otlp-http';
@@ -9,6 +8,7 @@ import type { HookAction } from '../plugin/lifecycle.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import type { PluginInstance } from '../plugin/lifecycle.js';
 import { SERVER_VERSION } from '../version.js';
+import { optionalPackage } from '../optional-package.js';
 import { pluginMode } from './plugin-mode.js';
 
 interface Otel {
@@ -18,22 +18,14 @@ interface Otel {
   readonly sdk: typeof OtelSdk;
 }
 
-/**
- * OpenTelemetry, loaded with the first Tracing: without [tracing] the server
- * never loads it (its modules alone hold about 9 MiB of RSS).
- */
-let otelModules: Otel | null = null;
+/** OpenTelemetry, loaded with the first Tracing: without [tracing] the server never loads it. */
 function otel(): Otel {
-  if (otelModules === null) {
-    const require = createRequire(import.meta.url);
-    otelModules = {
-      api: require('@opentelemetry/api') as typeof OtelApi,
-      exporter: require('@opentelemetry/exporter-trace-otlp-http') as typeof OtelExporter,
-      resources: require('@opentelemetry/resources') as typeof OtelResources,
-      sdk: require('@opentelemetry/sdk-trace') as typeof OtelSdk,
-    };
-  }
-  return otelModules;
+  return {
+    api: optionalPackage<typeof OtelApi>('@opentelemetry/api'),
+    exporter: optionalPackage<typeof OtelExporter>('@opentelemetry/exporter-trace-otlp-http'),
+    resources: optionalPackage<typeof OtelResources>('@opentelemetry/resources'),
+    sdk: optionalPackage<typeof OtelSdk>('@opentelemetry/sdk-trace'),
+  };
 }
 
 /** Spans are sent in batches at most this often (ms) or when this many wait. */

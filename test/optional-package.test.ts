@@ -3,8 +3,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { PROJECT_ROOT } from '../../src/paths.js';
-import { serverRoot } from '../helpers/server.js';
+import { PROJECT_ROOT } from '../src/paths.js';
+import { serverRoot } from './helpers/server.js';
 
 /** Packages only some configurations use: loaded when configured, never at import (their modules hold RSS). */
 const OPTIONAL = ['prom-client', '@opentelemetry/', 'nodemailer', 'pino-pretty'];
