@@ -541,11 +541,13 @@ export class PluginManager {
   }
 
   #runFrom(chain: readonly Entry[], from: number, context: HookContext, skipped: string[] | undefined, answered: number): HookOutcome | Promise<HookOutcome> {
+    let last: Entry | undefined;
     for (let index = from; index < chain.length; index++) {
       const entry = chain[index]!;
       // The chain was taken before an earlier plugin's await: a plugin
       // disabled, unloaded or replaced meanwhile is skipped, not called.
       if (entry.instance.state !== 'enabled') continue;
+      last = entry;
       const started = this.#timed ? performance.now() : 0;
       const span = this.#tracer === null ? null : this.#tracer.callStarted(entry.instance, context);
       let result: HookCallResult | Promise<HookCallResult>;
@@ -567,10 +569,27 @@ export class PluginManager {
         );
       }
       const ended = this.#answered(entry, context, result.action, started, span, skipped);
-      if (ended !== null) return ended;
+      if (ended !== null) return this.#settled(entry, context, ended, skipped);
       answered++;
     }
-    return continued(answered, skipped);
+    return last === undefined ? continued(answered, skipped) : this.#settled(last, context, null, skipped, answered);
+  }
+
+  /**
+   * The chain's outcome once the keys native plugins set are copied back into
+   * `context` (they wait in the native copy while native plugins follow one
+   * another: HookContext.deferChanges). A change the host refuses then is
+   * the failure of `last`, the last plugin called, under its on_error policy.
+   */
+  #settled(last: Entry, context: HookContext, ended: HookOutcome | null, skipped: string[] | undefined, answered = 0): HookOutcome {
+    try {
+      context.settle();
+    } catch (error) {
+      const failed = this.#failed(last, context, error, performance.now(), null, skipped);
+      if ('action' in failed) return failed;
+      skipped = failed.skipped;
+    }
+    return ended ?? continued(answered, skipped);
   }
 
   /** A plugin answered: the outcome when it ended the chain, else null. */

@@ -36,6 +36,14 @@ export interface ChangeLog {
   largestKey: string;
 }
 
+/**
+ * A backend whose own copy of a context holds changes not copied back yet
+ * (a native context): collect() copies them back. See HookContext.deferChanges.
+ */
+export interface PendingChanges {
+  collect(context: HookContext): void;
+}
+
 const EMPTY_CHANGE_LOG: ChangeLog = Object.freeze({ bytes: Buffer.alloc(0), length: 0, encoded: 0, keyBytesMax: 0, valueBytesMax: 0, largestKey: '' });
 /** A change log starts at this size and doubles: a few short keys set per event fit without growing. */
 const CHANGE_LOG_BYTES_MIN = 256;
@@ -72,6 +80,8 @@ export class HookContext {
   #added = 0;
   /** #changes encoded (null: encode them all again at the next ask). */
   #log: ChangeLog | null = null;
+  /** A backend holding changes not copied back yet: collected before anything reads or changes the context. */
+  #pending: PendingChanges | null = null;
 
   constructor(hook: HookName, limits: MetadataLimits = DEFAULT_METADATA_LIMITS, base: EncodedMetadata = EMPTY_METADATA) {
     if (!isHookName(hook)) throw hostError('SMTP_E_HOOK_UNKNOWN', `unknown hook "${String(hook)}"`);
@@ -92,11 +102,37 @@ export class HookContext {
 
   /** Bumped by every change: a copy made at an older version is stale. */
   get version(): number {
+    this.settle();
     return this.#version;
+  }
+
+  /**
+   * Leaves the changes `source` made in its own copy there until the context
+   * is next read or changed (every method here collects them first). A chain
+   * of native plugins sharing one native copy then copies their keys back
+   * once, at the end, instead of once per plugin.
+   */
+  deferChanges(source: PendingChanges): void {
+    if (this.#pending !== source) this.settle();
+    this.#pending = source;
+  }
+
+  /** Whether `source`'s copy holds changes not collected yet: then it is the newest state of this context. */
+  pendingFrom(source: PendingChanges): boolean {
+    return this.#pending === source;
+  }
+
+  /** Collects the changes a backend still holds (deferChanges); a collection that fails throws, as the backend's call would have. */
+  settle(): void {
+    const pending = this.#pending;
+    if (pending === null) return;
+    this.#pending = null;
+    pending.collect(this);
   }
 
   /** Sets a key as the host (checked against the limits). */
   setMetadata(key: string, value: MetadataValue): void {
+    this.settle();
     this.#check(key, value);
     this.#set(key, value, false);
   }
@@ -124,6 +160,7 @@ export class HookContext {
    * sandboxed instance) takes these bytes as they are.
    */
   encodedChanges(): ChangeLog {
+    this.settle();
     const changes = this.#changes;
     if (changes === null) return EMPTY_CHANGE_LOG;
     const log = (this.#log ??= { bytes: Buffer.allocUnsafe(0), length: 0, encoded: 0, keyBytesMax: 0, valueBytesMax: 0, largestKey: '' });
@@ -157,12 +194,14 @@ export class HookContext {
   }
 
   #raw(key: string): MetadataValue | undefined {
+    if (this.#pending !== null) this.settle();
     const change = this.#changes?.get(key);
     return change !== undefined ? change.value : this.base.fields[key];
   }
 
   /** A key as set after the event was encoded (by a plugin, or the host), as text; undefined when it was not. */
   changed(key: string): string | undefined {
+    this.settle();
     const value = this.#changes?.get(key)?.value;
     return value === undefined || typeof value === 'string' ? value : utf8.decode(value);
   }
@@ -185,6 +224,7 @@ export class HookContext {
 
   /** Every key and its raw value: the event's keys (as changed), then keys added since. */
   *entries(): IterableIterator<[string, MetadataValue]> {
+    this.settle();
     const fields = this.base.fields;
     for (const key in fields) {
       const value = this.#raw(key);
@@ -195,6 +235,7 @@ export class HookContext {
   }
 
   get size(): number {
+    this.settle();
     return this.base.count + this.#added;
   }
 
@@ -207,12 +248,14 @@ export class HookContext {
 
   /** Keys set after `version` (by the host or plugins), oldest first, with their values. */
   *changesSince(version: number): IterableIterator<[string, MetadataValue]> {
+    this.settle();
     if (this.#changes === null || version >= this.#version) return;
     for (const [key, change] of this.#changes) if (change.version > version) yield [key, change.value];
   }
 
   /** The keys plugins set during this event, with their values. */
   *pluginChanges(): IterableIterator<[string, MetadataValue]> {
+    this.settle();
     if (this.#changes === null) return;
     for (const [key, change] of this.#changes) if (change.byPlugin) yield [key, change.value];
   }
@@ -226,7 +269,7 @@ export class HookContext {
     if (valueBytes > this.limits.valueBytesMax) {
       throw hostError('SMTP_E_METADATA_LIMIT', `metadata "${key}" of ${valueBytes} bytes (at most ${this.limits.valueBytesMax})`);
     }
-    if (!this.hasMetadata(key) && this.size >= this.limits.keysMax) {
+    if (this.size >= this.limits.keysMax && !this.hasMetadata(key)) {
       throw hostError('SMTP_E_METADATA_LIMIT', `more than ${this.limits.keysMax} metadata keys`);
     }
   }

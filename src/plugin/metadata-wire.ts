@@ -305,11 +305,11 @@ function* walk(view: Buffer, length: number, bounds: WireBounds | undefined, cod
  */
 export function applyChanges(bytes: Uint8Array, length: number, context: HookContext, bounds: WireBounds | undefined, code: ErrorCode, who: string): void {
   const view = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  // One copy of all the changes (pooled when small), each value a view into it: the source is reused by the next call.
+  let owned: Buffer | null = null;
   for (const [key, , valueLen, start] of walk(view, length, bounds, code, who)) {
-    // A copy (pooled for small values): the source is reused by the next call.
-    const value = Buffer.allocUnsafe(valueLen);
-    view.copy(value, 0, start, start + valueLen);
-    context.applyPluginChange(key, value);
+    owned ??= Buffer.from(view.subarray(0, length));
+    context.applyPluginChange(key, owned.subarray(start, start + valueLen));
   }
 }
 

@@ -3,7 +3,7 @@ import koffi from 'koffi';
 import { hostError } from '../errors.js';
 import { RUNTIME_LIBRARY } from '../paths.js';
 import type { DenialLog } from '../plugin/denied-log.js';
-import type { HookContext, MetadataLimits } from '../plugin/hook-context.js';
+import type { HookContext, MetadataLimits, PendingChanges } from '../plugin/hook-context.js';
 import { applyChanges, encodeEntries, scratchBuffer, type EncodedMetadata } from '../plugin/metadata-wire.js';
 
 /** koffi pointers are BigInt in koffi 3. */
@@ -134,12 +134,17 @@ const NO_GRANTS: ContextGrants = Object.freeze({ connect: Object.freeze([]) as r
  * which JS context and version it holds, so a chain of native plugins on the
  * shared context loads an event once: what a plugin sets is already in the
  * native copy and only copied back out, and what another backend's plugin
- * set meanwhile is applied as a delta.
+ * set meanwhile is applied as a delta. What a call in this thread sets is
+ * copied back only when the context is next read or changed
+ * (HookContext.deferChanges): a chain of native plugins on one slot copies
+ * its keys back once.
  */
-export class NativeContextSlot {
+export class NativeContextSlot implements PendingChanges {
   readonly pointer: NativePointer;
   #contextId = 0;
   #contextVersion = -1;
+  /** The context whose changes this slot's native copy still holds (deferred): collected before the copy is loaded with another. */
+  #pendingContext: HookContext | null = null;
   /** The encoding the runtime's entries point into: kept referenced until the next load. */
   #loaded: EncodedMetadata | null = null;
   readonly #onDenied: DeniedListener | undefined;
@@ -169,7 +174,7 @@ export class NativeContextSlot {
   call(executeHook: NativePointer, context: HookContext, onDenied = this.#onDenied): number {
     const fns = loadRuntime();
     this.#prepare(fns, context);
-    return this.#finish(fns, context, fns.callHook(executeHook, this.pointer), onDenied);
+    return this.#finish(fns, context, fns.callHook(executeHook, this.pointer), onDenied, true);
   }
 
   /**
@@ -182,7 +187,14 @@ export class NativeContextSlot {
 
   /** Takes in what a call made elsewhere returned (packed as smtp_host_call_hook packs it): its code, and its cancel flag and changes into `context`. */
   finish(context: HookContext, packed: number): number {
-    return this.#finish(loadRuntime(), context, packed, this.#onDenied);
+    // Collected at once: a pool thread may load this slot for another call before the context is read again.
+    return this.#finish(loadRuntime(), context, packed, this.#onDenied, false);
+  }
+
+  /** PendingChanges: copies back what calls in this thread set and deferred. */
+  collect(context: HookContext): void {
+    if (this.#pendingContext === context) this.#pendingContext = null;
+    this.#collect(loadRuntime(), context);
   }
 
   /** What the last call did is dropped (its session was answered at the deadline): the native copy is reloaded before the next call. */
@@ -203,6 +215,11 @@ export class NativeContextSlot {
   /** Frees the context and closes every connection opened through it. */
   destroy(): void {
     if (this.#destroyed) return;
+    try {
+      this.#pendingContext?.settle();
+    } catch {
+      // The plugin is going away: a change the host refuses now is dropped with it.
+    }
     this.#destroyed = true;
     loadRuntime().contextDestroy(this.pointer);
     this.#loaded = null;
@@ -210,18 +227,30 @@ export class NativeContextSlot {
 
   #prepare(fns: RuntimeFunctions, context: HookContext): void {
     if (this.#destroyed) throw hostError('SMTP_E_PLUGIN_STATE', 'the plugin\'s native context was released');
+    // Deferred changes of this very context: the native copy is the newest state, nothing to send.
+    if (context.pendingFrom(this)) return;
+    // Another context's deferred changes live in the native copy about to be reloaded: collect them first.
+    this.#pendingContext?.settle();
     if (this.#contextId !== context.id || this.#loaded !== context.base) this.#load(fns, context);
     if (this.#contextVersion !== context.version) this.#apply(fns, context);
   }
 
-  #finish(fns: RuntimeFunctions, context: HookContext, packed: number, onDenied: DeniedListener | undefined): number {
+  #finish(fns: RuntimeFunctions, context: HookContext, packed: number, onDenied: DeniedListener | undefined, defer: boolean): number {
     const code = packed % TWO_POW_32 | 0;
     const high = Math.floor(packed / TWO_POW_32);
     const cancel = (high & PACKED.CANCEL) !== 0;
     const changes = (high >>> PACKED.CHANGED_SHIFT) & PACKED.CHANGED_MASK;
     if ((high & PACKED.NET_DENIED) !== 0) this.#reportDenied(fns, onDenied);
     if ((high & PACKED.COUNTERS_DENIED) !== 0) onDenied?.counters();
-    if (changes > 0) this.#collect(fns, context);
+    if (changes > 0 && defer && !cancel) {
+      context.deferChanges(this);
+      this.#pendingContext = context;
+    } else if (context.pendingFrom(this)) {
+      // Earlier calls' deferred changes and this call's are taken together.
+      context.settle();
+    } else if (changes > 0) {
+      this.#collect(fns, context);
+    }
     if (cancel) {
       context.cancel = true;
       // The native copy now carries cancel; reload before any further call.

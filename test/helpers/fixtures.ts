@@ -82,6 +82,8 @@ export async function buildFixtures(): Promise<void> {
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'rate_limiter.zig'), output: wasmFixture('rate_limiter'), target: 'wasm' }),
     // The same C probe as gcc's native build above, sandboxed: the parity test runs both.
     buildPlugin({ source: join(FIXTURE_SOURCES, 'c_isolation_probe.c'), output: wasmFixture('c_isolation_probe'), target: 'wasm' }),
+    // c_variants.c sandboxed, with its default name "c-variant": appends to "visited" in a chain of mixed backends.
+    buildPlugin({ source: join(FIXTURE_SOURCES, 'c_variants.c'), output: wasmFixture('c_variant'), target: 'wasm' }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter') }),
     buildPlugin({ source: join(PROJECT_ROOT, 'plugins', 'spam_filter.zig'), output: fixture('spam_filter_newest'), zigVersion: NEWEST_ZIG_VERSION }),
     buildPlugin({ source: join(FIXTURE_SOURCES, 'guide_spam_filter.zig'), output: wasmFixture('guide_spam_filter'), target: 'wasm' }),

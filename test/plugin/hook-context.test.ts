@@ -61,4 +61,33 @@ describe('HookContext.of: the event encoded once', () => {
     expect(context.toJSON()).toEqual({ a: 'one', b: 'two', c: '3' });
     expect(context.size).toBe(3);
   });
+
+  it('collects a backend\'s deferred changes once, before anything reads or changes the context', () => {
+    const context = HookContext.of('message_filtered', { a: '1' });
+    const collected: string[] = [];
+    const source = (name: string, key: string, value: string) => ({
+      collect(target: HookContext): void {
+        collected.push(name);
+        target.applyPluginChange(key, Buffer.from(value));
+      },
+    });
+    const native = source('native', 'a', 'plugin');
+    context.deferChanges(native);
+    expect(context.pendingFrom(native)).toBe(true);
+    expect(collected).toEqual([]);
+    // The host's set comes after the plugin's: it must win.
+    context.setMetadata('a', 'host');
+    expect(collected).toEqual(['native']);
+    expect(context.getMetadata('a')).toBe('host');
+    // Deferring from another source collects the first one's changes first.
+    const first = source('first', 'b', '1');
+    const second = source('second', 'b', '2');
+    context.deferChanges(first);
+    context.deferChanges(second);
+    expect(collected).toEqual(['native', 'first']);
+    expect([...context.pluginChanges()].map(([key, value]) => [key, Buffer.from(value).toString()])).toEqual([['b', '2']]);
+    expect(collected).toEqual(['native', 'first', 'second']);
+    context.settle();
+    expect(collected).toHaveLength(3);
+  });
 });
