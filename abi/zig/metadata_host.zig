@@ -92,9 +92,15 @@ pub const Store = struct {
 
     /// Sets `key` to `value` without copying either: both point into a
     /// buffer the host keeps unchanged until the next load or clear.
-    pub fn borrow(self: *Store, key: []const u8, value: []const u8) plugin.Status {
+    /// `maybe_present` false: the caller knows the store has no such key,
+    /// and the scan for it is skipped.
+    pub fn borrow(self: *Store, key: []const u8, value: []const u8, maybe_present: bool) plugin.Status {
         if (key.len == 0) return .invalid;
         if (key.len > self.limits.key_bytes_max or value.len > self.limits.value_bytes_max) return .too_large;
+        if (!maybe_present) {
+            _ = self.append(key, false, value, false) catch return .too_large;
+            return .ok;
+        }
         if (self.find(key)) |entry| {
             self.replaceValue(entry, value, false);
             self.markChanged(entry, false);
@@ -348,9 +354,34 @@ fn readU32(bytes: []const u8) u32 {
 /// unchanged until the next load. The last value may lie outside `head`: when
 /// `head` ends right after its length, that value is `tail` (the host's
 /// message body, referenced where it is rather than copied behind the keys).
+/// Which keys a load has added, as a 256-bit filter of (length, first and
+/// last byte): a key it has not seen cannot be a repeat, so the load adds
+/// it without scanning the entries. Keys are distinct but for the few a
+/// later entry replaces, and the scan made a load quadratic (in a sandbox
+/// every loop iteration also pays its deadline check).
+const KeyFilter = struct {
+    bits: [4]u64 = .{ 0, 0, 0, 0 },
+
+    fn slot(key: []const u8) u8 {
+        if (key.len == 0) return 0;
+        return @truncate(key.len *% 31 +% @as(usize, key[0]) *% 7 +% @as(usize, key[key.len - 1]));
+    }
+
+    fn mayHave(self: *const KeyFilter, key: []const u8) bool {
+        const at = slot(key);
+        return self.bits[at >> 6] & (@as(u64, 1) << @as(u6, @truncate(at))) != 0;
+    }
+
+    fn add(self: *KeyFilter, key: []const u8) void {
+        const at = slot(key);
+        self.bits[at >> 6] |= @as(u64, 1) << @as(u6, @truncate(at));
+    }
+};
+
 pub fn loadEncoded(ctx: *plugin.HookContext, hook_type: c_int, head: []const u8, tail: []const u8) plugin.Status {
     const store = storeOf(ctx);
     store.clear();
+    var seen = KeyFilter{};
     ctx.hook_type = @enumFromInt(hook_type);
     ctx.cancel = false;
     var at: usize = 0;
@@ -372,8 +403,9 @@ pub fn loadEncoded(ctx: *plugin.HookContext, hook_type: c_int, head: []const u8,
             value = tail;
             tail_used = true;
         } else return .invalid;
-        const status = store.borrow(key, value);
+        const status = store.borrow(key, value, seen.mayHave(key));
         if (status != .ok) return status;
+        seen.add(key);
     }
     if (tail.len > 0 and !tail_used) return .invalid;
     return .ok;
@@ -558,6 +590,23 @@ test "a load borrows the host's bytes, the last value may be the tail, and apply
     try std.testing.expectEqual(@as(u32, 0), contextStatus(ctx));
     try ctx.setMetadata("a", "mine");
     try std.testing.expectEqual(@as(u32, 4), contextStatus(ctx));
+}
+
+test "a load keeps the last of a repeated key, whatever keys share its filter slot" {
+    const ctx = createContext(std.testing.allocator, .{}, &api).?;
+    defer destroyContext(ctx);
+    // "ab" and "ba" share length and differ in first and last byte; "axb" and "ayb" share
+    // the filter slot (length, first and last byte) without being the same key.
+    const wire = "\x02\x00\x00\x00ab\x01\x00\x00\x001" ++ "\x02\x00\x00\x00ba\x01\x00\x00\x002" ++
+        "\x03\x00\x00\x00axb\x01\x00\x00\x003" ++ "\x03\x00\x00\x00ayb\x01\x00\x00\x004" ++
+        "\x02\x00\x00\x00ab\x03\x00\x00\x00new" ++ "\x03\x00\x00\x00ayb\x04\x00\x00\x00last";
+    try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, wire, ""));
+    try std.testing.expectEqual(@as(usize, 4), storeOf(ctx).len);
+    try std.testing.expectEqualStrings("new", ctx.getMetadata("ab").?);
+    try std.testing.expectEqualStrings("2", ctx.getMetadata("ba").?);
+    try std.testing.expectEqualStrings("3", ctx.getMetadata("axb").?);
+    try std.testing.expectEqualStrings("last", ctx.getMetadata("ayb").?);
+    try std.testing.expectEqual(@as(u32, 0), contextStatus(ctx));
 }
 
 test "NULL pointers with a length are refused, never read" {
