@@ -45,6 +45,25 @@ export function timePerCall(fn, calls) {
 }
 
 /** Formats a number for a table: integers with no decimals, small values with `digits`. */
+/** The message_filtered keys the server gives a 1 KiB message from smtp-source (docs/hooks.md), the body last. */
+export function messageFields(body, senderDomain = 'example.com') {
+  return {
+    session_id: 'abcdefghijklmnop',
+    remote_ip: '127.0.0.1',
+    client_hostname: '[127.0.0.1]',
+    helo: 'bench.localdomain',
+    sender: `a@${senderDomain}`,
+    sender_domain: senderDomain,
+    recipients: 'b@example.com',
+    recipient: 'b@example.com',
+    recipient_count: '1',
+    message_id: '<1.bench@example.com>',
+    subject: 'bench',
+    size: String(body.length),
+    message_body: body,
+  };
+}
+
 export function fmt(value, digits = 0) {
   if (value === undefined || value === null || Number.isNaN(value)) return '-';
   return value.toFixed(digits);

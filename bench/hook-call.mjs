@@ -21,7 +21,7 @@ import { resolvePluginOptions } from '../dist/src/plugin/options.js';
 import { HookRunner } from '../dist/src/server/hook-runner.js';
 import { buildPlugin } from '../dist/src/toolchain/build.js';
 import { BUILD_DIR, PROJECT_ROOT } from '../dist/src/paths.js';
-import { buildExample, buildFixture, fmt, median, percentile } from './_support.mjs';
+import { buildExample, buildFixture, fmt, median, messageFields, percentile } from './_support.mjs';
 import { profileInProcess, profileMarkdown } from './_profile.mjs';
 
 const ROUNDS = 7;
@@ -42,25 +42,6 @@ function messageBody() {
   let body = head;
   for (let line = 1; body.length < 1024; line++) body += `La de da de da ${line}.\r\n`;
   return Buffer.from(body.slice(0, 1024), 'latin1');
-}
-
-/** The message_filtered keys the server gives a message (docs/hooks.md), the body last. */
-function messageFields(body, senderDomain) {
-  return {
-    session_id: 'abcdefghijklmnop',
-    remote_ip: '127.0.0.1',
-    client_hostname: '[127.0.0.1]',
-    helo: 'bench.localdomain',
-    sender: `a@${senderDomain}`,
-    sender_domain: senderDomain,
-    recipients: 'b@example.com',
-    recipient: 'b@example.com',
-    recipient_count: '1',
-    message_id: '<1.bench@example.com>',
-    subject: 'bench',
-    size: String(body.length),
-    message_body: body,
-  };
 }
 
 /** The plain JS peers: the same work on the same keys, without a plugin host. */

@@ -22,7 +22,7 @@ import { PluginInstance } from '../dist/src/plugin/lifecycle.js';
 import { backendsStopped, openPlugin } from '../dist/src/plugin/backends.js';
 import { resolvePluginOptions } from '../dist/src/plugin/options.js';
 import { CHILD_SPIN_NS, SYNC_SPIN_NS } from '../dist/src/isolation/process-plugin.js';
-import { buildExample, buildFixture, fmt, median, percentile, scaled } from './_support.mjs';
+import { buildExample, buildFixture, fmt, median, messageFields, percentile, scaled } from './_support.mjs';
 
 const ROUNDS = scaled(7, 1);
 const CALLS_PER_ROUND = scaled(10_000, 1_000);
@@ -39,23 +39,9 @@ function messageBody() {
   return Buffer.from(body.slice(0, 1024), 'latin1');
 }
 
-/** The message_filtered context the server builds for one 1 KiB message (docs/hooks.md keys). */
+/** The message_filtered context the server builds for one 1 KiB message (docs/hooks.md keys), from a whitelisted sender. */
 function messageContext(body) {
-  return HookContext.of('message_filtered', {
-    session_id: 'abcdefghijklmnop',
-    remote_ip: '127.0.0.1',
-    client_hostname: '[127.0.0.1]',
-    helo: 'bench.localdomain',
-    sender: 'a@trusted.example',
-    sender_domain: 'trusted.example',
-    recipients: 'b@example.com',
-    recipient: 'b@example.com',
-    recipient_count: '1',
-    message_id: '<1.bench@example.com>',
-    subject: 'bench',
-    size: String(body.length),
-    message_body: body,
-  }, 'message_body');
+  return HookContext.of('message_filtered', messageFields(body, 'trusted.example'), 'message_body');
 }
 
 function readSetContext() {

@@ -4,15 +4,27 @@
 // sender_domain and sets scale_K), in this server with no spool, under the
 // scenario-2 load; the peers (0 plugins too) interleaved round by round. The
 // cost per added plugin is the least-squares slope of the server's CPU per
-// message over the plugin count.
+// message over the plugin count. Beside it, without sockets: the same
+// message_filtered event fired in this process through HookRunner on 1 and 16
+// of these plugins, the host's and the plugins' part alone, free of the
+// kernel's cost of waking the client that moves the SMTP figures.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { BENCH_BUILD_DIR, buildFixture, fmt, median, scaled } from './_support.mjs';
+import { silentLogger } from '../dist/src/log.js';
+import { PluginManager } from '../dist/src/manager/plugin-manager.js';
+import { backendsStopped } from '../dist/src/plugin/backends.js';
+import { resolvePluginOptions } from '../dist/src/plugin/options.js';
+import { HookRunner } from '../dist/src/server/hook-runner.js';
+import { BUILD_DIR } from '../dist/src/paths.js';
+import { BENCH_BUILD_DIR, buildFixture, fmt, median, messageFields, scaled } from './_support.mjs';
 import { profileMarkdown } from './_profile.mjs';
 import { hostConfig, hostPeer, interleaved, loadText, pluginEntry, profileServer, smtpSource } from './_smtp.mjs';
 
 const COUNTS = [1, 2, 4, 8, 16];
-const ROUNDS = scaled(3, 1);
+const ROUNDS = scaled(5, 1);
+/** In-process: events per round and rounds, for 1 and 16 plugins. */
+const IN_PROCESS_EVENTS = scaled(20_000, 2_000);
+const IN_PROCESS_ROUNDS = scaled(7, 2);
 const LOAD = { messages: scaled(20_000, 2_000), size: 1024 };
 const PROFILE_LOAD = { messages: scaled(10_000, 2_000), size: 1024 };
 /** Issue 12: server CPU per added plugin per message. */
@@ -48,6 +60,38 @@ export fn smtp_plugin_disable() callconv(.c) c_int {
 }
 `;
 
+/**
+ * ns per message_filtered event fired through HookRunner on the first 1 and
+ * `max` plugins, native and sandboxed (in the event loop's thread, deadline
+ * on), medians of rounds interleaved; each run checks every plugin set its key.
+ */
+async function inProcess(builds, max) {
+  const body = Buffer.alloc(1024, 'La de da de da. ');
+  const fields = () => messageFields(body);
+  const hosts = [];
+  for (const flavor of ['native', 'sandboxed']) {
+    for (const count of [1, max]) {
+      const manager = new PluginManager({ directory: BUILD_DIR, logger: silentLogger() });
+      for (const build of builds.slice(0, count)) await manager.loadPlugin(flavor === 'native' ? build.native : build.wasm, '{}', resolvePluginOptions({}));
+      hosts.push({ flavor, count, manager, runner: new HookRunner(manager, silentLogger()), ns: [] });
+    }
+  }
+  for (let round = 0; round < IN_PROCESS_ROUNDS; round++) {
+    for (const host of hosts) {
+      for (let i = 0; i < IN_PROCESS_EVENTS / 10; i++) host.runner.run('message_filtered', fields);
+      let last;
+      const t0 = process.hrtime.bigint();
+      for (let i = 0; i < IN_PROCESS_EVENTS; i++) last = host.runner.run('message_filtered', fields);
+      host.ns.push(Number(process.hrtime.bigint() - t0) / IN_PROCESS_EVENTS);
+      if (last.context?.getMetadata(`scale_${host.count}`) !== 'example.com') throw new Error(`in-process: ${host.count} ${host.flavor} plugins did not all set their key`);
+    }
+  }
+  for (const host of hosts) await host.manager.deinit();
+  await backendsStopped();
+  const ns = (flavor, count) => median(hosts.find((h) => h.flavor === flavor && h.count === count).ns);
+  return Object.fromEntries(['native', 'sandboxed'].map((flavor) => [flavor, { one: ns(flavor, 1), all: ns(flavor, max), perPlugin: (ns(flavor, max) - ns(flavor, 1)) / (max - 1) }]));
+}
+
 /** Least-squares slope and intercept of y over x. */
 function fit(points) {
   const n = points.length;
@@ -82,6 +126,7 @@ export async function run() {
     }
   }
   const samples = await interleaved(smtp, peers, LOAD, ROUNDS);
+  const local = await inProcess(builds, max);
   const stat = (peer) => {
     const s = samples.get(peer.name);
     return { rate: median(s.map((x) => x.rate)), cpu: median(s.map((x) => x.cpuUsPerMessage)) };
@@ -130,8 +175,16 @@ export async function run() {
         header: ['plugins', 'server CPU, us per added plugin per message', 'wall time at saturation, us per added plugin per message', 'first plugin (with the hook\'s fixed cost), CPU us/msg'],
         rows: ['native', 'sandboxed'].map((kind) => [kind, series[kind].cpu.slope.toFixed(2), series[kind].wall.slope.toFixed(2), series[kind].first.toFixed(1)]),
       },
+      {
+        caption: `The same event without sockets: message_filtered fired through HookRunner in one process on 1 and ${max} of these plugins (12 keys and a 1 KiB body, as above), ns per event`,
+        header: ['plugins', 'ns per event, 1 plugin', `ns per event, ${max} plugins`, 'ns per added plugin'],
+        rows: ['native', 'sandboxed'].map((kind) => [kind, fmt(local[kind].one), fmt(local[kind].all), fmt(local[kind].perPlugin)]),
+      },
     ],
-    notes: [`${ROUNDS} rounds, peers interleaved; medians of the rounds. Wall time per message is 1/throughput with 20 connections in flight.`],
+    notes: [
+      `${ROUNDS} rounds, peers interleaved; medians of the rounds. Wall time per message is 1/throughput with 20 connections in flight.`,
+      `In-process: ${IN_PROCESS_ROUNDS} rounds of ${IN_PROCESS_EVENTS.toLocaleString('en')} events, the four setups interleaved, medians; sandboxed plugins run in this thread with their deadline on. This is what the host and the plugins themselves cost per event; the SMTP rows add the kernel's and the event loop's share, which grows with the server's time per message (scenario 2).`,
+    ],
     targets,
     profiles,
     chart: {
