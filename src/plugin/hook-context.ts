@@ -137,9 +137,9 @@ export class HookContext {
     this.#set(key, value, false);
   }
 
-  /** Applies a plugin's set (checked against the limits), copied back by a backend. */
-  applyPluginChange(key: string, value: Uint8Array): void {
-    this.#check(key, value);
+  /** Applies a plugin's set (checked against the limits), copied back by a backend; `keyBytes`: the key's UTF-8 length when the caller knows it. */
+  applyPluginChange(key: string, value: Uint8Array, keyBytes = Buffer.byteLength(key, 'utf8')): void {
+    this.#check(key, value, keyBytes);
     this.#set(key, value, true);
   }
 
@@ -260,8 +260,7 @@ export class HookContext {
     for (const [key, change] of this.#changes) if (change.byPlugin) yield [key, change.value];
   }
 
-  #check(key: string, value: MetadataValue): void {
-    const keyBytes = Buffer.byteLength(key, 'utf8');
+  #check(key: string, value: MetadataValue, keyBytes = Buffer.byteLength(key, 'utf8')): void {
     const valueBytes = typeof value === 'string' ? Buffer.byteLength(value, 'utf8') : value.byteLength;
     if (keyBytes === 0 || keyBytes > this.limits.keyBytesMax) {
       throw hostError('SMTP_E_METADATA_LIMIT', `metadata key of ${keyBytes} bytes (allowed 1 to ${this.limits.keyBytesMax})`);

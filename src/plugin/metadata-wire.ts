@@ -298,18 +298,74 @@ function* walk(view: Buffer, length: number, bounds: WireBounds | undefined, cod
   }
 }
 
+/** Distinct keys remembered by keyText; past this many the memory starts over (plugins set a handful of fixed keys). */
+export const KEY_TEXT_CACHE_ENTRIES_MAX = 1024;
+/** Keys longer than this are decoded each time (never cached). */
+const KEY_TEXT_CACHE_BYTES_MAX = 64;
+const keyTexts = new Map<number, string>();
+
+/**
+ * The key at view[start, end) as text. The keys plugins set repeat event
+ * after event, so short ASCII keys are remembered by a hash of their bytes
+ * (checked byte by byte on a hit): a hit costs no decoding and gives the
+ * same string each time, which V8 then finds faster as a property or map key.
+ */
+function keyText(view: Buffer, start: number, end: number): string {
+  const length = end - start;
+  if (length > KEY_TEXT_CACHE_BYTES_MAX) return view.toString('utf8', start, end);
+  let hash = length;
+  for (let i = start; i < end; i++) {
+    const byte = view[i]!;
+    if (byte >= 0x80) return view.toString('utf8', start, end);
+    hash = (Math.imul(hash, 31) + byte) | 0;
+  }
+  const known = keyTexts.get(hash);
+  if (known !== undefined && known.length === length) {
+    let same = true;
+    for (let i = 0; i < length; i++) {
+      if (known.charCodeAt(i) !== view[start + i]) {
+        same = false;
+        break;
+      }
+    }
+    if (same) return known;
+  }
+  const text = view.toString('latin1', start, end);
+  if (keyTexts.size >= KEY_TEXT_CACHE_ENTRIES_MAX) keyTexts.clear();
+  keyTexts.set(hash, text);
+  return text;
+}
+
 /**
  * Applies a plugin's encoded changes to `context`. Every length is checked
  * against the bytes present and, with `bounds`, against the bounds: a
  * plugin's memory is not trusted to be well formed. Violations throw `code`.
+ * The changes are copied once (the source is reused by the next call) and
+ * each value is a view into that copy.
  */
 export function applyChanges(bytes: Uint8Array, length: number, context: HookContext, bounds: WireBounds | undefined, code: ErrorCode, who: string): void {
-  const view = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  // One copy of all the changes (pooled when small), each value a view into it: the source is reused by the next call.
-  let owned: Buffer | null = null;
-  for (const [key, , valueLen, start] of walk(view, length, bounds, code, who)) {
-    owned ??= Buffer.from(view.subarray(0, length));
-    context.applyPluginChange(key, owned.subarray(start, start + valueLen));
+  if (length === 0) return;
+  const fail = (problem: string): never => {
+    throw hostError(code, `${who}: changed metadata ${problem}`);
+  };
+  if (length > bytes.byteLength) fail(`claims ${length} bytes of ${bytes.byteLength}`);
+  const view = Buffer.from(bytes.buffer, bytes.byteOffset, length);
+  const owned = Buffer.from(view);
+  let at = 0;
+  let count = 0;
+  while (at < length) {
+    if (bounds && ++count > bounds.keysMax) fail(`holds more than ${bounds.keysMax} keys`);
+    if (length - at < 4) fail('is truncated');
+    const keyLen = owned.readUInt32LE(at);
+    if (bounds && keyLen > bounds.keyBytesMax) fail(`has a ${keyLen}-byte key (at most ${bounds.keyBytesMax})`);
+    if (length - at - 4 < keyLen + 4) fail('is truncated');
+    const key = keyText(owned, at + 4, at + 4 + keyLen);
+    at += 4 + keyLen;
+    const valueLen = owned.readUInt32LE(at);
+    if (bounds && valueLen > bounds.valueBytesMax) fail(`"${key}" has ${valueLen} bytes (at most ${bounds.valueBytesMax})`);
+    if (length - at - 4 < valueLen) fail('is truncated');
+    context.applyPluginChange(key, owned.subarray(at + 4, at + 4 + valueLen), keyLen);
+    at += 4 + valueLen;
   }
 }
 

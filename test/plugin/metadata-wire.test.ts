@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { HookContext } from '../../src/plugin/hook-context.js';
-import { copyWire, encodeFields, wireMetadata, wireSize } from '../../src/plugin/metadata-wire.js';
+import { applyChanges, copyWire, encodeEntries, encodeFields, wireMetadata, wireSize } from '../../src/plugin/metadata-wire.js';
 
 /** Decoded values are bytes: as text, to compare. */
 const text = (fields: Record<string, unknown>): Record<string, string> => Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, Buffer.from(v as Uint8Array).toString()]));
@@ -56,5 +56,34 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     const grown = new HookContext('command_validated', undefined, session);
     grown.applyPluginChange('note', Buffer.alloc(40));
     expect(() => wireSize(grown, { keyBytesMax: 64, valueBytesMax: 39, keysMax: 8 }, 'test')).toThrow(expect.objectContaining({ message: expect.stringMatching(/metadata "note" \(40 bytes\)/) }));
+  });
+
+  it('applies a plugin\'s changes as copies, decodes every key exactly (UTF-8 too) and refuses a malformed or oversized text', () => {
+    const context = new HookContext('message_filtered');
+    const wire = encodeEntries([['score', '3'], ['clé', 'x'], ['k'.repeat(80), 'long key'], ['score2', Buffer.from([0, 255])]]);
+    applyChanges(wire, wire.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'test');
+    // The same key from another text comes back as the same key, with the new value.
+    const again = encodeEntries([['score', '4']]);
+    applyChanges(again, again.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'test');
+    wire.fill(0);
+    again.fill(0);
+    expect(context.toJSON()).toMatchObject({ score: '4', 'clé': 'x', ['k'.repeat(80)]: 'long key' });
+    expect([...context.getMetadataBytes('score2')!]).toEqual([0, 255]);
+    expect([...context.pluginChanges()].map(([key]) => key)).toEqual(['clé', 'k'.repeat(80), 'score2', 'score']);
+    const bounds = { keyBytesMax: 8, valueBytesMax: 4, keysMax: 2 };
+    const refused = (bytes: Buffer, length = bytes.length): string => {
+      try {
+        applyChanges(bytes, length, new HookContext('message_filtered'), bounds, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
+      } catch (error) {
+        expect((error as { code?: string }).code).toBe('SMTP_E_WASM_BOUNDS');
+        return (error as Error).message;
+      }
+      return 'accepted';
+    };
+    expect(refused(encodeEntries([['a', '1']]).subarray(0, 7))).toMatch(/is truncated/);
+    expect(refused(encodeEntries([['a', '1']]), 99)).toMatch(/claims 99 bytes/);
+    expect(refused(encodeEntries([['a', '12345']]))).toMatch(/"a" has 5 bytes \(at most 4\)/);
+    expect(refused(encodeEntries([['longerkey', '1']]))).toMatch(/9-byte key/);
+    expect(refused(encodeEntries([['a', '1'], ['b', '2'], ['c', '3']]))).toMatch(/more than 2 keys/);
   });
 });
