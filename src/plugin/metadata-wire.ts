@@ -243,15 +243,18 @@ export function wireMetadata(bytes: Uint8Array): EncodedMetadata {
   let count = 0;
   let keyBytesMax = 0;
   let valueBytesMax = 0;
-  let largestKey = '';
-  for (const [key, keyLen, valueLen] of walk(head, head.length, undefined, 'SMTP_E_METADATA_LIMIT', 'host')) {
+  let largestAt = -1;
+  let largestLen = 0;
+  eachEntry(head, head.length, undefined, 'SMTP_E_METADATA_LIMIT', 'host', (keyAt, keyLen, _valueAt, valueLen) => {
     count++;
     keyBytesMax = Math.max(keyBytesMax, keyLen);
     if (valueLen >= valueBytesMax) {
       valueBytesMax = valueLen;
-      largestKey = key;
+      largestAt = keyAt;
+      largestLen = keyLen;
     }
-  }
+  });
+  const largestKey = largestAt < 0 ? '' : head.toString('utf8', largestAt, largestAt + largestLen);
   return new EncodedMetadata(head, null, count, { keyBytesMax, valueBytesMax, largestKey }, null);
 }
 
@@ -274,8 +277,13 @@ function decodeFields(head: Buffer, tail: Buffer | null): MetadataFields {
   return Object.freeze(fields);
 }
 
-/** Yields [key, keyLen, valueLen, valueStart] of each entry, checking every length against what is present and the bounds. */
-function* walk(view: Buffer, length: number, bounds: WireBounds | undefined, code: ErrorCode, who: string): Generator<[string, number, number, number]> {
+/**
+ * Calls `visit(keyAt, keyLen, valueAt, valueLen)` for each entry of
+ * view[0, length), checking every length against what is present and, with
+ * `bounds`, against the bounds first: the bytes may come from a plugin's
+ * memory. Violations throw `code`.
+ */
+function eachEntry(view: Buffer, length: number, bounds: WireBounds | undefined, code: ErrorCode, who: string, visit: (keyAt: number, keyLen: number, valueAt: number, valueLen: number) => void): void {
   const fail = (problem: string): never => {
     throw hostError(code, `${who}: changed metadata ${problem}`);
   };
@@ -288,12 +296,12 @@ function* walk(view: Buffer, length: number, bounds: WireBounds | undefined, cod
     const keyLen = view.readUInt32LE(at);
     if (bounds && keyLen > bounds.keyBytesMax) fail(`has a ${keyLen}-byte key (at most ${bounds.keyBytesMax})`);
     if (length - at - 4 < keyLen + 4) fail('is truncated');
-    const key = view.toString('utf8', at + 4, at + 4 + keyLen);
-    at += 4 + keyLen;
+    const keyAt = at + 4;
+    at = keyAt + keyLen;
     const valueLen = view.readUInt32LE(at);
-    if (bounds && valueLen > bounds.valueBytesMax) fail(`"${key}" has ${valueLen} bytes (at most ${bounds.valueBytesMax})`);
+    if (bounds && valueLen > bounds.valueBytesMax) fail(`"${view.toString('utf8', keyAt, keyAt + keyLen)}" has ${valueLen} bytes (at most ${bounds.valueBytesMax})`);
     if (length - at - 4 < valueLen) fail('is truncated');
-    yield [key, keyLen, valueLen, at + 4];
+    visit(keyAt, keyLen, at + 4, valueLen);
     at += 4 + valueLen;
   }
 }
@@ -345,28 +353,11 @@ function keyText(view: Buffer, start: number, end: number): string {
  */
 export function applyChanges(bytes: Uint8Array, length: number, context: HookContext, bounds: WireBounds | undefined, code: ErrorCode, who: string): void {
   if (length === 0) return;
-  const fail = (problem: string): never => {
-    throw hostError(code, `${who}: changed metadata ${problem}`);
-  };
-  if (length > bytes.byteLength) fail(`claims ${length} bytes of ${bytes.byteLength}`);
-  const view = Buffer.from(bytes.buffer, bytes.byteOffset, length);
-  const owned = Buffer.from(view);
-  let at = 0;
-  let count = 0;
-  while (at < length) {
-    if (bounds && ++count > bounds.keysMax) fail(`holds more than ${bounds.keysMax} keys`);
-    if (length - at < 4) fail('is truncated');
-    const keyLen = owned.readUInt32LE(at);
-    if (bounds && keyLen > bounds.keyBytesMax) fail(`has a ${keyLen}-byte key (at most ${bounds.keyBytesMax})`);
-    if (length - at - 4 < keyLen + 4) fail('is truncated');
-    const key = keyText(owned, at + 4, at + 4 + keyLen);
-    at += 4 + keyLen;
-    const valueLen = owned.readUInt32LE(at);
-    if (bounds && valueLen > bounds.valueBytesMax) fail(`"${key}" has ${valueLen} bytes (at most ${bounds.valueBytesMax})`);
-    if (length - at - 4 < valueLen) fail('is truncated');
-    context.applyPluginChange(key, owned.subarray(at + 4, at + 4 + valueLen), keyLen);
-    at += 4 + valueLen;
-  }
+  if (length > bytes.byteLength) throw hostError(code, `${who}: changed metadata claims ${length} bytes of ${bytes.byteLength}`);
+  const owned = Buffer.from(Buffer.from(bytes.buffer, bytes.byteOffset, length));
+  eachEntry(owned, length, bounds, code, who, (keyAt, keyLen, valueAt, valueLen) => {
+    context.applyPluginChange(keyText(owned, keyAt, keyAt + keyLen), owned.subarray(valueAt, valueAt + valueLen), keyLen);
+  });
 }
 
 /** Bytes `entries` take in the wire format. */
