@@ -1,5 +1,5 @@
 import cluster from 'node:cluster';
-import { existsSync, watch, type FSWatcher } from 'node:fs';
+import { existsSync, readFileSync, watch, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AdminServer } from '../admin/admin-server.js';
@@ -45,19 +45,31 @@ export async function serveCommand(args: string[]): Promise<number> {
     ...(values.port === undefined ? {} : { port: Number(values.port) }),
     ...(values['plugin-dir'] === undefined ? {} : { pluginDir: values['plugin-dir'] }),
   };
+  // Read before the load: an edit after this point differs from it, and is caught once the file is watched.
+  const textAtLoad = configText(path);
   const loaded = loadConfig(path, overrides);
   const processLogger = createLogger();
   if (cluster.isPrimary && loaded.server.workers > 1) return runPrimary(loaded, processLogger);
   const role = WorkerRole.fromEnvironment(processLogger);
   try {
-    return await serve(loaded, path, overrides, role, role?.logger ?? processLogger);
+    return await serve(loaded, path, textAtLoad, overrides, role, role?.logger ?? processLogger);
   } finally {
     role?.detach();
   }
 }
 
-/** One server in this process: the whole server (role null), or one worker of several. */
-async function serve(loaded: AppConfig, path: string | null, overrides: ConfigOverrides, role: WorkerRole | null, logger: Logger): Promise<number> {
+/** The config file's text, or null without a file (or when it cannot be read: loadConfig then reports why). */
+function configText(path: string | null): string | null {
+  if (path === null) return null;
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return null;
+  }
+}
+
+/** One server in this process: the whole server (role null), or one worker of several. `textAtLoad`: the config file as it was read before the load. */
+async function serve(loaded: AppConfig, path: string | null, textAtLoad: string | null, overrides: ConfigOverrides, role: WorkerRole | null, logger: Logger): Promise<number> {
   // A worker keeps its spool in a directory of its own, and reloads compare against the same.
   const configFor = (config: AppConfig): AppConfig => (role === null ? config : role.configFor(config));
   const config = configFor(loaded);
@@ -132,10 +144,13 @@ async function serve(loaded: AppConfig, path: string | null, overrides: ConfigOv
   let watcher: FSWatcher | undefined;
   if (path !== null) {
     let timer: NodeJS.Timeout | undefined;
-    watcher = watch(path, () => {
+    const changed = (): void => {
       clearTimeout(timer);
       timer = setTimeout(() => reload('config file changed'), CONFIG_SETTLE_MS);
-    });
+    };
+    watcher = watch(path, changed);
+    // The server has been listening since start(): an edit made before the watch began would otherwise be missed until the next one.
+    if (configText(path) !== textAtLoad) changed();
   }
   process.on('SIGHUP', () => reload('SIGHUP'));
   const signal = await new Promise<string>((done) => {
