@@ -25,9 +25,17 @@ async function start(file, options) {
 async function timeAwaited(instance, calls) {
   const context = new HookContext('message_received');
   context.setMetadata('a', 'sender@example.com');
-  for (let i = 0; i < 200; i++) await instance.executeHookAsync(context);
+  // settle(): the key comes back into the context after every call, as the server's chain end takes it
+  // (a native plugin's changes otherwise wait in the native copy until the context is read).
+  for (let i = 0; i < 200; i++) {
+    await instance.executeHookAsync(context);
+    context.settle();
+  }
   const begin = process.hrtime.bigint();
-  for (let i = 0; i < calls; i++) await instance.executeHookAsync(context);
+  for (let i = 0; i < calls; i++) {
+    await instance.executeHookAsync(context);
+    context.settle();
+  }
   const perCall = Number(process.hrtime.bigint() - begin) / calls;
   if (context.getMetadata('b') !== 'sender@example.com') throw new Error('the plugin did not set b');
   return perCall;
