@@ -2,10 +2,11 @@
  * The hook calls of one blocking native plugin (SMTP_PLUGIN_FLAG_BLOCKING),
  * run off the event loop on a thread of koffi's pool. They run one at a
  * time, in the order they came, as before; what changed is the hand-off:
- * every call that queued while the previous batch ran goes to the pool in
- * one batch (smtp_host_call_batch), each in its own loaded context, so
- * under load a thread hop is shared by many calls instead of paid by each
- * (a koffi async call costs 9 to 17 us of CPU; docs/benchmarks.md).
+ * every call that queued in the same turn of the event loop, or while the
+ * previous batch ran, goes to the pool in one batch (smtp_host_call_batch),
+ * each in its own loaded context, so under load a thread hop is shared by
+ * many calls instead of paid by each (a koffi async call costs 30 to 35 us
+ * of CPU across threads here; docs/benchmarks.md).
  *
  * Each call keeps its own deadline: a call whose session stopped waiting
  * before it started is skipped and never runs; one already running cannot
@@ -56,6 +57,8 @@ export class BlockingCalls {
   #firstSlot: NativeContextSlot | null = null;
   /** The batch on the pool now, if any. */
   #running: PoolCall | null = null;
+  /** A #pump is due at the end of this turn of the event loop. */
+  #pumpScheduled = false;
   #released = false;
 
   constructor(options: BlockingCallsOptions) {
@@ -86,6 +89,21 @@ export class BlockingCalls {
         reject,
       };
       this.#waiting.push(call);
+      this.#schedulePump();
+    });
+  }
+
+  /**
+   * Starts a batch once this turn of the event loop has queued what it will
+   * (setImmediate): the message_stored calls of one group commit, say, then
+   * share one hand-off instead of the first going alone. While a batch runs,
+   * the calls wait for it anyway (#pump runs again when it settles).
+   */
+  #schedulePump(): void {
+    if (this.#pumpScheduled || this.#running !== null) return;
+    this.#pumpScheduled = true;
+    setImmediate(() => {
+      this.#pumpScheduled = false;
       this.#pump();
     });
   }

@@ -80,8 +80,9 @@ describe('batched blocking native calls', () => {
 
   it('never makes a call whose deadline passed while it waited in a batch behind a stuck call', async () => {
     const probe = await blockingProbe({ limits: { hookTimeoutMs: 1000 } });
-    // The first call runs alone; the stuck one and the one behind it queue meanwhile and go together.
+    // The first call runs alone (a batch starts at the end of the event loop's turn); the stuck one and the one behind it queue meanwhile and go together.
     const first = probe.executeHook(HookContext.of('message_stored', { probe: 'sleep', ms: '300' }));
+    await new Promise((resolve) => setImmediate(resolve));
     const stuck = probe.executeHook(HookContext.of('message_stored', { probe: 'nap' }));
     const behind = HookContext.of('message_stored', { input: 'behind the nap' });
     const behindCall = probe.executeHook(behind);
