@@ -194,7 +194,7 @@ export class HookContext {
   }
 
   #raw(key: string): MetadataValue | undefined {
-    if (this.#pending !== null) this.settle();
+    this.settle();
     const change = this.#changes?.get(key);
     return change !== undefined ? change.value : this.base.fields[key];
   }

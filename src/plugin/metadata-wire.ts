@@ -354,7 +354,7 @@ function keyText(view: Buffer, start: number, end: number): string {
 export function applyChanges(bytes: Uint8Array, length: number, context: HookContext, bounds: WireBounds | undefined, code: ErrorCode, who: string): void {
   if (length === 0) return;
   if (length > bytes.byteLength) throw hostError(code, `${who}: changed metadata claims ${length} bytes of ${bytes.byteLength}`);
-  const owned = Buffer.from(Buffer.from(bytes.buffer, bytes.byteOffset, length));
+  const owned = Buffer.from(bytes.subarray(0, length));
   eachEntry(owned, length, bounds, code, who, (keyAt, keyLen, valueAt, valueLen) => {
     context.applyPluginChange(keyText(owned, keyAt, keyAt + keyLen), owned.subarray(valueAt, valueAt + valueLen), keyLen);
   });
