@@ -6,6 +6,23 @@
  * their turn (in arrival order). A message larger than the whole budget
  * runs alone.
  */
+/** A new buffer's size is rounded up to one of this many sizes per doubling (at most 1/16 = 6.25% more than asked). */
+export const BUFFER_SIZES_PER_DOUBLING = 16;
+/** ...and to a multiple of this (bytes). */
+export const BUFFER_GRANULARITY_BYTES_MIN = 64 * 1024;
+
+/**
+ * The size a new body buffer gets for `bytes`: rounded up, so that a spare
+ * serves the next message of about the same size. Exact sizes made a spare
+ * useless for a message a few bytes longer (smtp-source's 20 MiB messages
+ * differ by 4 bytes), and a second 20 MiB buffer was allocated while the
+ * first sat in the spares.
+ */
+export function bufferSize(bytes: number): number {
+  const granularity = Math.max(BUFFER_GRANULARITY_BYTES_MIN, 2 ** Math.floor(Math.log2(Math.max(bytes, 1))) / BUFFER_SIZES_PER_DOUBLING);
+  return Math.ceil(bytes / granularity) * granularity;
+}
+
 export class MemoryBudget {
   readonly bytesMax: number;
   #held = 0;
@@ -46,13 +63,13 @@ export class MemoryBudget {
     });
   }
 
-  /** A buffer of at least `bytes`: a spare one when one fits (the smallest such), else a new one. Use only while holding a grant. */
+  /** A buffer of at least `bytes`: a spare one when one fits (the smallest such), else a new one of bufferSize(bytes). Use only while holding a grant. */
   buffer(bytes: number): Buffer {
     let best = -1;
     for (const [index, spare] of this.#spare.entries()) {
       if (spare.length >= bytes && (best < 0 || spare.length < this.#spare[best]!.length)) best = index;
     }
-    if (best < 0) return Buffer.allocUnsafeSlow(bytes);
+    if (best < 0) return Buffer.allocUnsafeSlow(bufferSize(bytes));
     const [taken] = this.#spare.splice(best, 1);
     this.#spareBytes -= taken!.length;
     return taken!;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { MemoryBudget } from '../../src/server/memory-budget.js';
+import { BUFFER_GRANULARITY_BYTES_MIN, BUFFER_SIZES_PER_DOUBLING, MemoryBudget, bufferSize } from '../../src/server/memory-budget.js';
 
 const MIB = 2 ** 20;
 
@@ -55,5 +55,19 @@ describe('MemoryBudget (message bodies held for the body hooks)', () => {
     budget.recycle(b); // 6 + 3 + 5 > 8: the smallest spares go
     expect(budget.buffer(5 * MIB).length).toBe(6 * MIB);
     expect(budget.buffer(5 * MIB) === b).toBe(false);
+  });
+
+  it('rounds a new buffer up to a size class, so that a message a few bytes longer reuses the spare', () => {
+    const budget = new MemoryBudget(64 * MIB);
+    // Two of smtp-source's 20 MiB messages, 4 bytes apart.
+    const first = budget.buffer(20_971_646);
+    expect(first.length).toBe(21 * MIB);
+    budget.recycle(first);
+    expect(budget.buffer(20_971_650) === first).toBe(true);
+    expect(bufferSize(20 * MIB + 1)).toBe(21 * MIB);
+    expect(bufferSize(3 * MIB)).toBe(3 * MIB);
+    expect(bufferSize(1000)).toBe(BUFFER_GRANULARITY_BYTES_MIN);
+    // Never more than 1/16 over what was asked, past the smallest granularity.
+    for (const bytes of [2 * MIB + 1, 7 * MIB - 3, 33 * MIB + 5]) expect(bufferSize(bytes) - bytes).toBeLessThan(bytes / BUFFER_SIZES_PER_DOUBLING);
   });
 });
