@@ -17,8 +17,8 @@ import { profileMarkdown } from './_profile.mjs';
 import { chainEntries, externalPeer, hostConfig, hostPeer, interleaved, loadText, profileServer, smtpSource } from './_smtp.mjs';
 import { chainBuilds } from './smtp-throughput.mjs';
 
-const ROUNDS = scaled(3, 1);
-const LOAD = { messages: scaled(3_000, 500), size: 1024 };
+const ROUNDS = scaled(5, 1);
+const LOAD = { messages: scaled(6_000, 500), size: 1024 };
 /** Unmeasured messages before each measurement, for every peer (Postfix's queue drains before its measurement starts). */
 const WARMUP_MESSAGES = scaled(3_000, 500);
 /** Issue 12: batching fsyncs is how this server earns five times Postfix's one fsync per message. */
