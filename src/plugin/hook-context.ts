@@ -146,7 +146,7 @@ export class HookContext {
   #set(key: string, value: MetadataValue, byPlugin: boolean): void {
     const changes = (this.#changes ??= new Map());
     const replaced = changes.delete(key); // re-inserted last: changes stay in version order
-    if (!replaced && this.base.fields[key] === undefined) this.#added++;
+    if (!replaced && this.base.value(key) === undefined) this.#added++;
     changes.set(key, { value, version: ++this.#version, byPlugin });
     // A copy counts wire entries against its key limit: the log holds each key once, so a key set
     // again has it rebuilt (a context reused for many calls would otherwise grow it forever).
@@ -196,7 +196,7 @@ export class HookContext {
   #raw(key: string): MetadataValue | undefined {
     this.settle();
     const change = this.#changes?.get(key);
-    return change !== undefined ? change.value : this.base.fields[key];
+    return change !== undefined ? change.value : this.base.value(key);
   }
 
   /** A key as set after the event was encoded (by a plugin, or the host), as text; undefined when it was not. */

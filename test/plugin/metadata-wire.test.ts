@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { HookContext } from '../../src/plugin/hook-context.js';
+import { HookContext, type MetadataValue } from '../../src/plugin/hook-context.js';
 import { applyChanges, copyWire, encodeEntries, encodeFields, wireMetadata, wireSize } from '../../src/plugin/metadata-wire.js';
 
 /** Decoded values are bytes: as text, to compare. */
@@ -30,6 +30,26 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     expect(stored.tail).toBeNull();
     expect(stored.head.buffer).toBe(event.head.buffer);
     expect(text(wireMetadata(stored.head).fields)).toEqual({ session_id: 's1', remote_ip: '127.0.0.1', sender: 'a@example.org' });
+  });
+
+  it('gives message_stored\'s view the keys it holds, taken from the event\'s (no body, and no key the encoding skipped)', () => {
+    const event = encodeFields({ sender: 'a@example.org', subject: undefined, message_body: body }, 'message_body', session);
+    const stored = event.withoutTail();
+    expect(text(stored.fields)).toEqual({ session_id: 's1', remote_ip: '127.0.0.1', sender: 'a@example.org' });
+    expect(text(stored.fields)).toEqual(text(wireMetadata(stored.head).fields));
+    expect(stored.fields.message_body).toBeUndefined();
+    // One key at a time, before any fields are built: the same answers.
+    for (const encoding of [encodeFields({ sender: 'a@example.org', message_body: body }, 'message_body', session), event]) {
+      const view = encoding.withoutTail();
+      for (const key of ['session_id', 'sender', 'message_body', 'subject', 'absent']) {
+        const one = (value: MetadataValue | undefined): string | undefined => (value === undefined ? undefined : Buffer.from(value).toString());
+        expect(one(view.value(key))).toBe(one(view.fields[key]));
+        expect(one(encoding.value(key))).toBe(one(encoding.fields[key]));
+      }
+    }
+    // A view of bytes that came without fields (from another thread) decodes them.
+    const fromWire = wireMetadata(Buffer.concat([event.head, event.tail!]));
+    expect(fromWire.fields.message_body).toBeDefined();
   });
 
   it('encodes a context\'s changes once, appending new keys; a key set again is rebuilt into one entry', () => {
