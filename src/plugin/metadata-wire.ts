@@ -157,7 +157,7 @@ export class EncodedMetadata {
     const head = this.head.subarray(0, this.head.length - this.#tailEntryBytes);
     const view = new EncodedMetadata(head, null, this.count - 1, measure(head), null);
     // With the tail's key known and the fields at hand (not to be decoded), the view's fields come from them.
-    if (this.#tailKey !== null && (this.#fields !== null)) view.#withTail = this;
+    if (this.#tailKey !== null && this.#fields !== null) view.#withTail = this;
     return view;
   }
 }

@@ -1,11 +1,3 @@
-/**
- * Bytes of message bodies the server may hold in memory at once for the
- * hooks that carry message_body. A large message is read back from its
- * spool file for those hooks only while the budget allows, so 20 clients
- * sending 20 MB each do not make the server hold 400 MB: the others wait
- * their turn (in arrival order). A message larger than the whole budget
- * runs alone.
- */
 /** A new buffer's size is rounded up to one of this many sizes per doubling (at most 1/16 = 6.25% more than asked). */
 export const BUFFER_SIZES_PER_DOUBLING = 16;
 /** ...and to a multiple of this (bytes). */
@@ -23,6 +15,14 @@ export function bufferSize(bytes: number): number {
   return Math.ceil(bytes / granularity) * granularity;
 }
 
+/**
+ * Bytes of message bodies the server may hold in memory at once for the
+ * hooks that carry message_body. A large message is read back from its
+ * spool file for those hooks only while the budget allows, so 20 clients
+ * sending 20 MB each do not make the server hold 400 MB: the others wait
+ * their turn (in arrival order). A message larger than the whole budget
+ * runs alone.
+ */
 export class MemoryBudget {
   readonly bytesMax: number;
   #held = 0;
