@@ -4,6 +4,7 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { networkMatcher, parseNetwork, type Network } from '../config/networks.js';
 import { REPLIES, timedOut } from './reply-policy.js';
 import { ClientSlots, ConnectionDeadline, DEFAULT_CLIENT_LIMITS, type ClientLimits, type DeadlineReason } from './client-limits.js';
+import { ReplyBatch } from './reply-batch.js';
 
 /**
  * smtp-server has no event for each command line, its logger cannot veto,
@@ -11,8 +12,10 @@ import { ClientSlots, ConnectionDeadline, DEFAULT_CLIENT_LIMITS, type ClientLimi
  * few seconds resets forever. This subclass builds connections that route
  * every command line through `onCommand` first (the parser waits for the
  * callback, so an async hook keeps pipelined commands in order), that run
- * the deadlines of client-limits.ts, and that count against a per-IP cap.
- * It relies on smtp-server internals (`connect`, `_onCommand`,
+ * the deadlines of client-limits.ts, that count against a per-IP cap, and
+ * whose replies are written together at the end of each event-loop turn
+ * (reply-batch.ts). It relies on smtp-server internals (`connect`,
+ * `_onCommand`, `send`, `upgrade`, `_socket`, `_upgrading`,
  * `_sendGreeting`, `_createParser`, `_onClose`, `_nextHandler`,
  * `_redactCredentials`, and the parser's `_write`, `_endDataMode`,
  * `continue`): the version is pinned in package.json and
@@ -58,6 +61,7 @@ interface Parser {
 interface ConnectionHooks {
   readonly gate: CommandGate;
   readonly deadline: ConnectionDeadline;
+  readonly replies: ReplyBatch;
   /** Stops the deadlines and gives the per-IP slot back. Idempotent. */
   readonly ended: () => void;
 }
@@ -95,6 +99,19 @@ class GatedConnection extends SMTPConnection {
     const parser = super._createParser();
     if (this.hooks) watchParser(parser as unknown as Parser, this.hooks.deadline);
     return parser;
+  }
+
+  override send(code: number, data?: string | string[] | null, context?: string | false): void {
+    const socket = this._socket;
+    // The same condition under which smtp-server writes at all: nothing is held for a socket that will not be written.
+    if (this.hooks && !this._upgrading && !socket.destroyed && socket.readyState === 'open') this.hooks.replies.hold(socket);
+    super.send(code, data, context);
+  }
+
+  override upgrade(callback: () => void, secureCallback?: () => void): void {
+    // The 220 to STARTTLS goes out in clear before the TLS socket takes the handle.
+    this.hooks?.replies.release(this._socket);
+    super.upgrade(callback, secureCallback);
   }
 
   override close(): void {
@@ -146,6 +163,7 @@ export class HookedSMTPServer extends SMTPServer {
   readonly #gate: CommandGate;
   readonly #limits: ClientLimits;
   readonly #slots: ClientSlots;
+  readonly #replies = new ReplyBatch();
   /** Clients the per-IP cap does not apply to (trusted networks, as Postfix exempts $mynetworks). */
   readonly #uncapped: (ip: string) => boolean;
 
@@ -183,6 +201,7 @@ export class HookedSMTPServer extends SMTPServer {
     connection.hooks = {
       gate: this.#gate,
       deadline,
+      replies: this.#replies,
       ended: () => {
         if (ended) return;
         ended = true;
