@@ -315,14 +315,22 @@ async function measureExternal(source, peer, load, warmupMessages = 0) {
 
 export const externalPeer = (name, server) => ({ name, kind: 'external', server });
 
-/** Runs every peer once per round, interleaved (A B C A B C ...); returns samples by peer name. */
+/**
+ * Runs every peer once per round, interleaved, each round starting one peer
+ * later (A B C, B C A, C A B, ...), so that no peer always follows the same
+ * one (a durable peer's disk writeback, a logging peer's collector backlog)
+ * or always runs first; returns samples by peer name.
+ */
 export async function interleaved(source, peers, load, rounds, options = {}) {
   const samples = new Map(peers.map((peer) => [peer.name, []]));
   // A short unrecorded run first, so that the first recorded one does not pay for cold caches.
   const first = peers[0].load ?? load;
   await measure(source, peers[0], { ...first, messages: Math.min(2_000, Math.ceil(first.messages / 10)) }, { ...options, collector: peers[0].collector });
   for (let round = 0; round < rounds; round++) {
-    for (const peer of peers) samples.get(peer.name).push(await measure(source, peer, peer.load ?? load, { ...options, collector: peer.collector, expectRecords: peer.expectRecords }));
+    const shift = round % peers.length;
+    for (const peer of [...peers.slice(shift), ...peers.slice(0, shift)]) {
+      samples.get(peer.name).push(await measure(source, peer, peer.load ?? load, { ...options, collector: peer.collector, expectRecords: peer.expectRecords }));
+    }
   }
   return samples;
 }
