@@ -80,6 +80,8 @@ export class HookContext {
   #added = 0;
   /** #changes encoded (null: encode them all again at the next ask). */
   #log: ChangeLog | null = null;
+  /** Keys added (never set before) since #log was last encoded, in order: what the next ask appends, without walking #changes. */
+  #unencoded: [string, MetadataValue][] | null = null;
   /** A backend holding changes not copied back yet: collected before anything reads or changes the context. */
   #pending: PendingChanges | null = null;
 
@@ -150,7 +152,10 @@ export class HookContext {
     changes.set(key, { value, version: ++this.#version, byPlugin });
     // A copy counts wire entries against its key limit: the log holds each key once, so a key set
     // again has it rebuilt (a context reused for many calls would otherwise grow it forever).
-    if (replaced) this.#log = null;
+    if (replaced) {
+      this.#log = null;
+      this.#unencoded = null;
+    } else if (this.#log !== null) (this.#unencoded ??= []).push([key, value]);
   }
 
   /**
@@ -163,12 +168,18 @@ export class HookContext {
     this.settle();
     const changes = this.#changes;
     if (changes === null) return EMPTY_CHANGE_LOG;
-    const log = (this.#log ??= { bytes: Buffer.allocUnsafe(0), length: 0, encoded: 0, keyBytesMax: 0, valueBytesMax: 0, largestKey: '' });
-    if (log.encoded < changes.size) {
-      // Without a key set again, the map's newest entries are exactly the ones not encoded yet.
-      const fresh: [string, MetadataValue][] = [];
-      let skip = log.encoded;
-      for (const [key, change] of changes) if (skip-- <= 0) fresh.push([key, change.value]);
+    let log = this.#log;
+    let fresh: [string, MetadataValue][];
+    if (log === null) {
+      log = this.#log = { bytes: Buffer.allocUnsafe(0), length: 0, encoded: 0, keyBytesMax: 0, valueBytesMax: 0, largestKey: '' };
+      fresh = [];
+      for (const [key, change] of changes) fresh.push([key, change.value]);
+    } else {
+      // Walking #changes to skip the encoded keys made a chain of n sandboxed plugins cost n^2 steps.
+      fresh = this.#unencoded ?? [];
+    }
+    this.#unencoded = null;
+    if (fresh.length > 0) {
       let length = log.length;
       for (const [key, value] of fresh) {
         const keyBytes = Buffer.byteLength(key, 'utf8');
@@ -190,6 +201,7 @@ export class HookContext {
       log.length = length;
       log.encoded = changes.size;
     }
+    if (log.encoded !== changes.size) throw new Error(`change log holds ${log.encoded} keys of ${changes.size}`);
     return log;
   }
 

@@ -265,11 +265,13 @@ class WasmPlugin implements Plugin {
   }
 
   #memoryBytes(live: Live, ptr: number, len: number, what: string): Uint8Array {
-    const size = live.memory.buffer.byteLength;
+    // The getter is read once: it costs about as much as the view built from it.
+    const buffer = live.memory.buffer;
+    const size = buffer.byteLength;
     if (!Number.isInteger(ptr) || ptr < 0 || len < 0 || ptr + len > size) {
       throw hostError('SMTP_E_WASM_BOUNDS', `plugin "${this.metadata?.name ?? this.path}": ${what} at ${ptr}+${len} is outside its ${size}-byte memory`);
     }
-    return new Uint8Array(live.memory.buffer, ptr, len);
+    return new Uint8Array(buffer, ptr, len);
   }
 
   #cString(live: Live, ptr: number, max: number, what: string): string | null {

@@ -73,6 +73,16 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     expect(text(wireMetadata(copy).fields)).toMatchObject({ sender: 'b@example.org', score: '299', verdict: 'ham', session_id: 's1' });
     // A copy's key limit counts wire entries: the four event keys and the three changed.
     expect(() => wireSize(context, { keyBytesMax: 64, valueBytesMax: 1 << 20, keysMax: 6 }, 'test')).toThrow(expect.objectContaining({ code: 'SMTP_E_METADATA_LIMIT', message: expect.stringMatching(/7 metadata keys, at most 6/) }));
+    // After a rebuild, a new key is appended again, and a copy made now carries every key with its latest value.
+    context.applyPluginChange('late', Buffer.from('x'));
+    expect(context.encodedChanges().encoded).toBe(4);
+    context.applyPluginChange('later', Buffer.from('y'));
+    context.applyPluginChange('verdict', Buffer.from('spam'));
+    expect(context.encodedChanges().encoded).toBe(5);
+    const again = wireSize(context, undefined, 'test');
+    const copyAgain = Buffer.alloc(again.bytes);
+    copyWire(context, again.changes, copyAgain);
+    expect(text(wireMetadata(copyAgain).fields)).toMatchObject({ score: '299', verdict: 'spam', late: 'x', later: 'y' });
     const grown = new HookContext('command_validated', undefined, session);
     grown.applyPluginChange('note', Buffer.alloc(40));
     expect(() => wireSize(grown, { keyBytesMax: 64, valueBytesMax: 39, keysMax: 8 }, 'test')).toThrow(expect.objectContaining({ message: expect.stringMatching(/metadata "note" \(40 bytes\)/) }));
