@@ -10,7 +10,7 @@ import type { Socket } from 'node:net';
  * commands of other connections, every reply woke a client that had gone back
  * to sleep; written together, the first wakes it and the rest find it awake.
  * Measured with smtp-source (20 connections, 1 KiB): the server's system time
- * per message fell from 45-50 to 29-35 us (docs/benchmarks.md). A client that
+ * per message with the native chain fell from 44-51 to 31-34 us (docs/benchmarks.md). A client that
  * pipelines gets its replies in one segment.
  *
  * Nothing is held past the turn: a reply waits at most for the other

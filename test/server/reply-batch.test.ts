@@ -20,6 +20,13 @@ async function until(check: () => boolean): Promise<void> {
 }
 
 const opened: Array<{ listener: Server; server: Socket; client: Socket }> = [];
+
+/** A loopback pair closed after the test, and a batch to hold its replies. */
+async function batched(): Promise<Awaited<ReturnType<typeof pair>> & { batch: ReplyBatch }> {
+  const p = await pair();
+  opened.push(p);
+  return { ...p, batch: new ReplyBatch() };
+}
 afterEach(() => {
   for (const { listener, server, client } of opened.splice(0)) {
     client.destroy();
@@ -30,9 +37,8 @@ afterEach(() => {
 
 describe('ReplyBatch', () => {
   it('writes the replies of one turn together at its end, and nothing before', async () => {
-    const p = await pair();
-    opened.push(p);
-    const batch = new ReplyBatch();
+    const p = await batched();
+    const { batch } = p;
     batch.hold(p.server);
     p.server.write('250 2.1.0 Accepted\r\n');
     batch.hold(p.server);
@@ -48,9 +54,8 @@ describe('ReplyBatch', () => {
   });
 
   it('release writes at once (before STARTTLS hands the socket over); end() writes what is held', async () => {
-    const p = await pair();
-    opened.push(p);
-    const batch = new ReplyBatch();
+    const p = await batched();
+    const { batch } = p;
     batch.hold(p.server);
     p.server.write('220 2.0.0 Ready to start TLS\r\n');
     batch.release(p.server);
@@ -69,9 +74,8 @@ describe('ReplyBatch', () => {
   });
 
   it('a socket destroyed while holding replies is dropped from the batch without an error', async () => {
-    const p = await pair();
-    opened.push(p);
-    const batch = new ReplyBatch();
+    const p = await batched();
+    const { batch } = p;
     batch.hold(p.server);
     p.server.write('250 2.0.0 Ok\r\n');
     p.server.destroy();
