@@ -512,7 +512,7 @@ class ProcessPlugin implements Plugin {
     if (fault === Fault.CHANGES_TOO_LARGE) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: the metadata it set (${-channel.replyLen} bytes) does not fit the ${channel.reply.length}-byte channel`);
     if (fault !== Fault.NONE) throw hostError('SMTP_E_PLUGIN_STATE', `${who}: its process refused the hook call (fault ${fault})`);
     const replyLen = channel.replyLen;
-    if (replyLen > 0) applyChanges(channel.reply, replyLen, context, this.#bounds, 'SMTP_E_METADATA_LIMIT', who);
+    if (replyLen > 0) applyChanges(channel.reply, 0, replyLen, context, this.#bounds, 'SMTP_E_METADATA_LIMIT', who);
     if ((channel.status & STATUS_CANCEL) !== 0) context.cancel = true;
     if (channel.countersDenied()) this.#onDenied.counters();
     if (length > RELEASE_ABOVE_BYTES || replyLen > RELEASE_ABOVE_BYTES) channel.releaseBeyond(RELEASE_ABOVE_BYTES);

@@ -291,7 +291,7 @@ export class NativeContextSlot implements PendingChanges {
       out = scratchBuffer(-written);
       written = fns.takeChanges(this.pointer, out, out.length);
     }
-    applyChanges(out, written, context, undefined, 'SMTP_E_METADATA_LIMIT', 'native plugin');
+    applyChanges(out, 0, written, context, undefined, 'SMTP_E_METADATA_LIMIT', 'native plugin');
     // The native copy already holds these changes.
     this.#contextVersion = context.version;
   }

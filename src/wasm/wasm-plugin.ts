@@ -58,6 +58,8 @@ interface Live {
   inputBytes: number;
   loadedId: number;
   loadedVersion: number;
+  /** The whole memory as a plain Uint8Array, made again once growth detaches it (its length then reads 0). */
+  view: Uint8Array;
 }
 
 function fail(code: Parameters<typeof hostError>[0], message: string, cause?: unknown): never {
@@ -208,6 +210,7 @@ class WasmPlugin implements Plugin {
       inputBytes: 0,
       loadedId: 0,
       loadedVersion: -1,
+      view: new Uint8Array(memory.buffer),
     };
     const { limits } = this.#options;
     live.context = this.#guard('context_create', () => exports.smtp_wasm_context_create(limits.metadataKeyBytesMax, limits.metadataValueBytesMax, limits.metadataKeysMax) >>> 0);
@@ -232,11 +235,16 @@ class WasmPlugin implements Plugin {
     try {
       return run();
     } catch (error) {
-      const coded = this.#classify(error, phase);
-      this.#wasi.flush();
-      if (coded.code !== 'SMTP_E_METADATA_LIMIT') this.#replace(coded);
-      throw coded;
+      throw this.#failed(error, phase);
     }
+  }
+
+  /** A guest call failed: the coded error, with the instance replaced unless only a metadata limit was hit. */
+  #failed(error: unknown, phase: string): HostError {
+    const coded = this.#classify(error, phase);
+    this.#wasi.flush();
+    if (coded.code !== 'SMTP_E_METADATA_LIMIT') this.#replace(coded);
+    return coded;
   }
 
   /** Drops a failed instance; brings a fresh one back to the old one's state. */
@@ -272,6 +280,21 @@ class WasmPlugin implements Plugin {
       throw hostError('SMTP_E_WASM_BOUNDS', `plugin "${this.metadata?.name ?? this.path}": ${what} at ${ptr}+${len} is outside its ${size}-byte memory`);
     }
     return new Uint8Array(buffer, ptr, len);
+  }
+
+  /**
+   * The guest's memory as one Uint8Array, kept between calls: a hook call copies
+   * in and out through it instead of building a view per copy. Growth
+   * detaches the old buffer, whose views then read as empty.
+   */
+  #view(live: Live): Uint8Array {
+    let view = live.view;
+    if (view.length === 0) view = live.view = new Uint8Array(live.memory.buffer);
+    return view;
+  }
+
+  #outside(live: Live, ptr: number, len: number, what: string): never {
+    throw hostError('SMTP_E_WASM_BOUNDS', `plugin "${this.metadata?.name ?? this.path}": ${what} at ${ptr}+${len} is outside its ${this.#view(live).length}-byte memory`);
   }
 
   #cString(live: Live, ptr: number, max: number, what: string): string | null {
@@ -373,7 +396,9 @@ class WasmPlugin implements Plugin {
 
   executeHook(context: HookContext): number {
     const live = this.#current();
-    return this.#guard(context.hook, () => {
+    // #guard's work written out: this runs for every plugin of every event, and the closure cost more than the rest of the wrapper.
+    this.#arm();
+    try {
       const { exports } = live;
       if (live.loadedId !== context.id || live.loadedVersion !== context.version) this.#load(live, context);
       const code = exports.smtp_plugin_execute_hook(live.context);
@@ -384,7 +409,9 @@ class WasmPlugin implements Plugin {
         live.loadedId = 0; // the guest copy now carries cancel
       }
       return code;
-    });
+    } catch (error) {
+      throw this.#failed(error, context.hook);
+    }
   }
 
   /**
@@ -407,8 +434,9 @@ class WasmPlugin implements Plugin {
       live.inputBytes = live.input === 0 ? 0 : size;
       if (live.input === 0) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: no room for ${size} bytes of metadata within ${this.#options.limits.memoryMb} MiB`);
     }
-    const target = this.#memoryBytes(live, live.input, bytes, 'metadata buffer');
-    copyWire(context, changes, target);
+    const view = this.#view(live);
+    if (live.input + bytes > view.length) this.#outside(live, live.input, bytes, 'metadata buffer');
+    copyWire(context, changes, view, live.input);
     const status = exports.smtp_wasm_context_load(live.context, context.hookValue, live.input, bytes);
     if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: the sandbox could not hold the metadata (status ${status})`);
     live.loadedId = context.id;
@@ -426,8 +454,9 @@ class WasmPlugin implements Plugin {
     if (written < 0 || written > live.scratchBytes) {
       throw hostError('SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}": take_changes reported ${written} bytes for a ${live.scratchBytes}-byte buffer`);
     }
-    const bytes = this.#memoryBytes(live, live.scratch, written, 'changed metadata');
-    applyChanges(bytes, written, context, this.#bounds, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
+    const view = this.#view(live);
+    if (live.scratch + written > view.length) this.#outside(live, live.scratch, written, 'changed metadata');
+    applyChanges(view, live.scratch, written, context, this.#bounds, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
     live.loadedVersion = context.version; // the guest copy already holds these changes
   }
 

@@ -278,7 +278,7 @@ class WorkerWasmPlugin implements Plugin {
     }
     try {
       const { limits } = this.#options;
-      applyChanges(reply.changes, reply.changes.length, pending.context!, { keyBytesMax: limits.metadataKeyBytesMax, valueBytesMax: limits.metadataValueBytesMax, keysMax: limits.metadataKeysMax }, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
+      applyChanges(reply.changes, 0, reply.changes.length, pending.context!, { keyBytesMax: limits.metadataKeyBytesMax, valueBytesMax: limits.metadataValueBytesMax, keysMax: limits.metadataKeysMax }, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
       if (reply.cancel) pending.context!.cancel = true;
       pending.resolve(reply.code);
     } catch (error) {

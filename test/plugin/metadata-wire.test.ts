@@ -91,10 +91,10 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
   it('applies a plugin\'s changes as copies, decodes every key exactly (UTF-8 too) and refuses a malformed or oversized text', () => {
     const context = new HookContext('message_filtered');
     const wire = encodeEntries([['score', '3'], ['clé', 'x'], ['k'.repeat(80), 'long key'], ['score2', Buffer.from([0, 255])]]);
-    applyChanges(wire, wire.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'test');
+    applyChanges(wire, 0, wire.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'test');
     // The same key from another text comes back as the same key, with the new value.
     const again = encodeEntries([['score', '4']]);
-    applyChanges(again, again.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'test');
+    applyChanges(again, 0, again.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'test');
     wire.fill(0);
     again.fill(0);
     expect(context.toJSON()).toMatchObject({ score: '4', 'clé': 'x', ['k'.repeat(80)]: 'long key' });
@@ -103,7 +103,7 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     const bounds = { keyBytesMax: 8, valueBytesMax: 4, keysMax: 2 };
     const refused = (bytes: Buffer, length = bytes.length): string => {
       try {
-        applyChanges(bytes, length, new HookContext('message_filtered'), bounds, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
+        applyChanges(bytes, 0, length, new HookContext('message_filtered'), bounds, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
       } catch (error) {
         expect((error as { code?: string }).code).toBe('SMTP_E_WASM_BOUNDS');
         return (error as Error).message;
@@ -115,5 +115,17 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     expect(refused(encodeEntries([['a', '12345']]))).toMatch(/"a" has 5 bytes \(at most 4\)/);
     expect(refused(encodeEntries([['longerkey', '1']]))).toMatch(/9-byte key/);
     expect(refused(encodeEntries([['a', '1'], ['b', '2'], ['c', '3']]))).toMatch(/more than 2 keys/);
+  });
+
+  it('reads changes where they lie in a larger memory (a guest\'s), bounded by their own span, and keeps copies', () => {
+    const entries = encodeEntries([['verdict', 'spam'], ['score', '7']]);
+    const memory = Buffer.alloc(64 + entries.length + 16, 0xff);
+    entries.copy(memory, 64);
+    const context = new HookContext('message_filtered');
+    applyChanges(memory, 64, entries.length, context, { keyBytesMax: 16, valueBytesMax: 16, keysMax: 4 }, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
+    memory.fill(0);
+    expect(context.toJSON()).toEqual({ verdict: 'spam', score: '7' });
+    // The 0xff bytes after the span are not read as a further entry; a span past the end is refused.
+    expect(() => applyChanges(memory, 64, memory.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'plugin "p"')).toThrow(/claims/);
   });
 });
