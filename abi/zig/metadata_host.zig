@@ -12,24 +12,78 @@ pub const Limits = struct {
     keys_max: usize = 1024,
 };
 
+/// A key set since the last load (by a plugin, or by the host on top of the
+/// load): the store owns copies of both.
 pub const Entry = struct {
     key: []const u8,
     value: []const u8,
-    /// The store allocated the key (else it points into the buffer the host
-    /// loaded, which the host keeps unchanged until the next load).
-    owned_key: bool,
-    /// The store allocated the value (a plugin's set, or a host update).
-    owned_value: bool,
     /// Set by a plugin since the host last collected changes.
     changed: bool,
+};
+
+/// One entry of a wire text (see loadEncoded), as it lies in the host's bytes.
+const WireEntry = struct {
+    key: []const u8,
+    value: []const u8,
+};
+
+/// Walks a wire text: head, whose last value may be `tail`. Stops at the end
+/// or at the first malformed entry (then `malformed` is set).
+const WireReader = struct {
+    head: []const u8,
+    tail: []const u8,
+    at: usize = 0,
+    tail_used: bool = false,
+    malformed: bool = false,
+
+    fn next(self: *WireReader) ?WireEntry {
+        const head = self.head;
+        if (self.at >= head.len) return null;
+        if (head.len - self.at < 4) return self.fail();
+        const key_len = readU32(head[self.at..]);
+        const key_at = self.at + 4;
+        if (head.len - key_at < @as(usize, key_len) + 4) return self.fail();
+        const key = head[key_at .. key_at + key_len];
+        const value_len = readU32(head[key_at + key_len ..]);
+        const value_at = key_at + key_len + 4;
+        if (head.len - value_at >= value_len) {
+            self.at = value_at + value_len;
+            return .{ .key = key, .value = head[value_at .. value_at + value_len] };
+        }
+        if (value_at == head.len and !self.tail_used and self.tail.len == value_len) {
+            self.tail_used = true;
+            self.at = value_at;
+            return .{ .key = key, .value = self.tail };
+        }
+        return self.fail();
+    }
+
+    fn fail(self: *WireReader) ?WireEntry {
+        self.malformed = true;
+        self.at = self.head.len;
+        return null;
+    }
 };
 
 pub const Store = struct {
     allocator: std.mem.Allocator,
     limits: Limits,
+    /// Keys set since the last load, in the order first set: they hide the
+    /// loaded entries of the same key.
     entries: []Entry = &.{},
     len: usize = 0,
     changed_count: usize = 0,
+    /// What the last load gave, left in the wire format where the host keeps
+    /// it (unchanged until the next load): a key is read from it when asked.
+    /// Parsing every entry into `entries` at each load cost a sandboxed
+    /// plugin more than half its guest time per call, and most plugins read
+    /// two or three keys of the dozen or more loaded.
+    wire_head: []const u8 = &.{},
+    wire_tail: []const u8 = &.{},
+    /// Entries in the wire text, a repeated key counted each time: at least its distinct keys.
+    wire_entries: usize = 0,
+    /// Entries whose key the wire text does not hold: keys the context gained since the load.
+    added: usize = 0,
     /// The clock of unit-test contexts (HookContext.nowMs): tests set it.
     test_now_ms: i64 = 0,
     /// When the current hook call's session stops waiting for it (a
@@ -59,11 +113,58 @@ pub const Store = struct {
     /// (for testing a plugin's answer to an unavailable host); null: count.
     test_counter_failure: ?plugin.CounterStatus = null,
 
+    /// The entry set since the load for `key`, if any.
     pub fn find(self: *const Store, key: []const u8) ?*Entry {
         for (self.entries[0..self.len]) |*entry| {
             if (std.mem.eql(u8, entry.key, key)) return entry;
         }
         return null;
+    }
+
+    /// The value of `key`: as set since the load, else the last entry of
+    /// the wire text with that key (a later entry replaces an earlier one).
+    pub fn lookup(self: *const Store, key: []const u8) ?[]const u8 {
+        if (self.find(key)) |entry| return entry.value;
+        return self.loaded(key);
+    }
+
+    /// The last value the wire text gives `key`, if any.
+    fn loaded(self: *const Store, key: []const u8) ?[]const u8 {
+        var reader = WireReader{ .head = self.wire_head, .tail = self.wire_tail };
+        var found: ?[]const u8 = null;
+        while (reader.next()) |entry| {
+            if (entry.key.len == key.len and std.mem.eql(u8, entry.key, key)) found = entry.value;
+        }
+        return found;
+    }
+
+    /// Distinct keys in the wire text: counted by pairs, so only asked when a bound is near.
+    fn loadedKeys(self: *const Store) usize {
+        var distinct: usize = 0;
+        var reader = WireReader{ .head = self.wire_head, .tail = self.wire_tail };
+        while (reader.next()) |entry| {
+            var later = reader;
+            var repeated = false;
+            while (later.next()) |other| {
+                if (std.mem.eql(u8, other.key, entry.key)) {
+                    repeated = true;
+                    break;
+                }
+            }
+            if (!repeated) distinct += 1;
+        }
+        return distinct;
+    }
+
+    /// Distinct keys the context holds.
+    pub fn keyCount(self: *const Store) usize {
+        return self.loadedKeys() + self.added;
+    }
+
+    /// Whether one more key would pass keys_max (exact: repeated wire entries count once).
+    fn full(self: *const Store) bool {
+        if (self.wire_entries + self.added < self.limits.keys_max) return false;
+        return self.keyCount() >= self.limits.keys_max;
     }
 
     /// Sets `key` to a copy of `value`; `by_plugin` marks the entry as a
@@ -73,58 +174,39 @@ pub const Store = struct {
         if (key.len > self.limits.key_bytes_max or value.len > self.limits.value_bytes_max) return .too_large;
         const copy = self.allocator.dupe(u8, value) catch return .no_memory;
         if (self.find(key)) |entry| {
-            self.replaceValue(entry, copy, true);
+            self.allocator.free(entry.value);
+            entry.value = copy;
             self.markChanged(entry, by_plugin);
             return .ok;
+        }
+        const new_key = self.loaded(key) == null;
+        if (new_key and self.full()) {
+            self.allocator.free(copy);
+            return .too_large;
         }
         const key_copy = self.allocator.dupe(u8, key) catch {
             self.allocator.free(copy);
             return .no_memory;
         };
-        const entry = self.append(key_copy, true, copy, true) catch {
+        const entry = self.append(key_copy, copy) catch {
             self.allocator.free(copy);
             self.allocator.free(key_copy);
             return .too_large;
         };
+        if (new_key) self.added += 1;
         self.markChanged(entry, by_plugin);
         return .ok;
     }
 
-    /// Sets `key` to `value` without copying either: both point into a
-    /// buffer the host keeps unchanged until the next load or clear.
-    /// `maybe_present` false: the caller knows the store has no such key,
-    /// and the scan for it is skipped.
-    pub fn borrow(self: *Store, key: []const u8, value: []const u8, maybe_present: bool) plugin.Status {
-        if (key.len == 0) return .invalid;
-        if (key.len > self.limits.key_bytes_max or value.len > self.limits.value_bytes_max) return .too_large;
-        if (!maybe_present) {
-            _ = self.append(key, false, value, false) catch return .too_large;
-            return .ok;
-        }
-        if (self.find(key)) |entry| {
-            self.replaceValue(entry, value, false);
-            self.markChanged(entry, false);
-            return .ok;
-        }
-        _ = self.append(key, false, value, false) catch return .too_large;
-        return .ok;
-    }
-
-    fn replaceValue(self: *Store, entry: *Entry, value: []const u8, owned: bool) void {
-        if (entry.owned_value) self.allocator.free(entry.value);
-        entry.value = value;
-        entry.owned_value = owned;
-    }
-
     /// A new entry at the end; error when the key count is at its bound or
     /// the array cannot grow.
-    fn append(self: *Store, key: []const u8, owned_key: bool, value: []const u8, owned_value: bool) error{Full}!*Entry {
+    fn append(self: *Store, key: []const u8, value: []const u8) error{Full}!*Entry {
         if (self.len == self.limits.keys_max) return error.Full;
         if (self.len == self.entries.len) {
             const capacity = @min(self.limits.keys_max, @max(16, self.entries.len * 2));
             self.entries = self.allocator.realloc(self.entries, capacity) catch return error.Full;
         }
-        self.entries[self.len] = .{ .key = key, .value = value, .owned_key = owned_key, .owned_value = owned_value, .changed = false };
+        self.entries[self.len] = .{ .key = key, .value = value, .changed = false };
         self.len += 1;
         return &self.entries[self.len - 1];
     }
@@ -141,14 +223,18 @@ pub const Store = struct {
         self.changed_count = 0;
     }
 
-    /// Removes every entry, keeping the entry array for reuse.
+    /// Removes every entry and the loaded wire text, keeping the entry array for reuse.
     pub fn clear(self: *Store) void {
         for (self.entries[0..self.len]) |entry| {
-            if (entry.owned_key) self.allocator.free(entry.key);
-            if (entry.owned_value) self.allocator.free(entry.value);
+            self.allocator.free(entry.key);
+            self.allocator.free(entry.value);
         }
         self.len = 0;
         self.changed_count = 0;
+        self.wire_head = &.{};
+        self.wire_tail = &.{};
+        self.wire_entries = 0;
+        self.added = 0;
     }
 
     /// Records a refused connection for the host to log.
@@ -193,9 +279,9 @@ fn getMetadata(ctx: *const plugin.HookContext, key: ?[*]const u8, key_len: usize
     const out_value = value orelse return 0;
     const out_len = value_len orelse return 0;
     const wanted = bytesOf(key, key_len) orelse return 0;
-    const entry = storeOf(ctx).find(wanted) orelse return 0;
-    out_value.* = entry.value.ptr;
-    out_len.* = entry.value.len;
+    const found = storeOf(ctx).lookup(wanted) orelse return 0;
+    out_value.* = found.ptr;
+    out_len.* = found.len;
     return 1;
 }
 
@@ -350,64 +436,32 @@ fn readU32(bytes: []const u8) u32 {
 /// Replaces the context's content with the hook type, cancel cleared, and
 /// entries encoded as repeated [u32 key_len][key][u32 value_len][value],
 /// little endian: the format in which a host copies metadata in. Nothing is
-/// copied: the entries point into `head` and `tail`, which the host keeps
-/// unchanged until the next load. The last value may lie outside `head`: when
-/// `head` ends right after its length, that value is `tail` (the host's
-/// message body, referenced where it is rather than copied behind the keys).
-/// Which keys a load has added, as a 256-bit filter of (length, first and
-/// last byte): a key it has not seen cannot be a repeat, so the load adds
-/// it without scanning the entries. Keys are distinct but for the few a
-/// later entry replaces, and the scan made a load quadratic (in a sandbox
-/// every loop iteration also pays its deadline check).
-const KeyFilter = struct {
-    bits: [4]u64 = .{ 0, 0, 0, 0 },
-
-    fn slot(key: []const u8) u8 {
-        if (key.len == 0) return 0;
-        return @truncate(key.len *% 31 +% @as(usize, key[0]) *% 7 +% @as(usize, key[key.len - 1]));
-    }
-
-    fn mayHave(self: *const KeyFilter, key: []const u8) bool {
-        const at = slot(key);
-        return self.bits[at >> 6] & (@as(u64, 1) << @as(u6, @truncate(at))) != 0;
-    }
-
-    fn add(self: *KeyFilter, key: []const u8) void {
-        const at = slot(key);
-        self.bits[at >> 6] |= @as(u64, 1) << @as(u6, @truncate(at));
-    }
-};
-
+/// copied, nor parsed beyond a check of every length and bound: keys are
+/// read from `head` and `tail` when asked, which the host keeps unchanged
+/// until the next load. A later entry of a key replaces an earlier one. The
+/// last value may lie outside `head`: when `head` ends right after its
+/// length, that value is `tail` (the host's message body, referenced where
+/// it is rather than copied behind the keys).
 pub fn loadEncoded(ctx: *plugin.HookContext, hook_type: c_int, head: []const u8, tail: []const u8) plugin.Status {
     const store = storeOf(ctx);
     store.clear();
-    var seen = KeyFilter{};
     ctx.hook_type = @enumFromInt(hook_type);
     ctx.cancel = false;
-    var at: usize = 0;
-    var tail_used = false;
-    while (at < head.len) {
-        if (head.len - at < 4) return .invalid;
-        const key_len = readU32(head[at..]);
-        at += 4;
-        if (head.len - at < @as(usize, key_len) + 4) return .invalid;
-        const key = head[at .. at + key_len];
-        at += key_len;
-        const value_len = readU32(head[at..]);
-        at += 4;
-        var value: []const u8 = undefined;
-        if (head.len - at >= value_len) {
-            value = head[at .. at + value_len];
-            at += value_len;
-        } else if (at == head.len and !tail_used and tail.len == value_len) {
-            value = tail;
-            tail_used = true;
-        } else return .invalid;
-        const status = store.borrow(key, value, seen.mayHave(key));
-        if (status != .ok) return status;
-        seen.add(key);
+    var reader = WireReader{ .head = head, .tail = tail };
+    var count: usize = 0;
+    while (reader.next()) |entry| {
+        if (entry.key.len == 0) return .invalid;
+        if (entry.key.len > store.limits.key_bytes_max or entry.value.len > store.limits.value_bytes_max) return .too_large;
+        count += 1;
     }
-    if (tail.len > 0 and !tail_used) return .invalid;
+    if (reader.malformed or (tail.len > 0 and !reader.tail_used)) return .invalid;
+    store.wire_head = head;
+    store.wire_tail = tail;
+    store.wire_entries = count;
+    if (count > store.limits.keys_max and store.loadedKeys() > store.limits.keys_max) {
+        store.clear();
+        return .too_large;
+    }
     return .ok;
 }
 
@@ -416,22 +470,12 @@ pub fn loadEncoded(ctx: *plugin.HookContext, hook_type: c_int, head: []const u8,
 /// this context was loaded. They are not reported back as changes.
 pub fn applyEncoded(ctx: *plugin.HookContext, bytes: []const u8) plugin.Status {
     const store = storeOf(ctx);
-    var at: usize = 0;
-    while (at < bytes.len) {
-        if (bytes.len - at < 4) return .invalid;
-        const key_len = readU32(bytes[at..]);
-        at += 4;
-        if (bytes.len - at < @as(usize, key_len) + 4) return .invalid;
-        const key = bytes[at .. at + key_len];
-        at += key_len;
-        const value_len = readU32(bytes[at..]);
-        at += 4;
-        if (bytes.len - at < value_len) return .invalid;
-        const status = store.put(key, bytes[at .. at + value_len], false);
+    var reader = WireReader{ .head = bytes, .tail = &.{} };
+    while (reader.next()) |entry| {
+        const status = store.put(entry.key, entry.value, false);
         if (status != .ok) return status;
-        at += value_len;
     }
-    return .ok;
+    return if (reader.malformed) .invalid else .ok;
 }
 
 /// Writes the keys plugins set since the last call, in the load format, and
@@ -592,21 +636,51 @@ test "a load borrows the host's bytes, the last value may be the tail, and apply
     try std.testing.expectEqual(@as(u32, 4), contextStatus(ctx));
 }
 
-test "a load keeps the last of a repeated key, whatever keys share its filter slot" {
+test "a load keeps the last of a repeated key, among keys alike in length and first or last byte" {
     const ctx = createContext(std.testing.allocator, .{}, &api).?;
     defer destroyContext(ctx);
     // "ab" and "ba" share length and differ in first and last byte; "axb" and "ayb" share
-    // the filter slot (length, first and last byte) without being the same key.
+    // length, first and last byte without being the same key.
     const wire = "\x02\x00\x00\x00ab\x01\x00\x00\x001" ++ "\x02\x00\x00\x00ba\x01\x00\x00\x002" ++
         "\x03\x00\x00\x00axb\x01\x00\x00\x003" ++ "\x03\x00\x00\x00ayb\x01\x00\x00\x004" ++
         "\x02\x00\x00\x00ab\x03\x00\x00\x00new" ++ "\x03\x00\x00\x00ayb\x04\x00\x00\x00last";
     try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, wire, ""));
-    try std.testing.expectEqual(@as(usize, 4), storeOf(ctx).len);
+    try std.testing.expectEqual(@as(usize, 4), storeOf(ctx).keyCount());
     try std.testing.expectEqualStrings("new", ctx.getMetadata("ab").?);
     try std.testing.expectEqualStrings("2", ctx.getMetadata("ba").?);
     try std.testing.expectEqualStrings("3", ctx.getMetadata("axb").?);
     try std.testing.expectEqualStrings("last", ctx.getMetadata("ayb").?);
     try std.testing.expectEqual(@as(u32, 0), contextStatus(ctx));
+}
+
+test "a key set after a load hides the loaded one, and only keys the load lacks count against keys_max" {
+    const ctx = createContext(std.testing.allocator, .{ .keys_max = 3 }, &api).?;
+    defer destroyContext(ctx);
+    // Three entries, two keys: "a" is repeated (a host change after the event was encoded).
+    const wire = "\x01\x00\x00\x00a\x01\x00\x00\x001" ++ "\x01\x00\x00\x00b\x01\x00\x00\x002" ++ "\x01\x00\x00\x00a\x01\x00\x00\x003";
+    try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, wire, ""));
+    try std.testing.expectEqual(@as(usize, 2), storeOf(ctx).keyCount());
+    try ctx.setMetadata("b", "mine");
+    try std.testing.expectEqualStrings("mine", ctx.getMetadata("b").?);
+    try std.testing.expectEqualStrings("3", ctx.getMetadata("a").?);
+    // "b" was loaded: setting it adds no key, so one more fits, and then no other.
+    try ctx.setMetadata("c", "new");
+    try std.testing.expectError(error.MetadataTooLarge, ctx.setMetadata("d", "over"));
+    try ctx.setMetadata("a", "again");
+    var out: [64]u8 = undefined;
+    const written: usize = @intCast(takeChanges(ctx, &out));
+    try std.testing.expectEqualStrings("\x01\x00\x00\x00b\x04\x00\x00\x00mine" ++ "\x01\x00\x00\x00c\x03\x00\x00\x00new" ++ "\x01\x00\x00\x00a\x05\x00\x00\x00again", out[0..written]);
+    // The next load starts from the wire text alone.
+    try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, wire, ""));
+    try std.testing.expectEqualStrings("2", ctx.getMetadata("b").?);
+    try std.testing.expect(ctx.getMetadata("c") == null);
+    // More entries than keys_max load while their distinct keys fit; more distinct keys do not.
+    const four = wire ++ "\x01\x00\x00\x00b\x01\x00\x00\x004";
+    try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, four, ""));
+    try std.testing.expectEqualStrings("4", ctx.getMetadata("b").?);
+    const over = "\x01\x00\x00\x00a\x00\x00\x00\x00" ++ "\x01\x00\x00\x00b\x00\x00\x00\x00" ++ "\x01\x00\x00\x00c\x00\x00\x00\x00" ++ "\x01\x00\x00\x00d\x00\x00\x00\x00";
+    try std.testing.expectEqual(plugin.Status.too_large, loadEncoded(ctx, 2, over, ""));
+    try std.testing.expect(ctx.getMetadata("a") == null);
 }
 
 test "NULL pointers with a length are refused, never read" {
