@@ -42,7 +42,8 @@ const WireReader = struct {
         if (head.len - self.at < 4) return self.fail();
         const key_len = readU32(head[self.at..]);
         const key_at = self.at + 4;
-        if (head.len - key_at < @as(usize, key_len) + 4) return self.fail();
+        // Written without adding to key_len: on wasm32 a length near 2^32 would wrap.
+        if (head.len - key_at < 4 or head.len - key_at - 4 < key_len) return self.fail();
         const key = head[key_at .. key_at + key_len];
         const value_len = readU32(head[key_at + key_len ..]);
         const value_at = key_at + key_len + 4;
@@ -82,8 +83,8 @@ pub const Store = struct {
     wire_tail: []const u8 = &.{},
     /// Entries in the wire text, a repeated key counted each time: at least its distinct keys.
     wire_entries: usize = 0,
-    /// Entries whose key the wire text does not hold: keys the context gained since the load.
-    added: usize = 0,
+    /// The wire text's distinct keys, counted once when a bound is near (null: not yet).
+    wire_distinct: ?usize = null,
     /// The clock of unit-test contexts (HookContext.nowMs): tests set it.
     test_now_ms: i64 = 0,
     /// When the current hook call's session stops waiting for it (a
@@ -138,8 +139,10 @@ pub const Store = struct {
         return found;
     }
 
-    /// Distinct keys in the wire text: counted by pairs, so only asked when a bound is near.
-    fn loadedKeys(self: *const Store) usize {
+    /// Distinct keys in the wire text: counted by pairs once per load (the text does not
+    /// change until the next), and only asked when a bound is near.
+    fn loadedKeys(self: *Store) usize {
+        if (self.wire_distinct) |known| return known;
         var distinct: usize = 0;
         var reader = WireReader{ .head = self.wire_head, .tail = self.wire_tail };
         while (reader.next()) |entry| {
@@ -153,18 +156,25 @@ pub const Store = struct {
             }
             if (!repeated) distinct += 1;
         }
+        self.wire_distinct = distinct;
         return distinct;
     }
 
-    /// Distinct keys the context holds.
-    pub fn keyCount(self: *const Store) usize {
-        return self.loadedKeys() + self.added;
+    /// Distinct keys the context holds: the wire text's, and those set since the load that it lacks.
+    pub fn keyCount(self: *Store) usize {
+        var count = self.loadedKeys();
+        for (self.entries[0..self.len]) |entry| {
+            if (self.loaded(entry.key) == null) count += 1;
+        }
+        return count;
     }
 
-    /// Whether one more key would pass keys_max (exact: repeated wire entries count once).
-    fn full(self: *const Store) bool {
-        if (self.wire_entries + self.added < self.limits.keys_max) return false;
-        return self.keyCount() >= self.limits.keys_max;
+    /// Whether setting `key`, held neither by the entries nor by the wire text, would pass keys_max.
+    /// Wire entries plus entries set bound the key count from above, so the exact count (and
+    /// the scan for `key` in the wire text) is paid only when that bound reaches keys_max.
+    fn full(self: *Store, key: []const u8) bool {
+        if (self.wire_entries + self.len < self.limits.keys_max) return false;
+        return self.loaded(key) == null and self.keyCount() >= self.limits.keys_max;
     }
 
     /// Sets `key` to a copy of `value`; `by_plugin` marks the entry as a
@@ -179,8 +189,7 @@ pub const Store = struct {
             self.markChanged(entry, by_plugin);
             return .ok;
         }
-        const new_key = self.loaded(key) == null;
-        if (new_key and self.full()) {
+        if (self.full(key)) {
             self.allocator.free(copy);
             return .too_large;
         }
@@ -193,7 +202,6 @@ pub const Store = struct {
             self.allocator.free(key_copy);
             return .too_large;
         };
-        if (new_key) self.added += 1;
         self.markChanged(entry, by_plugin);
         return .ok;
     }
@@ -234,7 +242,7 @@ pub const Store = struct {
         self.wire_head = &.{};
         self.wire_tail = &.{};
         self.wire_entries = 0;
-        self.added = 0;
+        self.wire_distinct = null;
     }
 
     /// Records a refused connection for the host to log.
@@ -551,6 +559,8 @@ test "a context loaded from the wire format reports what a plugin changed" {
     try std.testing.expectEqual(@as(i64, 10), takeChanges(ctx, &out));
     try std.testing.expectEqualStrings("\x01\x00\x00\x00b\x01\x00\x00\x00x", out[0..10]);
     try std.testing.expectEqual(plugin.Status.invalid, loadEncoded(ctx, 0, "\x05\x00\x00\x00ab", ""));
+    // A key length near 2^32 is refused, not wrapped (on wasm32 adding to it would).
+    try std.testing.expectEqual(plugin.Status.invalid, loadEncoded(ctx, 0, "\xfe\xff\xff\xffab\x00\x00\x00\x00", ""));
 }
 
 test "metadata set by a plugin is read back and marked as a change" {

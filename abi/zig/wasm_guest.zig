@@ -75,8 +75,8 @@ export fn smtp_wasm_context_create(key_bytes_max: usize, value_bytes_max: usize,
     return host.createContext(allocator, .{ .key_bytes_max = key_bytes_max, .value_bytes_max = value_bytes_max, .keys_max = keys_max }, &guest_api);
 }
 
-/// The context's entries point into `buf` (nothing is copied): the host
-/// keeps that buffer unchanged until the next load.
+/// The context reads its keys from `buf` when asked (nothing is copied): the
+/// host keeps that buffer unchanged until the next load.
 export fn smtp_wasm_context_load(ctx: *plugin.HookContext, hook_type: i32, buf: [*]const u8, len: usize) i32 {
     return @intFromEnum(host.loadEncoded(ctx, hook_type, buf[0..len], &.{}));
 }

@@ -9,7 +9,7 @@ import { CHILD_PROGRAM } from '../paths.js';
 import { denialLog, type DenialLog } from '../plugin/denied-log.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/metadata.js';
-import { applyChanges, copyWire, wireSize, type WireBounds } from '../plugin/metadata-wire.js';
+import { applyChanges, copyWire, scratchBuffer, wireSize, type WireBounds } from '../plugin/metadata-wire.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions, type SandboxLimits } from '../plugin/options.js';
 import type { Plugin, PluginMetadata, PluginRuntimeStats } from '../plugin/plugin.js';
 import { Channel, Fault, Op, Outcome, STATUS_CANCEL, type OpCode } from './channel.js';
@@ -512,7 +512,12 @@ class ProcessPlugin implements Plugin {
     if (fault === Fault.CHANGES_TOO_LARGE) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: the metadata it set (${-channel.replyLen} bytes) does not fit the ${channel.reply.length}-byte channel`);
     if (fault !== Fault.NONE) throw hostError('SMTP_E_PLUGIN_STATE', `${who}: its process refused the hook call (fault ${fault})`);
     const replyLen = channel.replyLen;
-    if (replyLen > 0) applyChanges(channel.reply, 0, replyLen, context, this.#bounds, 'SMTP_E_METADATA_LIMIT', who);
+    // Copied out first: the reply area is memory the child (a plugin not trusted) can still write while it is read.
+    if (replyLen > 0) {
+      const copy = scratchBuffer(replyLen);
+      channel.reply.copy(copy, 0, 0, replyLen);
+      applyChanges(copy, 0, replyLen, context, this.#bounds, 'SMTP_E_METADATA_LIMIT', who);
+    }
     if ((channel.status & STATUS_CANCEL) !== 0) context.cancel = true;
     if (channel.countersDenied()) this.#onDenied.counters();
     if (length > RELEASE_ABOVE_BYTES || replyLen > RELEASE_ABOVE_BYTES) channel.releaseBeyond(RELEASE_ABOVE_BYTES);

@@ -353,21 +353,33 @@ export const KEY_TEXT_CACHE_ENTRIES_MAX = 1024;
 const KEY_TEXT_CACHE_BYTES_MAX = 64;
 const keyTexts = new Map<number, string>();
 
+/** The UTF-8 length of the key keyText returned last: its bytes, unless decoding changed them (U+FFFD for invalid bytes). */
+let keyTextBytes = 0;
+
+/** view[start, end) decoded as UTF-8, with keyTextBytes set to what the text takes. */
+function utf8Key(view: Uint8Array, start: number, end: number): string {
+  const decoded = text(view, start, end, 'utf8');
+  keyTextBytes = Buffer.byteLength(decoded, 'utf8');
+  return decoded;
+}
+
 /**
  * The key at view[start, end) as text. The keys plugins set repeat event
  * after event, so short ASCII keys are remembered by a hash of their bytes
  * (checked byte by byte on a hit): a hit costs no decoding and gives the
  * same string each time, which V8 then finds faster as a property or map key.
+ * Sets keyTextBytes.
  */
 function keyText(view: Uint8Array, start: number, end: number): string {
   const length = end - start;
-  if (length > KEY_TEXT_CACHE_BYTES_MAX) return text(view, start, end, 'utf8');
+  if (length > KEY_TEXT_CACHE_BYTES_MAX) return utf8Key(view, start, end);
   let hash = length;
   for (let i = start; i < end; i++) {
     const byte = view[i]!;
-    if (byte >= 0x80) return text(view, start, end, 'utf8');
+    if (byte >= 0x80) return utf8Key(view, start, end);
     hash = (Math.imul(hash, 31) + byte) | 0;
   }
+  keyTextBytes = length;
   const known = keyTexts.get(hash);
   if (known !== undefined && known.length === length) {
     let same = true;
@@ -415,7 +427,8 @@ export function applyChanges(view: Uint8Array, start: number, length: number, co
   if (length === 0) return;
   if (start < 0 || length < 0 || start + length > view.byteLength) throw hostError(code, `${who}: changed metadata claims ${length} bytes at ${start} of ${view.byteLength}`);
   eachEntry(view, start, start + length, bounds, code, who, (keyAt, keyLen, valueAt, valueLen) => {
-    context.applyPluginChange(keyText(view, keyAt, keyAt + keyLen), copyBytes(view, valueAt, valueLen), keyLen);
+    // Bounded by what the key decoded to: bytes that are not valid UTF-8 become U+FFFD, three bytes each.
+    context.applyPluginChange(keyText(view, keyAt, keyAt + keyLen), copyBytes(view, valueAt, valueLen), keyTextBytes);
   });
 }
 

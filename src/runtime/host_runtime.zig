@@ -131,9 +131,9 @@ export fn smtp_host_counters_state(numbers: *[4]i64, error_text: [*]u8, cap: usi
     return n;
 }
 
-/// Loads a hook context without copying: the entries point into `head` (and
-/// the last value into `tail`, the message body), which the Node host keeps
-/// alive and unchanged until the next load of this context.
+/// Loads a hook context without copying: its keys are read from `head` (and
+/// the last value from `tail`, the message body) when asked, which the Node
+/// host keeps alive and unchanged until the next load of this context.
 export fn smtp_host_context_load(ctx: *plugin.HookContext, hook_type: c_int, head: ?[*]const u8, head_len: usize, tail: ?[*]const u8, tail_len: usize) c_int {
     const head_bytes: []const u8 = if (head) |p| p[0..head_len] else &.{};
     const tail_bytes: []const u8 = if (tail) |p| p[0..tail_len] else &.{};

@@ -125,6 +125,10 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     applyChanges(memory, 64, entries.length, context, { keyBytesMax: 16, valueBytesMax: 16, keysMax: 4 }, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
     memory.fill(0);
     expect(context.toJSON()).toEqual({ verdict: 'spam', score: '7' });
+    // A key that is not valid UTF-8 is bounded by what it decodes to (U+FFFD takes three bytes), not by its bytes on the wire.
+    const invalidKey = Buffer.from([4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0x31]);
+    const bounded = new HookContext('message_filtered', { keyBytesMax: 8, valueBytesMax: 16, keysMax: 4 });
+    expect(() => applyChanges(invalidKey, 0, invalidKey.length, bounded, undefined, 'SMTP_E_WASM_BOUNDS', 'plugin "p"')).toThrow(/metadata key of 12 bytes/);
     // The 0xff bytes after the span are not read as a further entry; a span past the end is refused.
     expect(() => applyChanges(memory, 64, memory.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'plugin "p"')).toThrow(/claims/);
   });
