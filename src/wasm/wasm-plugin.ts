@@ -272,14 +272,11 @@ class WasmPlugin implements Plugin {
     return this.#instantiate();
   }
 
+  /** memory[ptr, ptr + len), checked against the memory's size (the guest hands back pointers and lengths). */
   #memoryBytes(live: Live, ptr: number, len: number, what: string): Uint8Array {
-    // The getter is read once: it costs about as much as the view built from it.
-    const buffer = live.memory.buffer;
-    const size = buffer.byteLength;
-    if (!Number.isInteger(ptr) || ptr < 0 || len < 0 || ptr + len > size) {
-      throw hostError('SMTP_E_WASM_BOUNDS', `plugin "${this.metadata?.name ?? this.path}": ${what} at ${ptr}+${len} is outside its ${size}-byte memory`);
-    }
-    return new Uint8Array(buffer, ptr, len);
+    const view = this.#view(live);
+    if (!Number.isInteger(ptr) || ptr < 0 || len < 0 || ptr + len > view.length) this.#outside(live, ptr, len, what);
+    return view.subarray(ptr, ptr + len);
   }
 
   /**
