@@ -138,7 +138,11 @@ class WasmPlugin implements Plugin {
   runtimeStats(): PluginRuntimeStats {
     return { restarts: this.#restarts, memoryBytes: this.#live === null ? 0 : this.#live.memory.buffer.byteLength };
   }
+  /** When the current call's time is up (performance.now() ms), once #clock has started it. */
   #deadline = 0;
+  /** Bumped by #arm: which call #deadline belongs to is #deadlineCall. */
+  #call = 0;
+  #deadlineCall = -1;
   /** What a fresh instance must be brought back to after a failure. */
   #config: string | null = null;
   #enabled = false;
@@ -174,10 +178,13 @@ class WasmPlugin implements Plugin {
     // Until the instance exists (a start function running) the budget cannot
     // be refilled, so the check runs on every iteration: slower, still bounded.
     const budgetExhausted = (): void => {
-      if (performance.now() > this.#deadline) throw new DeadlineExceeded();
+      if (this.#clock() > this.#deadline) throw new DeadlineExceeded();
       if (budget) budget.value = BUDGET_ITERATIONS;
     };
-    const remainingMs = (): number => this.#deadline - performance.now();
+    const remainingMs = (): number => {
+      const now = this.#clock();
+      return this.#deadline - now;
+    };
     const imports: WebAssembly.Imports = {
       [WASI_MODULE]: this.#wasi.imports as WebAssembly.ModuleImports,
       [CHECK_IMPORT_MODULE]: { [CHECK_IMPORT_NAME]: budgetExhausted },
@@ -219,10 +226,26 @@ class WasmPlugin implements Plugin {
     return live;
   }
 
-  /** Starts the deadline for the next guest call(s). */
+  /**
+   * Starts a guest call: its deadline starts at its first clock read
+   * (#clock), not here. Reading the clock and refilling the budget global on
+   * every call cost about 80 ns, a sixth of a sandboxed call's host side; a
+   * call that neither exhausts a budget nor waits on the host never needs
+   * them. The budget left by the previous call may run out early in this
+   * one: that only starts this call's deadline sooner.
+   */
   #arm(): void {
-    this.#deadline = performance.now() + this.#options.limits.hookTimeoutMs;
-    if (this.#live) this.#live.budget.value = BUDGET_ITERATIONS;
+    this.#call++;
+  }
+
+  /** The clock (performance.now() ms); the first read of a call starts its deadline (hook_timeout_ms from now). */
+  #clock(): number {
+    const now = performance.now();
+    if (this.#deadlineCall !== this.#call) {
+      this.#deadlineCall = this.#call;
+      this.#deadline = now + this.#options.limits.hookTimeoutMs;
+    }
+    return now;
   }
 
   #classify(error: unknown, phase: string): HostError {

@@ -94,6 +94,21 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
     }
   });
 
+  it('gives every call a deadline of its own: calls that together take longer than one deadline all finish', async () => {
+    // The deadline starts at a call's first clock read (src/wasm/wasm-plugin.ts #clock), not at its
+    // start: a deadline left from an earlier call must not cut a later one.
+    const instance = await probe({ hookTimeoutMs: 200 });
+    const start = performance.now();
+    let calls = 0;
+    while (performance.now() - start < 500) {
+      expect(run(instance, 'spin-ms', { ms: '40' }).getMetadata('calls')).toBe(String(++calls));
+    }
+    expect(calls).toBeGreaterThan(2);
+    // And a call that runs past its own deadline is still cut, after all those that did not.
+    await expectCode(() => run(instance, 'loop'), 'SMTP_E_WASM_DEADLINE', 'interrupted after its 200 ms deadline');
+    await instance.shutdown();
+  });
+
   it('stops a memory bomb at the memory limit and keeps working', async () => {
     const instance = await probe({ memoryMb: 16 });
     await expectCode(() => run(instance, 'bomb'), 'SMTP_E_WASM_TRAP');
