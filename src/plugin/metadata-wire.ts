@@ -355,11 +355,14 @@ const keyTexts = new Map<number, string>();
 
 /** The UTF-8 length of the key keyText returned last: its bytes, unless decoding changed them (U+FFFD for invalid bytes). */
 let keyTextBytes = 0;
+/** Whether the key keyText returned last is exactly its bytes (ASCII); false when not known to be. */
+let keyTextExact = false;
 
 /** view[start, end) decoded as UTF-8, with keyTextBytes set to what the text takes. */
 function utf8Key(view: Uint8Array, start: number, end: number): string {
   const decoded = text(view, start, end, 'utf8');
   keyTextBytes = Buffer.byteLength(decoded, 'utf8');
+  keyTextExact = false;
   return decoded;
 }
 
@@ -380,6 +383,7 @@ function keyText(view: Uint8Array, start: number, end: number): string {
     hash = (Math.imul(hash, 31) + byte) | 0;
   }
   keyTextBytes = length;
+  keyTextExact = true;
   const known = keyTexts.get(hash);
   if (known !== undefined && known.length === length) {
     let same = true;
@@ -406,12 +410,17 @@ const INLINE_COPY_BYTES_MAX = 32;
  * Measured here: about 45 ns for a short value, where slicing a Buffer (its
  * subclass constructor) took 100 and more.
  */
-function copyBytes(source: Uint8Array, start: number, length: number): Buffer {
+export function copyBytes(source: Uint8Array, start: number, length: number): Buffer {
   const out = Buffer.allocUnsafe(length);
-  if (length <= INLINE_COPY_BYTES_MAX) {
-    for (let i = 0; i < length; i++) out[i] = source[start + i]!;
-  } else out.set(source.subarray(start, start + length));
+  copyInto(source, start, length, out, 0);
   return out;
+}
+
+/** source[start, start + length) copied into `target` at `at` (which must have room). */
+export function copyInto(source: Uint8Array, start: number, length: number, target: Uint8Array, at: number): void {
+  if (length <= INLINE_COPY_BYTES_MAX) {
+    for (let i = 0; i < length; i++) target[at + i] = source[start + i]!;
+  } else target.set(source.subarray(start, start + length), at);
 }
 
 /**
@@ -419,16 +428,16 @@ function copyBytes(source: Uint8Array, start: number, length: number): Buffer {
  * `context`. Every length is checked against the bytes present and, with
  * `bounds`, against the bounds: a plugin's memory is not trusted to be well
  * formed. Violations throw `code`. The source is reused by the next call (a
- * scratch buffer, the guest's memory), so each value is copied out on its
- * own: one allocation per value, where a copy of the whole and a view per
- * value took two or three.
+ * scratch buffer, the guest's memory): each entry is copied out of it, into
+ * the context's change log as it lies (HookContext.applyPluginEntry).
  */
 export function applyChanges(view: Uint8Array, start: number, length: number, context: HookContext, bounds: WireBounds | undefined, code: ErrorCode, who: string): void {
   if (length === 0) return;
   if (start < 0 || length < 0 || start + length > view.byteLength) throw hostError(code, `${who}: changed metadata claims ${length} bytes at ${start} of ${view.byteLength}`);
   eachEntry(view, start, start + length, bounds, code, who, (keyAt, keyLen, valueAt, valueLen) => {
     // Bounded by what the key decoded to: bytes that are not valid UTF-8 become U+FFFD, three bytes each.
-    context.applyPluginChange(keyText(view, keyAt, keyAt + keyLen), copyBytes(view, valueAt, valueLen), keyTextBytes);
+    const key = keyText(view, keyAt, keyAt + keyLen);
+    context.applyPluginEntry(key, keyTextBytes, keyTextExact, view, keyAt - 4, valueAt, valueLen);
   });
 }
 

@@ -117,6 +117,42 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     expect(refused(encodeEntries([['a', '1'], ['b', '2'], ['c', '3']]))).toMatch(/more than 2 keys/);
   });
 
+  it('appends a plugin\'s new keys to the change log as it wrote them: the next copy carries them, values stay readable as Buffers', () => {
+    const context = new HookContext('message_filtered', undefined, encodeFields({ sender: 'a@example.org' }, undefined, session));
+    const first: [string, MetadataValue][] = [['verdict', 'spam'], ['note', 'n'.repeat(40)], ['score', '7']];
+    const memory = Buffer.alloc(4096, 0xee);
+    const wrote = encodeEntries(first);
+    wrote.copy(memory, 100);
+    applyChanges(memory, 100, wrote.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
+    memory.fill(0); // the guest's memory is reused by its next call
+    const log = context.encodedChanges();
+    expect(log.bytes.subarray(0, log.length).equals(wrote)).toBe(true);
+    // Enough further keys to grow the log past its first buffer: what was read from the old one stays.
+    const more: [string, MetadataValue][] = Array.from({ length: 30 }, (_, i) => [`key_${i}`, `value number ${i}`]);
+    const wroteMore = encodeEntries(more);
+    wroteMore.copy(memory, 7);
+    const note = context.getMetadataBytes('note')!;
+    applyChanges(memory, 7, wroteMore.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
+    memory.fill(0);
+    expect(Buffer.isBuffer(note) && note.toString()).toBe('n'.repeat(40));
+    expect(Buffer.isBuffer(context.getMetadataBytes('key_29'))).toBe(true);
+    expect(context.getMetadata('key_29')).toBe('value number 29');
+    expect(context.getMetadata('verdict')).toBe('spam');
+    const grown = context.encodedChanges();
+    expect(grown.encoded).toBe(33);
+    expect(grown.bytes.subarray(0, grown.length).equals(encodeEntries([...first, ...more]))).toBe(true);
+    expect(context.size).toBe(3 + 33); // session_id, remote_ip, sender
+    expect([...context.pluginChanges()].length).toBe(33);
+    // A key whose bytes decoding repaired goes into the log as its text's UTF-8, not as the plugin's bytes
+    // (F0 90 80 61 decodes to U+FFFD "a": as many bytes, different ones).
+    const repaired = Buffer.from([4, 0, 0, 0, 0xf0, 0x90, 0x80, 0x61, 1, 0, 0, 0, 0x31]);
+    const other = new HookContext('message_filtered');
+    applyChanges(repaired, 0, repaired.length, other, undefined, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
+    const otherLog = other.encodedChanges();
+    expect(otherLog.bytes.subarray(0, otherLog.length).equals(encodeEntries([['\ufffda', '1']]))).toBe(true);
+    expect(other.getMetadata('\ufffda')).toBe('1');
+  });
+
   it('reads changes where they lie in a larger memory (a guest\'s), bounded by their own span, and keeps copies', () => {
     const entries = encodeEntries([['verdict', 'spam'], ['score', '7']]);
     const memory = Buffer.alloc(64 + entries.length + 16, 0xff);
