@@ -30,6 +30,9 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     expect(stored.tail).toBeNull();
     expect(stored.head.buffer).toBe(event.head.buffer);
     expect(text(wireMetadata(stored.head).fields)).toEqual({ session_id: 's1', remote_ip: '127.0.0.1', sender: 'a@example.org' });
+    // Its bounds, measured when a bounded copy asks: the body no longer counts.
+    expect(event.valueBytesMax).toBe(body.length);
+    expect([stored.keyBytesMax, stored.valueBytesMax, stored.largestKey]).toEqual(['session_id'.length, 'a@example.org'.length, 'sender']);
   });
 
   it('gives message_stored\'s view the keys it holds, taken from the event\'s (no body, and no key the encoding skipped)', () => {
