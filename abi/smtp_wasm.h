@@ -124,6 +124,14 @@ smtp_hook_context *smtp_wasm_context_create(size_t key_bytes_max, size_t value_b
  * since the last call. */
 int32_t smtp_wasm_context_load(smtp_hook_context *context, int32_t hook_type, const uint8_t *buf, size_t len);
 
+/* smtp_wasm_context_load for bytes the host encoded itself and checked
+ * against the context's bounds, holding `entries` entries (a repeated key
+ * counted each time): the guest need not walk them at the load, and reads a
+ * key from them, every length checked, when asked. Optional: the host calls
+ * it when the module exports it (guest halves since 2026-12), else
+ * smtp_wasm_context_load. */
+int32_t smtp_wasm_context_load_checked(smtp_hook_context *context, int32_t hook_type, const uint8_t *buf, size_t len, size_t entries);
+
 /* After smtp_plugin_execute_hook: the SMTP_WASM_STATUS_* bits below. */
 uint32_t smtp_wasm_context_status(const smtp_hook_context *context);
 #define SMTP_WASM_STATUS_CANCEL (1u << 0)     /* the plugin set context->cancel */

@@ -81,6 +81,13 @@ export fn smtp_wasm_context_load(ctx: *plugin.HookContext, hook_type: i32, buf: 
     return @intFromEnum(host.loadEncoded(ctx, hook_type, buf[0..len], &.{}));
 }
 
+/// smtp_wasm_context_load for a text the host encoded and checked against
+/// this context's bounds itself, with its `entries` count: the load walks
+/// nothing (metadata_host.loadChecked).
+export fn smtp_wasm_context_load_checked(ctx: *plugin.HookContext, hook_type: i32, buf: [*]const u8, len: usize, entries: usize) i32 {
+    return @intFromEnum(host.loadChecked(ctx, hook_type, buf[0..len], &.{}, entries));
+}
+
 /// Bit 0: cancel; bit 1: a refused connection (unused here: the host sees
 /// those itself); bits 2 and up: keys set since the last take.
 export fn smtp_wasm_context_status(ctx: *const plugin.HookContext) u32 {

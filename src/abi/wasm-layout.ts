@@ -51,6 +51,9 @@ export const WASM_GUEST_EXPORTS = [
   'smtp_wasm_context_load', 'smtp_wasm_context_status', 'smtp_wasm_take_changes',
 ] as const;
 
+/** Guest exports the host uses when present (a module built with an older guest half lacks them). */
+export const WASM_GUEST_OPTIONAL_EXPORTS = ['smtp_wasm_context_load_checked'] as const;
+
 /** smtp_wasm_context_status's bits. */
 export const WASM_CONTEXT_STATUS = {
   CANCEL: 1 << 0,

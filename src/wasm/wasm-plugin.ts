@@ -40,6 +40,8 @@ interface GuestExports {
   smtp_wasm_host_allocator(): number;
   smtp_wasm_context_create(keyBytesMax: number, valueBytesMax: number, keysMax: number): number;
   smtp_wasm_context_load(context: number, hook: number, buf: number, len: number): number;
+  /** Optional (guest halves before it lack it): the load of a text the host checked, given its entry count. */
+  smtp_wasm_context_load_checked?(context: number, hook: number, buf: number, len: number, entries: number): number;
   smtp_wasm_context_status(context: number): number;
   smtp_wasm_take_changes(context: number, out: number, cap: number): number;
 }
@@ -56,6 +58,8 @@ interface Live {
   /** The loaded context's bytes: the guest's entries point into them, so they stay unchanged until the next load. */
   input: number;
   inputBytes: number;
+  /** How much of the input buffer the loaded context takes: the changes are copied out behind it when they fit. */
+  loadedBytes: number;
   loadedId: number;
   loadedVersion: number;
   /** The whole memory as a plain Uint8Array, made again once growth detaches it (its length then reads 0). */
@@ -215,6 +219,7 @@ class WasmPlugin implements Plugin {
       scratchBytes: 0,
       input: 0,
       inputBytes: 0,
+      loadedBytes: 0,
       loadedId: 0,
       loadedVersion: -1,
       view: new Uint8Array(memory.buffer),
@@ -457,26 +462,42 @@ class WasmPlugin implements Plugin {
     const view = this.#view(live);
     if (live.input + bytes > view.length) this.#outside(live, live.input, bytes, 'metadata buffer');
     copyWire(context, changes, view, live.input);
-    const status = exports.smtp_wasm_context_load(live.context, context.hookValue, live.input, bytes);
+    // wireSize checked the text against this context's bounds: a guest that can skip its own walk is told so.
+    const checked = exports.smtp_wasm_context_load_checked;
+    const status = checked !== undefined
+      ? checked(live.context, context.hookValue, live.input, bytes, context.base.count + changes.encoded)
+      : exports.smtp_wasm_context_load(live.context, context.hookValue, live.input, bytes);
     if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: the sandbox could not hold the metadata (status ${status})`);
     live.loadedId = context.id;
     live.loadedVersion = context.version;
+    live.loadedBytes = bytes;
   }
 
+  /**
+   * Copies out what the plugin set. First into the input buffer, behind the
+   * loaded context (which stays unchanged): memory this call has touched
+   * already. A buffer of its own was one more cold page in each of a chain's
+   * instances per event, in a server whose other work leaves them out of
+   * the caches. The scratch buffer takes what does not fit there.
+   */
   #collect(live: Live, context: HookContext): void {
-    const take = (): number => live.exports.smtp_wasm_take_changes(live.context, live.scratch, live.scratchBytes) | 0;
-    this.#scratch(live, 1);
-    let written = take();
+    const { exports } = live;
+    let at = live.input + live.loadedBytes;
+    let room = live.input === 0 ? 0 : live.inputBytes - live.loadedBytes;
+    let written = room > 0 ? exports.smtp_wasm_take_changes(live.context, at, room) | 0 : -1;
     if (written < 0) {
-      this.#scratch(live, -written);
-      written = take();
+      // Nothing was taken: the guest reported the bytes it needs.
+      this.#scratch(live, Math.max(1, -written));
+      at = live.scratch;
+      room = live.scratchBytes;
+      written = exports.smtp_wasm_take_changes(live.context, at, room) | 0;
     }
-    if (written < 0 || written > live.scratchBytes) {
-      throw hostError('SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}": take_changes reported ${written} bytes for a ${live.scratchBytes}-byte buffer`);
+    if (written < 0 || written > room) {
+      throw hostError('SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}": take_changes reported ${written} bytes for a ${room}-byte buffer`);
     }
     const view = this.#view(live);
-    if (live.scratch + written > view.length) this.#outside(live, live.scratch, written, 'changed metadata');
-    applyChanges(view, live.scratch, written, context, this.#bounds, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
+    if (at + written > view.length) this.#outside(live, at, written, 'changed metadata');
+    applyChanges(view, at, written, context, this.#bounds, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
     live.loadedVersion = context.version; // the guest copy already holds these changes
   }
 
