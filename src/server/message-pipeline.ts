@@ -2,7 +2,6 @@ import type { SMTPServerSession } from 'smtp-server';
 import { isHostError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { DeliveryQueue } from '../delivery/delivery-queue.js';
-import type { MetadataValue } from '../plugin/hook-context.js';
 import { encodeFields, type EncodedMetadata, type MetadataFields } from '../plugin/metadata-wire.js';
 import type { HookName } from '../abi/hooks.js';
 import { quarantineFolder, type IncomingMessage, type Spool, type SpooledMessage } from '../storage/spool.js';
@@ -10,6 +9,7 @@ import { lateCallRunning } from '../native/pool-calls.js';
 import { receiveData, type DataStream, type ReceivedData } from './data-receiver.js';
 import { MemoryBudget } from './memory-budget.js';
 import { BODY_HOOKS, BODY_KEY } from './hook-table.js';
+import { CarriedKeys } from './carried-keys.js';
 import { HookRunner, QUARANTINE_KEY, QUARANTINE_PATH_KEY } from './hook-runner.js';
 import { checkHeaders } from './message-headers.js';
 import { takeMessageEdits, type MessageEdits } from './message-edits.js';
@@ -50,7 +50,7 @@ interface InFlight {
   /** The message's keys and body, encoded once (when a plugin wants them): every stage's context starts from these bytes. */
   encoded: EncodedMetadata | null;
   /** Keys plugins set at earlier stages: carried to the later ones (the filter verdicts reach message_stored). */
-  readonly carried: Map<string, MetadataValue>;
+  readonly carried: CarriedKeys;
   quarantined: boolean;
   quarantinePath: string | undefined;
   /** What host-side plugins (milters) changed: the message, its envelope, or discard. */
@@ -107,7 +107,7 @@ export class MessagePipeline {
     const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     const recipients = session.envelope.rcptTo.map((r) => r.address);
     const messageId = headers.messageId ?? `<${Date.now().toString(36)}.${session.id}@${this.#options.hostname}>`;
-    const message: InFlight = { session, data, incoming, messageId, encoded: null, carried: new Map(), quarantined: false, quarantinePath: undefined, edits: null };
+    const message: InFlight = { session, data, incoming, messageId, encoded: null, carried: new CarriedKeys(), quarantined: false, quarantinePath: undefined, edits: null };
     const fields: MetadataFields = {
       sender,
       sender_domain: domainOf(sender),
@@ -154,7 +154,7 @@ export class MessagePipeline {
         if (context !== null) {
           const edits = takeMessageEdits(context);
           if (edits !== undefined) message.edits = { ...message.edits, ...edits };
-          for (const [key, value] of context.pluginChanges()) if (key !== BODY_KEY) message.carried.set(key, value);
+          message.carried.add(context);
           if (!message.quarantined && context.changed(QUARANTINE_KEY) === 'true') {
             message.quarantined = true;
             message.quarantinePath = context.changed(QUARANTINE_PATH_KEY);
