@@ -66,9 +66,20 @@ const WireReader = struct {
     }
 };
 
+/// Bytes of short keys and values a store keeps inside itself (Store.small).
+const small_bytes_max = 256;
+
 pub const Store = struct {
     allocator: std.mem.Allocator,
     limits: Limits,
+    /// Copies of the keys and values set since the load, one after the other,
+    /// while they fit (the rest are allocated): most calls set a few short
+    /// keys, and an allocation and a free for each key and each value, each
+    /// in a size class of its own, were several more memory lines touched per
+    /// call, every one of them cold in a busy server. Emptied at each load; a
+    /// value replaced in it stays until then.
+    small: [small_bytes_max]u8 = undefined,
+    small_used: usize = 0,
     /// Keys set since the last load, in the order first set: they hide the
     /// loaded entries of the same key.
     entries: []Entry = &.{},
@@ -182,28 +193,47 @@ pub const Store = struct {
     pub fn put(self: *Store, key: []const u8, value: []const u8, by_plugin: bool) plugin.Status {
         if (key.len == 0) return .invalid;
         if (key.len > self.limits.key_bytes_max or value.len > self.limits.value_bytes_max) return .too_large;
-        const copy = self.allocator.dupe(u8, value) catch return .no_memory;
+        const copy = self.own(value) catch return .no_memory;
         if (self.find(key)) |entry| {
-            self.allocator.free(entry.value);
+            self.release(entry.value);
             entry.value = copy;
             self.markChanged(entry, by_plugin);
             return .ok;
         }
         if (self.full(key)) {
-            self.allocator.free(copy);
+            self.release(copy);
             return .too_large;
         }
-        const key_copy = self.allocator.dupe(u8, key) catch {
-            self.allocator.free(copy);
+        const key_copy = self.own(key) catch {
+            self.release(copy);
             return .no_memory;
         };
         const entry = self.append(key_copy, copy) catch {
-            self.allocator.free(copy);
-            self.allocator.free(key_copy);
+            self.release(copy);
+            self.release(key_copy);
             return .too_large;
         };
         self.markChanged(entry, by_plugin);
         return .ok;
+    }
+
+    /// A copy of `bytes` the store owns: in `small` while it has room, else allocated.
+    fn own(self: *Store, bytes: []const u8) error{OutOfMemory}![]const u8 {
+        if (bytes.len <= small_bytes_max - self.small_used) {
+            const copy = self.small[self.small_used..][0..bytes.len];
+            @memcpy(copy, bytes);
+            self.small_used += bytes.len;
+            return copy;
+        }
+        return self.allocator.dupe(u8, bytes);
+    }
+
+    /// Gives back a copy made by `own` (one in `small` is reclaimed at the next load).
+    fn release(self: *Store, bytes: []const u8) void {
+        const at = @intFromPtr(bytes.ptr);
+        const small_at = @intFromPtr(&self.small);
+        if (at >= small_at and at < small_at + small_bytes_max) return;
+        self.allocator.free(bytes);
     }
 
     /// A new entry at the end; error when the key count is at its bound or
@@ -234,9 +264,10 @@ pub const Store = struct {
     /// Removes every entry and the loaded wire text, keeping the entry array for reuse.
     pub fn clear(self: *Store) void {
         for (self.entries[0..self.len]) |entry| {
-            self.allocator.free(entry.key);
-            self.allocator.free(entry.value);
+            self.release(entry.key);
+            self.release(entry.value);
         }
+        self.small_used = 0;
         self.len = 0;
         self.changed_count = 0;
         self.wire_head = &.{};
@@ -733,6 +764,39 @@ test "a load of a text the host checked walks nothing, and still reads keys and 
     try std.testing.expectEqual(plugin.Status.ok, loadChecked(ctx, 2, wire[0 .. wire.len - 3], "", 3));
     try std.testing.expectEqualStrings("1", ctx.getMetadata("a").?);
     try std.testing.expectEqualStrings("2", ctx.getMetadata("b").?);
+}
+
+test "keys and values kept inside the store and allocated ones read back alike, and a load frees them all" {
+    const ctx = createContext(std.testing.allocator, .{}, &api).?;
+    defer destroyContext(ctx);
+    var key_buf: [16]u8 = undefined;
+    var value_buf: [64]u8 = undefined;
+    // 40 keys with 20-byte values: the first few fit in the store, the rest are allocated.
+    for (0..40) |i| {
+        const key = try std.fmt.bufPrint(&key_buf, "key_{d}", .{i});
+        try ctx.setMetadata(key, try std.fmt.bufPrint(&value_buf, "value number {d:0>7}", .{i}));
+    }
+    // Replaced: one in the store, one allocated, and a long one.
+    var long: [300]u8 = undefined;
+    @memset(&long, 'x');
+    try ctx.setMetadata("key_0", "again");
+    try ctx.setMetadata("key_39", "again too");
+    try ctx.setMetadata("key_1", &long);
+    try std.testing.expectEqualStrings("again", ctx.getMetadata("key_0").?);
+    try std.testing.expectEqualStrings("again too", ctx.getMetadata("key_39").?);
+    try std.testing.expectEqualStrings(&long, ctx.getMetadata("key_1").?);
+    for (2..39) |i| {
+        const key = try std.fmt.bufPrint(&key_buf, "key_{d}", .{i});
+        try std.testing.expectEqualStrings(try std.fmt.bufPrint(&value_buf, "value number {d:0>7}", .{i}), ctx.getMetadata(key).?);
+    }
+    try ctx.setMetadata("empty", "");
+    try std.testing.expectEqualStrings("", ctx.getMetadata("empty").?);
+    // The load empties the store (the testing allocator fails the test on a leak); sets then start over inside it.
+    try std.testing.expectEqual(plugin.Status.ok, loadEncoded(ctx, 2, "", ""));
+    try std.testing.expect(ctx.getMetadata("key_2") == null);
+    try ctx.setMetadata("k", "v");
+    try std.testing.expectEqualStrings("v", ctx.getMetadata("k").?);
+    try std.testing.expectEqual(@as(usize, 2), storeOf(ctx).small_used);
 }
 
 test "NULL pointers with a length are refused, never read" {
