@@ -218,6 +218,10 @@ function checkStartPages(min: number, options: InstrumentOptions, what: string):
 
 const REFUSED_OPCODES: ReadonlyMap<number, string> = new Map([
   ...[0x06, 0x07, 0x08, 0x09, 0x0a, 0x18, 0x19, 0x1f].map((op): [number, string] => [op, 'exception handling']),
+  // A tail call replaces its frame: a function that tail-calls itself loops without a loop header
+  // (where the budget is checked) and without growing the stack, so the deadline could not stop it.
+  [0x12, 'tail calls'],
+  [0x13, 'tail calls'],
   [0x14, 'typed function references'],
   [0x15, 'typed function references'],
   [0xfb, 'garbage collection'],
@@ -248,7 +252,7 @@ function copyExpression(r: Reader, w: Writer, rw: Rewrite, where: string, isBody
     const op = r.u8();
     const refused = REFUSED_OPCODES.get(op);
     if (refused !== undefined) throw unsupported(`opcode ${hex(op)} (${refused}) in ${where} at offset ${start}`);
-    if (op === 0x10 || op === 0x12 || op === 0xd2) {
+    if (op === 0x10 || op === 0xd2) {
       w.byte(op).u32(funcIndex(rw, r.u32()));
       continue;
     }
@@ -587,5 +591,9 @@ export function instrument(bytes: Uint8Array, options: InstrumentOptions): Instr
 
   const w = new Writer().bytes(MAGIC_AND_VERSION);
   for (const s of output) w.byte(s.id).sized(s.body);
+  // The rewrite adds a global and a function at the end of their index spaces: in a module that is not
+  // valid, an index one past its own globals (or functions) would become valid and reach the budget
+  // (a guest refilling its own budget never meets its deadline). The original must be valid as it is.
+  if (!WebAssembly.validate(bytes as Uint8Array<ArrayBuffer>)) throw malformed('the module is not valid WebAssembly (WebAssembly.validate refused it before instrumentation)');
   return { bytes: w.result(), loopCount: rw.loopCount, definesMemory, importsMemory, importedMemoryPagesMin };
 }

@@ -373,7 +373,7 @@ describe('instrument() on Zig-built plugins', () => {
 describe('instrument() function index rewriting', () => {
   // func 0: imported env.bump; 1: f1 = f2() + 1; 2: f2 = 41; 3: start (calls bump);
   // 4: via the table slot an element segment filled; 5: via ref.func in code; 6: via a ref.func global;
-  // 7: return_call f2.
+  // 7: calls f2 (a tail call, return_call, is refused: see 'refuses tail calls').
   const T_I32 = 0;
   const T_VOID = 1;
   const nameSubsection = (id: number, payload: Bytes): Bytes => [id, ...u32(payload.length), ...payload];
@@ -394,7 +394,7 @@ describe('instrument() function index rewriting', () => {
       [...str('viaTable'), EXPORT_FUNC, 4],
       [...str('viaRefFunc'), EXPORT_FUNC, 5],
       [...str('viaGlobal'), EXPORT_FUNC, 6],
-      [...str('tail'), EXPORT_FUNC, 7],
+      [...str('viaCall'), EXPORT_FUNC, 7],
       [...str('table'), 0x01, 0],
       [...str('counter'), 0x03, 1],
     ]),
@@ -416,7 +416,7 @@ describe('instrument() function index rewriting', () => {
       func([], [0x41, 2, 0x11, T_I32, 0]),
       func([], viaSlot(6, [0xd2, 1])),
       func([], viaSlot(7, [0x23, 0])),
-      func([], [0x12, 2]),
+      func([], [0x10, 2]),
     ]),
     customSection('name', nameSubsection(1, vec([[0, ...str('bump')]]))),
     customSection('.debug_info', new Array(4096).fill(0x55)),
@@ -431,7 +431,7 @@ describe('instrument() function index rewriting', () => {
     }).exports;
     const table = exports.table as WebAssembly.Table;
     const slots = [0, 1, 2, 3].map((i) => (table.get(i) as () => number)());
-    const calls = ['f1', 'f2', 'viaTable', 'viaRefFunc', 'viaGlobal', 'tail'].map((name) => callExport(exports, name));
+    const calls = ['f1', 'f2', 'viaTable', 'viaRefFunc', 'viaGlobal', 'viaCall'].map((name) => callExport(exports, name));
     return { bumps, counter: (exports.counter as WebAssembly.Global).value, slots, calls };
   }
 
@@ -570,6 +570,19 @@ describe('instrument() decoding', () => {
       [[0xfc, 18, 0, 0x41, 0], /opcode 0xfc 18/],
     ];
     for (const [code, message] of cases) expectInstrumentError(() => instrument(singleFunction(code), OPTIONS), 'unsupported', message);
+  });
+
+  it('refuses tail calls, which would loop past every budget check', () => {
+    // (func (result i32) return_call 0): an endless loop with no loop header and no stack growth.
+    expect(WebAssembly.validate(singleFunction([0x12, 0]))).toBe(true);
+    expectInstrumentError(() => instrument(singleFunction([0x12, 0]), OPTIONS), 'unsupported', /opcode 0x12 \(tail calls\) in function 0/);
+  });
+
+  it('refuses a module that is not valid before the rewrite, though the rewrite would make it valid', () => {
+    // global.set 0 in a module without globals: after the rewrite global 0 is the budget, which the guest would refill.
+    const refill = singleFunction([0x41, ...s32(1_000_000), 0x24, 0, 0x41, 0]);
+    expect(WebAssembly.validate(refill)).toBe(false);
+    expectInstrumentError(() => instrument(refill, OPTIONS), 'malformed', /not valid WebAssembly/);
   });
 
   it('names the original function index of a refused body', () => {
