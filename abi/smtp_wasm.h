@@ -140,8 +140,10 @@ uint32_t smtp_wasm_context_status(const smtp_hook_context *context);
 
 /* Writes the keys the plugin set since the last take, in the wire format, to
  * `out` and forgets them. Returns the bytes written, or minus the bytes needed
- * when `cap` is too small (then nothing is forgotten, and the host asks again
- * with a larger buffer). */
+ * when `cap` is too small, 0 included (then nothing is forgotten, and the host
+ * asks again with a larger buffer). `out` may lie inside the last load's
+ * buffer, right after the loaded bytes (not the start of an smtp_wasm_alloc
+ * block, and not aligned). */
 int32_t smtp_wasm_take_changes(smtp_hook_context *context, uint8_t *out, size_t cap);
 
 /* --- Imports --------------------------------------------------------------

@@ -173,7 +173,10 @@ export class HookContext {
    */
   applyPluginEntry(key: string, keyBytes: number, exactKey: boolean, source: Uint8Array, entryAt: number, valueAt: number, valueBytes: number): void {
     this.#checkBytes(key, keyBytes, valueBytes);
-    if (!exactKey || this.#changes?.has(key) === true) {
+    const changes = this.#changes;
+    // Appended only to a log that is current or has nothing to encode: after a key set again (the
+    // log dropped, #set) the log is rebuilt once, at the next copy in, not at each new key.
+    if (!exactKey || (changes !== null && (changes.has(key) || (this.#log === null && changes.size > 0)))) {
       // A key set again rebuilds the log (#set); a repaired key is written from its text.
       this.#set(key, copyBytes(source, valueAt, valueBytes), true);
       return;
@@ -262,6 +265,11 @@ export class HookContext {
     return log;
   }
 
+  /** Whether `key` is set, without making its value a Buffer. */
+  #has(key: string): boolean {
+    return this.#changes?.has(key) === true || this.base.value(key) !== undefined;
+  }
+
   #raw(key: string): MetadataValue | undefined {
     this.settle();
     const change = this.#changes?.get(key);
@@ -326,6 +334,22 @@ export class HookContext {
     for (const [key, change] of this.#changes) if (change.version > version) yield [key, valueOf(change)];
   }
 
+  /**
+   * The keys plugins set during this event, read when iterated (again each
+   * time), holding neither the event's keys nor its body: what a message's
+   * later stages carry (src/server/carried-keys.ts). For a finished event,
+   * whose changes no longer change.
+   */
+  pluginChangeSet(): Iterable<[string, MetadataValue]> {
+    this.settle();
+    const changes = this.#changes;
+    return {
+      *[Symbol.iterator]() {
+        if (changes !== null) for (const [key, change] of changes) if (change.byPlugin) yield [key, valueOf(change)];
+      },
+    };
+  }
+
   /** The keys plugins set during this event, with their values. */
   *pluginChanges(): IterableIterator<[string, MetadataValue]> {
     this.settle();
@@ -347,7 +371,7 @@ export class HookContext {
     // The event's keys plus every key set bound the count from above: the exact count (a lookup in
     // the event's keys per change) is paid only near keys_max. Kept as a counter, it cost a lookup
     // per set: about 130 ns per sandboxed plugin call in a busy server.
-    if (this.base.count + (this.#changes?.size ?? 0) >= this.limits.keysMax && this.size >= this.limits.keysMax && !this.hasMetadata(key)) {
+    if (this.base.count + (this.#changes?.size ?? 0) >= this.limits.keysMax && !this.#has(key) && this.size >= this.limits.keysMax) {
       throw hostError('SMTP_E_METADATA_LIMIT', `more than ${this.limits.keysMax} metadata keys`);
     }
   }

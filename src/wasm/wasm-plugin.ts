@@ -461,6 +461,8 @@ class WasmPlugin implements Plugin {
     }
     const view = this.#view(live);
     if (live.input + bytes > view.length) this.#outside(live, live.input, bytes, 'metadata buffer');
+    // The guest's copy is about to be overwritten: until the load succeeds it is no context's.
+    live.loadedId = 0;
     copyWire(context, changes, view, live.input);
     // wireSize checked the text against this context's bounds: a guest that can skip its own walk is told so.
     const checked = exports.smtp_wasm_context_load_checked;
@@ -484,10 +486,11 @@ class WasmPlugin implements Plugin {
     const { exports } = live;
     let at = live.input + live.loadedBytes;
     let room = live.input === 0 ? 0 : live.inputBytes - live.loadedBytes;
-    let written = room > 0 ? exports.smtp_wasm_take_changes(live.context, at, room) | 0 : -1;
+    // Asked even with no room: the answer is then the bytes needed (cap 0 is valid).
+    let written = exports.smtp_wasm_take_changes(live.context, at, room) | 0;
     if (written < 0) {
       // Nothing was taken: the guest reported the bytes it needs.
-      this.#scratch(live, Math.max(1, -written));
+      this.#scratch(live, -written);
       at = live.scratch;
       room = live.scratchBytes;
       written = exports.smtp_wasm_take_changes(live.context, at, room) | 0;

@@ -156,6 +156,28 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     expect(other.getMetadata('\ufffda')).toBe('1');
   });
 
+  it('keeps the change log exact when a plugin sets a key again next to a new one, and after a host set', () => {
+    const context = new HookContext('message_filtered');
+    const apply = (entries: [string, MetadataValue][]): void => {
+      const wrote = encodeEntries(entries);
+      applyChanges(wrote, 0, wrote.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
+      wrote.fill(0);
+    };
+    apply([['a', '1']]);
+    const first = context.encodedChanges();
+    apply([['a', '2'], ['b', '3']]);
+    const rebuilt = context.encodedChanges();
+    expect(rebuilt).not.toBe(first); // "a" set again: rebuilt, with each key once
+    expect(rebuilt.bytes.subarray(0, rebuilt.length).equals(encodeEntries([['a', '2'], ['b', '3']]))).toBe(true);
+    apply([['c', '4']]);
+    context.setMetadata('host', 'h');
+    apply([['d', '5']]);
+    const log = context.encodedChanges();
+    expect(log).toBe(rebuilt); // appended to since the rebuild
+    expect(log.bytes.subarray(0, log.length).equals(encodeEntries([['a', '2'], ['b', '3'], ['c', '4'], ['host', 'h'], ['d', '5']]))).toBe(true);
+    expect(context.toJSON()).toEqual({ a: '2', b: '3', c: '4', host: 'h', d: '5' });
+  });
+
   it('reads changes where they lie in a larger memory (a guest\'s), bounded by their own span, and keeps copies', () => {
     const entries = encodeEntries([['verdict', 'spam'], ['score', '7']]);
     const memory = Buffer.alloc(64 + entries.length + 16, 0xff);

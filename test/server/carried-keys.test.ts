@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { HookContext } from '../../src/plugin/hook-context.js';
+import { applyChanges, encodeEntries } from '../../src/plugin/metadata-wire.js';
 import { CarriedKeys } from '../../src/server/carried-keys.js';
 import { BODY_KEY } from '../../src/server/hook-table.js';
 
@@ -20,6 +21,16 @@ describe('keys carried from a message\'s earlier stages to its later ones', () =
     expect(stored.toJSON()).toEqual({ verdict: 'spam', score: '3' });
     // Read again for another stage, it gives the same.
     expect(new Map([...carried].map(([key, value]) => [key, String(value)]))).toEqual(new Map([['verdict', 'spam'], ['score', '3']]));
+  });
+
+  it('carries values copied back from a plugin\'s memory after that memory is reused', () => {
+    const stage = new HookContext('message_filtered');
+    const memory = encodeEntries([['verdict', 'ham'], ['score', '1']]);
+    applyChanges(memory, 0, memory.length, stage, undefined, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
+    memory.fill(0);
+    const carried = new CarriedKeys();
+    carried.add(stage);
+    expect(Object.fromEntries([...carried].map(([key, value]) => [key, String(value)]))).toEqual({ verdict: 'ham', score: '1' });
   });
 
   it('carries nothing from stages whose plugins set nothing', () => {

@@ -130,6 +130,16 @@ describe('sandboxed plugins: bad input gets a coded error and harms nothing else
     expect(run(instance, 'count').getMetadata('calls')).toBe('2');
   });
 
+  it('copies out changes larger than its buffers when the loaded context fills the input buffer exactly', async () => {
+    // Over 1 MiB the input buffer is sized to the text: no room behind it, and the 2 MiB value is larger
+    // than the 4 KiB scratch buffer: the guest is asked what it needs and the scratch buffer grows to it.
+    const instance = await probe({ metadataValueBytesMax: 4 * 1024 * 1024 });
+    const big = run(instance, 'big', { body: 'y'.repeat(1536 * 1024) });
+    expect(big.getMetadataBytes('big')?.length).toBe(2 * 1024 * 1024);
+    expect(big.getMetadata('calls')).toBe('1');
+    await instance.shutdown();
+  });
+
   it('keeps the manager serving other plugins while one fails, per its on_error policy', async () => {
     const manager = new PluginManager({ directory: tmpdir() });
     await manager.loadPlugin(wasmFixture('sandbox_probe'), '{}', resolvePluginOptions({ limits: { hookTimeoutMs: 30 }, onError: 'continue', maxConsecutiveFailures: 2 }));
