@@ -494,14 +494,7 @@ pub fn loadEncoded(ctx: *plugin.HookContext, hook_type: c_int, head: []const u8,
         count += 1;
     }
     if (reader.malformed or (tail.len > 0 and !reader.tail_used)) return .invalid;
-    store.wire_head = head;
-    store.wire_tail = tail;
-    store.wire_entries = count;
-    if (count > store.limits.keys_max and store.loadedKeys() > store.limits.keys_max) {
-        store.clear();
-        return .too_large;
-    }
-    return .ok;
+    return loadChecked(ctx, hook_type, head, tail, count);
 }
 
 /// loadEncoded for a wire text the host built itself and checked against
