@@ -29,6 +29,19 @@ interface Change {
   readonly length: number;
 }
 
+/**
+ * The log's buffer, grown to hold `length` bytes (doubling). A grown log
+ * moves to a new buffer: values already in the log keep pointing into the
+ * old one, which nothing writes again.
+ */
+function reserve(log: ChangeLog, length: number): Buffer {
+  if (length <= log.bytes.length) return log.bytes;
+  const bytes = Buffer.allocUnsafe(Math.max(length, log.bytes.length * 2, CHANGE_LOG_BYTES_MIN));
+  if (log.length > 0) log.bytes.copy(bytes, 0, 0, log.length);
+  log.bytes = bytes;
+  return bytes;
+}
+
 /** A change's value: a plugin's value appended to the change log as it came is made a Buffer (a view of the log) when first read. */
 function valueOf(change: Change): MetadataValue {
   if (change.value === null) {
@@ -176,20 +189,14 @@ export class HookContext {
     const changes = this.#changes;
     // Appended only to a log that is current or has nothing to encode: after a key set again (the
     // log dropped, #set) the log is rebuilt once, at the next copy in, not at each new key.
+    // A repaired key is written from its text.
     if (!exactKey || (changes !== null && (changes.has(key) || (this.#log === null && changes.size > 0)))) {
-      // A key set again rebuilds the log (#set); a repaired key is written from its text.
       this.#set(key, copyBytes(source, valueAt, valueBytes), true);
       return;
     }
     const log = this.#currentLog();
     const entryBytes = valueAt + valueBytes - entryAt;
-    let bytes = log.bytes;
-    if (log.length + entryBytes > bytes.length) {
-      // Grown into a new buffer: values already in the log keep pointing into the old one, which nothing writes again.
-      bytes = Buffer.allocUnsafe(Math.max(log.length + entryBytes, bytes.length * 2, CHANGE_LOG_BYTES_MIN));
-      if (log.length > 0) log.bytes.copy(bytes, 0, 0, log.length);
-      log.bytes = bytes;
-    }
+    const bytes = reserve(log, log.length + entryBytes);
     const at = log.length;
     copyInto(source, entryAt, entryBytes, bytes, at);
     this.#changes!.set(key, { value: null, version: ++this.#version, byPlugin: true, logBytes: bytes, at: at + (valueAt - entryAt), length: valueBytes });
@@ -251,13 +258,7 @@ export class HookContext {
           log.largestKey = key;
         }
       }
-      let bytes = log.bytes;
-      if (length > bytes.length) {
-        bytes = Buffer.allocUnsafe(Math.max(length, bytes.length * 2, CHANGE_LOG_BYTES_MIN));
-        log.bytes.copy(bytes, 0, 0, log.length);
-      }
-      writeEntries(fresh, bytes, log.length);
-      log.bytes = bytes;
+      writeEntries(fresh, reserve(log, length), log.length);
       log.length = length;
       log.encoded = changes.size;
     }
@@ -352,9 +353,7 @@ export class HookContext {
 
   /** The keys plugins set during this event, with their values. */
   *pluginChanges(): IterableIterator<[string, MetadataValue]> {
-    this.settle();
-    if (this.#changes === null) return;
-    for (const [key, change] of this.#changes) if (change.byPlugin) yield [key, valueOf(change)];
+    yield* this.pluginChangeSet();
   }
 
   #check(key: string, value: MetadataValue, keyBytes = Buffer.byteLength(key, 'utf8')): void {
