@@ -26,7 +26,7 @@ async function listen(smtp: HookedSMTPServer): Promise<number> {
 describe('HookedSMTPServer: the smtp-server internals it relies on (pinned 3.21.6)', () => {
   it('still has the connection and parser methods it overrides or wraps', () => {
     const connection = SMTPConnection.prototype as unknown as Record<string, unknown>;
-    for (const method of ['_onCommand', '_sendGreeting', '_createParser', '_onClose', 'close', 'send', '_redactCredentials', 'init']) {
+    for (const method of ['_onCommand', '_sendGreeting', '_createParser', '_onClose', 'close', 'send', '_redactCredentials', 'init', '_parseAddressCommand', '_getHandler']) {
       expect(typeof connection[method], method).toBe('function');
     }
     const parser = new SMTPStream() as unknown as Record<string, unknown>;
@@ -66,6 +66,21 @@ describe('HookedSMTPServer with limits', () => {
     expect(await client.command('NOOP')).toMatch(/^250/);
     expect(await client.next(4000)).toMatch(/^421 4\.4\.2 .* Error: timeout exceeded$/);
     expect((await client.closed()) - refused).toBeLessThan(3000);
+  });
+
+  it('looks command handlers up as smtp-server does: made-up and disabled commands refused, known ones served, addresses parsed', async () => {
+    const { port } = await start(OPEN_GATE, { disabledCommands: ['STARTTLS'] });
+    const client = await LineClient.open(port);
+    clients.push(client);
+    expect(await client.next()).toMatch(/^220 /);
+    expect(await client.command('HELO client.example')).toMatch(/^250 /);
+    // Made-up names, many of them: each is refused, and none turns into a handler later.
+    for (const name of ['FOO', 'constructor', '__proto__', 'HANDLER_MAIL', 'MAIL2']) expect(await client.command(name)).toMatch(/^500 /);
+    expect(await client.command('STARTTLS')).toMatch(/^500 /);
+    expect(await client.command('MAIL FROM:<a..b@example.com>')).toMatch(/^501 /);
+    expect(await client.command('MAIL FROM:<a@example.com>')).toMatch(/^250 /);
+    expect(await client.command('RCPT TO:<b@xn--bcher-kva.example>')).toMatch(/^250 /);
+    expect(await client.command('rcpt to:<c@Example.ORG>')).toMatch(/^250 /);
   });
 
   it('frees every per-IP slot when its connection ends, however it ends', async () => {
