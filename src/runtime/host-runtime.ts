@@ -22,6 +22,7 @@ interface RuntimeFunctions {
   setCounters: (ctx: NativePointer, name: Buffer, len: number) => number;
   denied: (ctx: NativePointer, out: Buffer, cap: number) => number;
   callHook: (fn: NativePointer, ctx: NativePointer) => number;
+  loadAndCall: (ctx: NativePointer, hook: number, head: Buffer, headLen: number, tail: Buffer | null, tailLen: number, fn: NativePointer) => number;
   callBatch: { async: (fn: NativePointer, contexts: NativePointer, states: NativePointer, results: NativePointer, n: number, done: AsyncCallback<undefined>) => void };
   shareNet: (ctx: NativePointer, first: NativePointer) => void;
   exitNow: (code: number) => void;
@@ -61,6 +62,7 @@ function loadRuntime(): RuntimeFunctions {
     setCounters: lib.func('int smtp_host_context_set_counters(void *ctx, const uint8_t *name, size_t len)'),
     denied: lib.func('size_t smtp_host_context_denied(void *ctx, uint8_t *out, size_t cap)'),
     callHook: lib.func('int64_t smtp_host_call_hook(void *fn, void *ctx)'),
+    loadAndCall: lib.func('int64_t smtp_host_load_and_call(void *ctx, int hook, const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len, void *fn)'),
     callBatch: lib.func('void smtp_host_call_batch(void *fn, void *contexts, void *states, void *results, size_t n)'),
     shareNet: lib.func('void smtp_host_context_share_net(void *ctx, void *first)'),
     exitNow: lib.func('void smtp_host_exit_now(int code)'),
@@ -110,6 +112,7 @@ export function boundedStrlen(s: NativePointer, max: number): number {
 
 const TWO_POW_32 = 2 ** 32;
 
+
 /** smtp_host_call_hook's packing, above bit 32 (src/runtime/host_runtime.zig): cancel, a connect refused, 18 bits of changed keys, a counter call refused. */
 const PACKED = { CANCEL: 1, NET_DENIED: 2, CHANGED_SHIFT: 2, CHANGED_MASK: 0x3ffff, COUNTERS_DENIED: 1 << 20 } as const;
 
@@ -146,7 +149,7 @@ export class NativeContextSlot implements PendingChanges {
   /** The context whose changes this slot's native copy still holds (deferred): collected before the copy is loaded with another. */
   #pendingContext: HookContext | null = null;
   /** The encoding the runtime's entries point into: kept referenced until the next load. */
-  #loaded: EncodedMetadata | null = null;
+  #loadedBase: EncodedMetadata | null = null;
   readonly #onDenied: DeniedListener | undefined;
   #destroyed = false;
 
@@ -173,7 +176,14 @@ export class NativeContextSlot implements PendingChanges {
    */
   call(executeHook: NativePointer, context: HookContext, onDenied = this.#onDenied): number {
     const fns = loadRuntime();
-    this.#prepare(fns, context);
+    if (this.#prepare(fns, context, true)) {
+      // The usual first call of an event: the load and the call cross into the runtime once.
+      const { base } = context;
+      const packed = fns.loadAndCall(this.pointer, context.hookValue, base.head, base.head.length, base.tail, base.tail === null ? 0 : base.tail.length, executeHook);
+      if (packed < 0) throw this.#refusedLoad(-packed);
+      this.#loaded(context);
+      return this.#finish(fns, context, packed, onDenied, true);
+    }
     return this.#finish(fns, context, fns.callHook(executeHook, this.pointer), onDenied, true);
   }
 
@@ -222,17 +232,27 @@ export class NativeContextSlot implements PendingChanges {
     }
     this.#destroyed = true;
     loadRuntime().contextDestroy(this.pointer);
-    this.#loaded = null;
+    this.#loadedBase = null;
   }
 
-  #prepare(fns: RuntimeFunctions, context: HookContext): void {
+  /**
+   * Brings the native copy up to date with `context`. With `loadLeft`, a
+   * load that is all there is to do is left to the caller (returns true),
+   * which makes it together with the call.
+   */
+  #prepare(fns: RuntimeFunctions, context: HookContext, loadLeft = false): boolean {
     if (this.#destroyed) throw hostError('SMTP_E_PLUGIN_STATE', 'the plugin\'s native context was released');
     // Deferred changes of this very context: the native copy is the newest state, nothing to send.
-    if (context.pendingFrom(this)) return;
+    if (context.pendingFrom(this)) return false;
     // Another context's deferred changes live in the native copy about to be reloaded: collect them first.
     this.#pendingContext?.settle();
-    if (this.#contextId !== context.id || this.#loaded !== context.base) this.#load(fns, context);
+    if (this.#contextId !== context.id || this.#loadedBase !== context.base) {
+      // Nothing set on top of the event's keys yet: the load alone makes the copy current.
+      if (loadLeft && context.version === 0) return true;
+      this.#load(fns, context);
+    }
     if (this.#contextVersion !== context.version) this.#apply(fns, context);
+    return false;
   }
 
   #finish(fns: RuntimeFunctions, context: HookContext, packed: number, onDenied: DeniedListener | undefined, defer: boolean): number {
@@ -268,8 +288,19 @@ export class NativeContextSlot implements PendingChanges {
   #load(fns: RuntimeFunctions, context: HookContext): void {
     const { base } = context;
     const status = fns.contextLoad(this.pointer, context.hookValue, base.head, base.head.length, base.tail, base.tail === null ? 0 : base.tail.length);
-    if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `the native runtime refused the hook context (status ${status})`);
-    this.#loaded = base;
+    if (status !== 0) throw this.#refusedLoad(status);
+    this.#loaded(context);
+  }
+
+  /** A refused load may have left the native copy half replaced: whatever comes next reloads it. */
+  #refusedLoad(status: number): Error {
+    this.#contextId = 0;
+    return hostError('SMTP_E_METADATA_LIMIT', `the native runtime refused the hook context (status ${status})`);
+  }
+
+  /** The native copy now holds `context`'s event keys and nothing set since. */
+  #loaded(context: HookContext): void {
+    this.#loadedBase = context.base;
     this.#contextId = context.id;
     this.#contextVersion = 0;
   }

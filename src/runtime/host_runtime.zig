@@ -162,6 +162,17 @@ export fn smtp_host_call_hook(execute_hook: *const fn (*plugin.HookContext) call
     return @as(i64, code) | (@as(i64, context_status) << 32) | (@as(i64, @intFromBool(counters_denied)) << 52);
 }
 
+/// smtp_host_context_load, then smtp_host_call_hook, in one call from the
+/// host: a native plugin's event usually needs both, and each crossing from
+/// JavaScript through koffi costs more than the load itself. Returns the
+/// packed result as smtp_host_call_hook does (never negative), or, when the
+/// load is refused, the load's status negated (the hook is not called).
+export fn smtp_host_load_and_call(ctx: *plugin.HookContext, hook_type: c_int, head: ?[*]const u8, head_len: usize, tail: ?[*]const u8, tail_len: usize, execute_hook: *const fn (*plugin.HookContext) callconv(.c) c_int) i64 {
+    const status = smtp_host_context_load(ctx, hook_type, head, head_len, tail, tail_len);
+    if (status != 0) return -@as(i64, status);
+    return smtp_host_call_hook(execute_hook, ctx);
+}
+
 /// Bits of the changed-keys count in smtp_host_call_hook's packing.
 const changed_bits = 18;
 

@@ -1,5 +1,9 @@
 import { tmpdir } from 'node:os';
+import koffi from 'koffi';
 import { describe, expect, it } from 'vitest';
+import { HostStatus } from '../../src/abi/hooks.js';
+import { encodeFields } from '../../src/plugin/metadata-wire.js';
+import { runtimeLibrary } from '../../src/runtime/host-runtime.js';
 import { PluginManager } from '../../src/manager/plugin-manager.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { fixture, wasmFixture } from '../helpers/fixtures.js';
@@ -57,5 +61,34 @@ describe('native changes copied back when the context is next read', () => {
     expect(manager.runChain(next)).toMatchObject({ action: 'cancel', plugin: 'flag-setter' });
     expect([next.getMetadata('out'), next.getMetadata('visited')]).toEqual(['next', 'plain,flag-setter']);
     await manager.deinit();
+  });
+});
+
+describe('smtp_host_load_and_call: an event loaded and its hook called in one crossing', () => {
+  it('calls the hook once on a load that succeeds, and on a refused load returns the status negated without calling it', () => {
+    const lib = runtimeLibrary();
+    const create = lib.func('void *smtp_host_context_create(size_t, size_t, size_t)');
+    const destroy = lib.func('void smtp_host_context_destroy(void *ctx)');
+    const loadAndCall = lib.func('int64_t smtp_host_load_and_call(void *ctx, int hook, const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len, void *fn)');
+    const hookProto = koffi.proto('int smtp_test_load_and_call_hook(void *ctx)');
+    let calls = 0;
+    const hook = koffi.register(() => {
+      calls++;
+      return 7;
+    }, koffi.pointer(hookProto));
+    // Keys of at most 16 bytes, values of at most 8.
+    const ctx = create(16, 8, 4);
+    try {
+      const fits = encodeFields({ key: 'short' }).head;
+      const packed = loadAndCall(ctx, 2, fits, fits.length, null, 0, hook) as number;
+      expect(packed % 2 ** 32).toBe(7);
+      expect(calls).toBe(1);
+      const tooLarge = encodeFields({ key: 'longer than eight' }).head;
+      expect(loadAndCall(ctx, 2, tooLarge, tooLarge.length, null, 0, hook)).toBe(-HostStatus.TOO_LARGE);
+      expect(calls).toBe(1);
+    } finally {
+      destroy(ctx);
+      koffi.unregister(hook);
+    }
   });
 });
