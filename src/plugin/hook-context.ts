@@ -83,6 +83,11 @@ function byteLength(value: MetadataValue): number {
 const utf8 = new TextDecoder();
 let nextContextId = 1;
 
+/** A finished event's plugin changes (HookContext.pluginChangeSet): read anew at each `list()`. */
+export interface PluginChangeSet extends Iterable<[string, MetadataValue]> {
+  list(): [string, MetadataValue][];
+}
+
 /**
  * The context of one hook event: the hook, the cancel flag and the metadata
  * (binary-safe byte strings by key). The host's keys arrive encoded once
@@ -341,19 +346,23 @@ export class HookContext {
    * later stages carry (src/server/carried-keys.ts). For a finished event,
    * whose changes no longer change.
    */
-  pluginChangeSet(): Iterable<[string, MetadataValue]> {
+  pluginChangeSet(): PluginChangeSet {
     this.settle();
     const changes = this.#changes;
-    return {
-      *[Symbol.iterator]() {
-        if (changes !== null) for (const [key, change] of changes) if (change.byPlugin) yield [key, valueOf(change)];
-      },
+    // An array, not a generator: a generator's object and its steps cost about 5 us per message at message_stored (CPU profile of the durable native chain).
+    const list = (): [string, MetadataValue][] => {
+      const entries: [string, MetadataValue][] = [];
+      changes?.forEach((change, key) => {
+        if (change.byPlugin) entries.push([key, valueOf(change)]);
+      });
+      return entries;
     };
+    return { list, [Symbol.iterator]: () => list()[Symbol.iterator]() };
   }
 
   /** The keys plugins set during this event, with their values. */
-  *pluginChanges(): IterableIterator<[string, MetadataValue]> {
-    yield* this.pluginChangeSet();
+  pluginChanges(): IterableIterator<[string, MetadataValue]> {
+    return this.pluginChangeSet().list()[Symbol.iterator]();
   }
 
   #check(key: string, value: MetadataValue, keyBytes = Buffer.byteLength(key, 'utf8')): void {

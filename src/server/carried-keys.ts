@@ -1,4 +1,4 @@
-import type { HookContext, MetadataValue } from '../plugin/hook-context.js';
+import type { HookContext, MetadataValue, PluginChangeSet } from '../plugin/hook-context.js';
 import { BODY_KEY } from './hook-table.js';
 
 /**
@@ -12,16 +12,17 @@ import { BODY_KEY } from './hook-table.js';
  * once per stage, oldest first: applied in order, the last one wins.
  */
 export class CarriedKeys implements Iterable<readonly [string, MetadataValue]> {
-  readonly #stages: Iterable<[string, MetadataValue]>[] = [];
+  readonly #stages: PluginChangeSet[] = [];
 
   /** Carries what plugins set in `context` (a finished stage's: it no longer changes). */
   add(context: HookContext): void {
     this.#stages.push(context.pluginChangeSet());
   }
 
-  *[Symbol.iterator](): IterableIterator<readonly [string, MetadataValue]> {
-    for (const stage of this.#stages) {
-      for (const entry of stage) if (entry[0] !== BODY_KEY) yield entry;
-    }
+  [Symbol.iterator](): IterableIterator<readonly [string, MetadataValue]> {
+    // Arrays, not generators (hook-context.ts pluginChangeSet says why).
+    const entries: (readonly [string, MetadataValue])[] = [];
+    for (const stage of this.#stages) for (const entry of stage.list()) if (entry[0] !== BODY_KEY) entries.push(entry);
+    return entries[Symbol.iterator]();
   }
 }
