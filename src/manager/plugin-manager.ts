@@ -146,6 +146,8 @@ export class PluginManager {
   #entries: Entry[] = [];
   /** Per hook value: the enabled plugins that handle it, in load order. */
   #chains: Entry[][] = HOOK_NAMES.map(() => []);
+  /** handledAmong's answers, for the chains they were computed from. */
+  #handled = { chains: this.#chains, among: new WeakMap<readonly HookName[], readonly HookName[]>() };
 
   constructor(options: PluginManagerOptions) {
     this.directory = options.directory;
@@ -175,6 +177,21 @@ export class PluginManager {
   handles(hook: HookName, role: ChainRole = 'all'): boolean {
     const chain = this.#chains[hookValue(hook)]!;
     return role === 'all' ? chain.length > 0 : chain.some((entry) => entry.authenticator === (role === 'authenticators'));
+  }
+
+  /**
+   * The hooks of `hooks` some enabled plugin handles, in their order: asked
+   * for every message (the body stages), answered from a cache until the
+   * chains change.
+   */
+  handledAmong(hooks: readonly HookName[]): readonly HookName[] {
+    if (this.#handled.chains !== this.#chains) this.#handled = { chains: this.#chains, among: new WeakMap() };
+    let handled = this.#handled.among.get(hooks);
+    if (handled === undefined) {
+      handled = Object.freeze(hooks.filter((hook) => this.handles(hook)));
+      this.#handled.among.set(hooks, handled);
+    }
+    return handled;
   }
 
   /**

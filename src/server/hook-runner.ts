@@ -53,6 +53,11 @@ export class HookRunner {
     return this.#manager.handles(hook, role);
   }
 
+  /** The hooks of `hooks` some enabled plugin handles, in order (PluginManager.handledAmong). */
+  handledAmong(hooks: readonly HookName[]): readonly HookName[] {
+    return this.#manager.handledAmong(hooks);
+  }
+
   /** How many copies of a message body the plugins of `hooks` take into memory of their own (PluginManager.bodyCopies). */
   bodyCopies(hooks: readonly HookName[]): number {
     return this.#manager.bodyCopies(hooks);

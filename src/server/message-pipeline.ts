@@ -121,8 +121,8 @@ export class MessagePipeline {
     };
     const { hooks } = this.#options;
     // Only stages a plugin handles read the body; with log_hook_calls the others are still logged, without it.
-    const stages = BODY_HOOKS.filter((hook) => hooks.handles(hook));
-    for (const hook of BODY_HOOKS) if (!stages.includes(hook) && hooks.wants(hook)) hooks.run(hook, () => ({}));
+    const stages = hooks.handledAmong(BODY_HOOKS);
+    if (stages.length < BODY_HOOKS.length) for (const hook of BODY_HOOKS) if (!stages.includes(hook) && hooks.wants(hook)) hooks.run(hook, () => ({}));
     if (headers.problem !== null && (stages.length === 0 || stages[0] !== 'message_received')) this.#refuseHeaders(session, headers.problem);
     if (stages.length > 0) await this.#filter(message, fields, stages, headers.problem);
     const withoutBody = (): EncodedMetadata => message.encoded ?? sessionEvent(session, fields);

@@ -31,6 +31,22 @@ describe('PluginManager', () => {
     await manager.deinit();
   });
 
+  it('answers which of a list of hooks are handled from a cache that follows every change of the chains', async () => {
+    const dir = pluginDir(['spam_filter']);
+    const manager = new PluginManager({ directory: dir });
+    const stages = Object.freeze(['message_received', 'message_validated', 'message_filtered'] as const);
+    expect(manager.handledAmong(stages)).toEqual([]);
+    await manager.loadAllPlugins();
+    expect(manager.handledAmong(stages)).toEqual(['message_filtered']);
+    expect(manager.handledAmong(['message_received'])).toEqual([]);
+    await manager.disablePlugin('spam-filter');
+    expect(manager.handledAmong(stages)).toEqual([]);
+    await manager.enablePlugin('spam-filter');
+    expect(manager.handledAmong(stages)).toEqual(['message_filtered']);
+    await manager.deinit();
+    expect(manager.handledAmong(stages)).toEqual([]);
+  });
+
   it('loads every library in the directory, skips a broken one and keeps serving', async () => {
     const dir = pluginDir(['c_plain', 'c_bad_abi', 'spam_filter', 'c_second']);
     const manager = new PluginManager({ directory: dir });
