@@ -10,7 +10,7 @@ import { receiveData, type DataStream, type ReceivedData } from './data-receiver
 import { MemoryBudget } from './memory-budget.js';
 import { BODY_HOOKS, BODY_KEY } from './hook-table.js';
 import { CarriedKeys } from './carried-keys.js';
-import { HookRunner, QUARANTINE_KEY, QUARANTINE_PATH_KEY } from './hook-runner.js';
+import { HookRunner, QUARANTINE_KEY, QUARANTINE_PATH_KEY, type HookResult } from './hook-runner.js';
 import { checkHeaders } from './message-headers.js';
 import { takeMessageEdits, type MessageEdits } from './message-edits.js';
 import type { ServerMetrics } from '../ops/metrics.js';
@@ -63,9 +63,6 @@ interface InFlight {
  */
 export const MESSAGE_STORED_PENDING_MAX = 256;
 
-/** What a stage that took no budget gives back. */
-const RELEASED = (): void => undefined;
-
 /**
  * One message from the end of DATA to its 250: read, header checks, the
  * three filter stages (keys a plugin sets at one are carried to the next and
@@ -82,27 +79,44 @@ export class MessagePipeline {
     this.#options = options;
   }
 
-  /** Takes the message of `session` from `stream`; resolves with the 250 text. */
-  async receive(stream: DataStream, session: SMTPServerSession): Promise<string> {
+  /**
+   * Takes the message of `session` from `stream`; resolves with the 250 text.
+   * Past the stream's end, a message whose stages all answer at once (no
+   * spool to wait for, plugins in this thread) settles in the same turn: the
+   * stages return values, not promises, unless something waits.
+   */
+  receive(stream: DataStream, session: SMTPServerSession): Promise<string> {
     const incoming = this.#options.spool === null ? null : this.#options.spool.receive();
-    try {
-      const data = await receiveData(stream, incoming);
-      // smtp-server answers 552 itself for a message over the size limit.
-      if (data === null) {
-        this.#options.metrics?.refused('data', REPLIES.messageTooBig, undefined);
-        throw replyError(REPLIES.messageTooBig);
+    const dropped = (error: unknown): Promise<never> => this.#dropped(incoming, error);
+    return receiveData(stream, incoming).then((data) => {
+      let accepted: string | Promise<string>;
+      try {
+        // smtp-server answers 552 itself for a message over the size limit.
+        if (data === null) {
+          this.#options.metrics?.refused('data', REPLIES.messageTooBig, undefined);
+          throw replyError(REPLIES.messageTooBig);
+        }
+        accepted = this.#process(session, data, incoming);
+      } catch (error) {
+        return dropped(error);
       }
-      const accepted = await this.#process(session, data, incoming);
-      this.#options.metrics?.messagesAccepted.inc();
-      return accepted;
-    } catch (error) {
-      // Refused, over the limit, the client gone or the disk failing: nothing of it stays in the spool.
-      await incoming?.discard();
-      throw error;
-    }
+      if (accepted instanceof Promise) return accepted.then((text) => this.#accepted(text), dropped);
+      return this.#accepted(accepted);
+    }, dropped);
   }
 
-  async #process(session: SMTPServerSession, data: ReceivedData, incoming: IncomingMessage | null): Promise<string> {
+  #accepted(text: string): string {
+    this.#options.metrics?.messagesAccepted.inc();
+    return text;
+  }
+
+  /** Refused, over the limit, the client gone or the disk failing: nothing of it stays in the spool. */
+  async #dropped(incoming: IncomingMessage | null, error: unknown): Promise<never> {
+    await incoming?.discard();
+    throw error;
+  }
+
+  #process(session: SMTPServerSession, data: ReceivedData, incoming: IncomingMessage | null): string | Promise<string> {
     const headers = checkHeaders(data.head);
     const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     const recipients = session.envelope.rcptTo.map((r) => r.address);
@@ -124,71 +138,123 @@ export class MessagePipeline {
     const stages = hooks.handledAmong(BODY_HOOKS);
     if (stages.length < BODY_HOOKS.length) for (const hook of BODY_HOOKS) if (!stages.includes(hook) && hooks.wants(hook)) hooks.run(hook, () => ({}));
     if (headers.problem !== null && (stages.length === 0 || stages[0] !== 'message_received')) this.#refuseHeaders(session, headers.problem);
-    if (stages.length > 0) await this.#filter(message, fields, stages, headers.problem);
+    const envelope = { from: sender, to: recipients };
     const withoutBody = (): EncodedMetadata => message.encoded ?? sessionEvent(session, fields);
-    return this.#keep(message, { from: sender, to: recipients }, withoutBody);
+    if (stages.length === 0) return this.#keep(message, envelope, withoutBody);
+    const filtered = this.#filter(message, fields, stages, headers.problem);
+    if (filtered instanceof Promise) return filtered.then(() => this.#keep(message, envelope, withoutBody));
+    return this.#keep(message, envelope, withoutBody);
   }
 
   /**
    * Runs the hooks that carry message_body, in order; header problems are
    * refused at message_validated, after message_received saw the message.
-   * The body is in memory for these stages only, within the body budget.
+   * The body is in memory for these stages only, within the body budget. A
+   * body already in memory (inline in the spool, or received without one)
+   * costs nothing more here, and the stages run at once unless a plugin's
+   * answer is a promise.
    */
-  async #filter(message: InFlight, fields: MetadataFields, stages: readonly HookName[], headerProblem: string | null): Promise<void> {
-    const { hooks } = this.#options;
-    const { data, incoming, session } = message;
+  #filter(message: InFlight, fields: MetadataFields, stages: readonly HookName[], headerProblem: string | null): void | Promise<void> {
+    const inMemory = message.data.body ?? message.incoming!.body();
+    if (inMemory === null) return this.#filterFromFile(message, fields, stages, headerProblem);
+    let pending: void | Promise<void>;
+    try {
+      pending = this.#stagesFrom(message, this.#encoder(message, fields, inMemory), stages, 0, headerProblem);
+    } catch (error) {
+      this.#filtered(message);
+      throw error;
+    }
+    if (pending instanceof Promise) return pending.finally(() => this.#filtered(message));
+    this.#filtered(message);
+  }
+
+  /**
+   * A body read back from its spool file takes budget, once for the host's
+   * buffer and once per plugin that copies it into memory of its own (a
+   * sandbox keeps that copy resident: it counts too).
+   */
+  async #filterFromFile(message: InFlight, fields: MetadataFields, stages: readonly HookName[], headerProblem: string | null): Promise<void> {
     const budget = this.#bodyBudget;
-    // A body already in memory (inline in the spool, or received without one) costs nothing more here: only a body read back from its file takes budget,
-    // once for the host's buffer and once per plugin that copies it into memory of its own (a sandbox keeps that copy resident: it counts too).
-    const inMemory = data.body ?? incoming!.body();
-    const release = inMemory === null ? await budget.acquire(data.size * (1 + hooks.bodyCopies(stages))) : RELEASED;
+    const { size } = message.data;
+    const release = await budget.acquire(size * (1 + this.#options.hooks.bodyCopies(stages)));
     let loaded: Buffer | null = null;
     try {
-      if (inMemory === null) loaded = budget.buffer(data.size);
-      const body = inMemory ?? (await incoming!.readBodyInto(loaded!));
-      const encoded = (): EncodedMetadata => (message.encoded ??= sessionEvent(session, Object.assign({}, fields, { [BODY_KEY]: body }), BODY_KEY));
-      for (const hook of stages) {
-        if (hook !== 'message_received' && headerProblem !== null) this.#refuseHeaders(session, headerProblem);
-        const result = hooks.run(hook, encoded, message.carried);
-        const { context, refusal } = result instanceof Promise ? await result : result;
-        if (context !== null) {
-          const edits = takeMessageEdits(context);
-          if (edits !== undefined) message.edits = { ...message.edits, ...edits };
-          message.carried.add(context);
-          if (!message.quarantined && context.changed(QUARANTINE_KEY) === 'true') {
-            message.quarantined = true;
-            message.quarantinePath = context.changed(QUARANTINE_PATH_KEY);
-          }
-        }
-        // A cancel that asks for quarantine means "not to the mailbox", not "refuse".
-        if (refusal && !(message.quarantined && refusal.reason !== 'error')) this.#refuse(hook, refusal, session);
-        if (message.quarantined) break;
-      }
-      if (headerProblem !== null && !message.quarantined) this.#refuseHeaders(session, headerProblem);
+      loaded = budget.buffer(size);
+      const body = await message.incoming!.readBodyInto(loaded);
+      await this.#stagesFrom(message, this.#encoder(message, fields, body), stages, 0, headerProblem);
     } finally {
-      // message_stored has no message_body: keep the keys, drop the view of the body. Plugins were
-      // given the bytes for their calls only (docs/abi.md), so the buffer may serve the next message.
-      message.encoded = message.encoded?.withoutTail() ?? null;
+      this.#filtered(message);
       // A native call past its deadline may still be reading this body on its thread: then the buffer is left to the GC, which frees it only once that call returned.
       if (loaded !== null && !lateCallRunning()) budget.recycle(loaded);
       release();
     }
   }
 
-  /** Stores the message (or drops it, without a spool), fires message_stored, and queues it for delivery. */
-  async #keep(message: InFlight, envelope: { from: string; to: readonly string[] }, withoutBody: () => EncodedMetadata): Promise<string> {
-    const { spool, queue, hooks } = this.#options;
+  /** The body stages' event: the message's keys and body, encoded once, at the first stage that runs. */
+  #encoder(message: InFlight, fields: MetadataFields, body: Buffer): () => EncodedMetadata {
+    return () => (message.encoded ??= sessionEvent(message.session, Object.assign({}, fields, { [BODY_KEY]: body }), BODY_KEY));
+  }
+
+  /** Runs stages[from...] in order; returns a promise only from the first stage whose plugins answer with one. */
+  #stagesFrom(message: InFlight, encoded: () => EncodedMetadata, stages: readonly HookName[], from: number, headerProblem: string | null): void | Promise<void> {
+    const { hooks } = this.#options;
+    for (let index = from; index < stages.length; index++) {
+      const hook = stages[index]!;
+      if (hook !== 'message_received' && headerProblem !== null) this.#refuseHeaders(message.session, headerProblem);
+      const result = hooks.run(hook, encoded, message.carried);
+      if (result instanceof Promise) {
+        return result.then((settled) => {
+          if (!this.#stageDone(message, hook, settled)) return this.#stagesFrom(message, encoded, stages, index + 1, headerProblem);
+        });
+      }
+      if (this.#stageDone(message, hook, result)) return;
+    }
+    if (headerProblem !== null) this.#refuseHeaders(message.session, headerProblem);
+  }
+
+  /** Takes in one stage's outcome; true when the message is quarantined (no further stage runs). Throws a refusal. */
+  #stageDone(message: InFlight, hook: HookName, { context, refusal }: HookResult): boolean {
+    if (context !== null) {
+      const edits = takeMessageEdits(context);
+      if (edits !== undefined) message.edits = { ...message.edits, ...edits };
+      message.carried.add(context);
+      if (!message.quarantined && context.changed(QUARANTINE_KEY) === 'true') {
+        message.quarantined = true;
+        message.quarantinePath = context.changed(QUARANTINE_PATH_KEY);
+      }
+    }
+    // A cancel that asks for quarantine means "not to the mailbox", not "refuse".
+    if (refusal && !(message.quarantined && refusal.reason !== 'error')) this.#refuse(hook, refusal, message.session);
+    return message.quarantined;
+  }
+
+  /**
+   * message_stored has no message_body: keep the keys, drop the view of the body. Plugins were
+   * given the bytes for their calls only (docs/abi.md), so the buffer may serve the next message.
+   */
+  #filtered(message: InFlight): void {
+    message.encoded = message.encoded?.withoutTail() ?? null;
+  }
+
+  /** Stores the message (or drops it, without a spool: then at once), fires message_stored, and queues it for delivery. */
+  #keep(message: InFlight, envelope: { from: string; to: readonly string[] }, withoutBody: () => EncodedMetadata): string | Promise<string> {
     const edits = message.edits;
     const to = edits?.recipients ?? envelope.to;
     if (edits?.discard === true || to.length === 0) {
       // Accepted and dropped, as a milter's discard (or a milter that removed every recipient) asks: nothing is kept.
       this.#options.logger.info({ session: message.session.id, message_id: message.messageId, why: edits?.discard === true ? 'discard' : 'no recipients left' }, 'message discarded by a plugin');
-      await message.incoming?.discard();
-      return acceptedText(null);
+      return message.incoming === null ? acceptedText(null) : message.incoming.discard().then(() => acceptedText(null));
     }
+    const { spool } = this.#options;
     if (spool === null || message.incoming === null) return acceptedText(null);
-    if (edits?.raw !== undefined) message.incoming = await this.#replaced(spool, message.incoming, edits.raw);
-    const { incoming } = message;
+    return this.#store(spool, message.incoming, message, to, envelope, withoutBody);
+  }
+
+  async #store(spool: Spool, received: IncomingMessage, message: InFlight, to: readonly string[], envelope: { from: string; to: readonly string[] }, withoutBody: () => EncodedMetadata): Promise<string> {
+    const { queue, hooks } = this.#options;
+    const edits = message.edits;
+    let incoming = received;
+    if (edits?.raw !== undefined) incoming = message.incoming = await this.#replaced(spool, received, edits.raw);
     const stored = await incoming.commit({ from: edits?.sender ?? envelope.from, to }, { message_id: message.messageId });
     let path = stored.path;
     if (message.quarantined) {
