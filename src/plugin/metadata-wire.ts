@@ -336,23 +336,25 @@ function text(view: Uint8Array, start: number, end: number, encoding: 'utf8' | '
  * `bounds`, against the bounds first: the bytes may come from a plugin's
  * memory. Violations throw `code`. Positions are offsets into `view`.
  */
+/** Not a closure per walk: eachEntry runs for every plugin call that changed something. */
+function malformedChanges(code: ErrorCode, who: string, problem: string): never {
+  throw hostError(code, `${who}: changed metadata ${problem}`);
+}
+
 function eachEntry(view: Uint8Array, start: number, end: number, bounds: WireBounds | undefined, code: ErrorCode, who: string, visit: (keyAt: number, keyLen: number, valueAt: number, valueLen: number) => void): void {
-  const fail = (problem: string): never => {
-    throw hostError(code, `${who}: changed metadata ${problem}`);
-  };
   let at = start;
   let count = 0;
   while (at < end) {
-    if (bounds && ++count > bounds.keysMax) fail(`holds more than ${bounds.keysMax} keys`);
-    if (end - at < 4) fail('is truncated');
+    if (bounds && ++count > bounds.keysMax) malformedChanges(code, who, `holds more than ${bounds.keysMax} keys`);
+    if (end - at < 4) malformedChanges(code, who, 'is truncated');
     const keyLen = readU32(view, at);
-    if (bounds && keyLen > bounds.keyBytesMax) fail(`has a ${keyLen}-byte key (at most ${bounds.keyBytesMax})`);
-    if (end - at - 4 < keyLen + 4) fail('is truncated');
+    if (bounds && keyLen > bounds.keyBytesMax) malformedChanges(code, who, `has a ${keyLen}-byte key (at most ${bounds.keyBytesMax})`);
+    if (end - at - 4 < keyLen + 4) malformedChanges(code, who, 'is truncated');
     const keyAt = at + 4;
     at = keyAt + keyLen;
     const valueLen = readU32(view, at);
-    if (bounds && valueLen > bounds.valueBytesMax) fail(`"${text(view, keyAt, keyAt + keyLen, 'utf8')}" has ${valueLen} bytes (at most ${bounds.valueBytesMax})`);
-    if (end - at - 4 < valueLen) fail('is truncated');
+    if (bounds && valueLen > bounds.valueBytesMax) malformedChanges(code, who, `"${text(view, keyAt, keyAt + keyLen, 'utf8')}" has ${valueLen} bytes (at most ${bounds.valueBytesMax})`);
+    if (end - at - 4 < valueLen) malformedChanges(code, who, 'is truncated');
     visit(keyAt, keyLen, at + 4, valueLen);
     at += 4 + valueLen;
   }

@@ -419,6 +419,13 @@ class WasmPlugin implements Plugin {
     return this.#guard('disable', () => live.exports.smtp_plugin_disable());
   }
 
+  /** How errors name this plugin: made once, not at every call (a template string each time). */
+  get #who(): string {
+    return (this.#whoText ??= `plugin "${this.metadata.name}"`);
+  }
+
+  #whoText: string | undefined;
+
   executeHook(context: HookContext): number {
     const live = this.#current();
     // #guard's work written out: this runs for every plugin of every event, and the closure cost more than the rest of the wrapper.
@@ -446,7 +453,7 @@ class WasmPlugin implements Plugin {
    */
   #load(live: Live, context: HookContext): void {
     const { exports } = live;
-    const who = `plugin "${this.metadata.name}"`;
+    const who = this.#who;
     const { changes, bytes } = wireSize(context, this.#bounds, who);
     const shrink = live.inputBytes > SCRATCH_DOUBLING_BYTES_MAX && bytes < live.inputBytes / INPUT_SHRINK_FRACTION;
     if (bytes > live.inputBytes || live.input === 0 || shrink) {
@@ -500,7 +507,7 @@ class WasmPlugin implements Plugin {
     }
     const view = this.#view(live);
     if (at + written > view.length) this.#outside(live, at, written, 'changed metadata');
-    applyChanges(view, at, written, context, this.#bounds, 'SMTP_E_WASM_BOUNDS', `plugin "${this.metadata.name}"`);
+    applyChanges(view, at, written, context, this.#bounds, 'SMTP_E_WASM_BOUNDS', this.#who);
     live.loadedVersion = context.version; // the guest copy already holds these changes
   }
 
