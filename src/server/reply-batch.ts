@@ -19,21 +19,27 @@ import type { Socket } from 'node:net';
  * socket is about to change hands (STARTTLS).
  */
 export class ReplyBatch {
-  readonly #held = new Set<Socket>();
+  /**
+   * The sockets corked this turn. An array, and cork() itself says whether a
+   * socket is held (nothing else corks these sockets): a Set cleared every
+   * turn hashed each socket and made a new table, about 1.1 us per message
+   * under smtp-source (CPU profile of the native chain).
+   */
+  #held: Socket[] = [];
   #scheduled = false;
   readonly #flush = (): void => {
     this.#scheduled = false;
     // A reply written while flushing (none today) holds its socket again for the next turn.
-    const sockets = [...this.#held];
-    this.#held.clear();
+    const sockets = this.#held;
+    this.#held = [];
     for (const socket of sockets) uncorkFully(socket);
   };
 
   /** Call before writing a reply to `socket`: the write is kept until the end of this turn. */
   hold(socket: Socket): void {
-    if (this.#held.has(socket)) return;
+    if (socket.writableCorked > 0) return;
     socket.cork();
-    this.#held.add(socket);
+    this.#held.push(socket);
     if (!this.#scheduled) {
       this.#scheduled = true;
       setImmediate(this.#flush);
@@ -42,13 +48,15 @@ export class ReplyBatch {
 
   /** Writes what `socket` holds now (before a TLS upgrade takes its handle). */
   release(socket: Socket): void {
-    if (!this.#held.delete(socket)) return;
+    const at = this.#held.indexOf(socket);
+    if (at < 0) return;
+    this.#held.splice(at, 1);
     uncorkFully(socket);
   }
 
   /** Sockets holding replies now (for tests). */
   get size(): number {
-    return this.#held.size;
+    return this.#held.length;
   }
 }
 
