@@ -112,7 +112,6 @@ export function boundedStrlen(s: NativePointer, max: number): number {
 
 const TWO_POW_32 = 2 ** 32;
 
-
 /** smtp_host_call_hook's packing, above bit 32 (src/runtime/host_runtime.zig): cancel, a connect refused, 18 bits of changed keys, a counter call refused. */
 const PACKED = { CANCEL: 1, NET_DENIED: 2, CHANGED_SHIFT: 2, CHANGED_MASK: 0x3ffff, COUNTERS_DENIED: 1 << 20 } as const;
 

@@ -130,7 +130,7 @@ class GatedConnection extends SMTPConnection {
   override _parseAddressCommand(name: string, command: Buffer | string): ReturnType<SMTPConnection['_parseAddressCommand']> {
     if (!this._server.options.lenientAddressParsing) {
       const simple = parseSimpleAddress(name, String(command));
-      if (simple !== undefined) return simple as unknown as ReturnType<SMTPConnection['_parseAddressCommand']>;
+      if (simple !== undefined) return simple;
     }
     return super._parseAddressCommand(name, command);
   }
