@@ -84,7 +84,7 @@ const utf8 = new TextDecoder();
 let nextContextId = 1;
 
 /** A finished event's plugin changes (HookContext.pluginChangeSet): read anew at each `list()`. */
-export interface PluginChangeSet extends Iterable<[string, MetadataValue]> {
+export interface PluginChangeSet {
   list(): [string, MetadataValue][];
 }
 
@@ -357,7 +357,7 @@ export class HookContext {
       });
       return entries;
     };
-    return { list, [Symbol.iterator]: () => list()[Symbol.iterator]() };
+    return { list };
   }
 
   /** The keys plugins set during this event, with their values. */
