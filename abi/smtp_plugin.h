@@ -34,7 +34,7 @@ extern "C" {
  * loads a plugin whose major equals its own and whose minor is not newer than
  * its own. */
 #define SMTP_PLUGIN_ABI_VERSION_MAJOR 1u
-#define SMTP_PLUGIN_ABI_VERSION_MINOR 2u
+#define SMTP_PLUGIN_ABI_VERSION_MINOR 3u
 #define SMTP_PLUGIN_ABI_VERSION ((SMTP_PLUGIN_ABI_VERSION_MAJOR << 16) | SMTP_PLUGIN_ABI_VERSION_MINOR)
 
 /* The 19 hooks, in the order and with the names of the seed guide. */

@@ -26,7 +26,8 @@
  *    host then creates it, with the plugin's memory limit as its maximum).
  *  - exports smtp_plugin_abi_version and the six smtp_plugin_* functions of
  *    smtp_plugin.h by those names (the sandbox does not use
- *    smtp_plugin_get_interface), and the seven smtp_wasm_* functions below.
+ *    smtp_plugin_get_interface), and the seven smtp_wasm_* functions below
+ *    (two more are optional).
  *  - imports nothing but the functions listed under "Imports".
  * Pointers and size_t are 4 bytes (the wasm32 layout below); every pointer
  * is an offset into the module's memory, and the host checks each one it
@@ -132,6 +133,18 @@ int32_t smtp_wasm_context_load(smtp_hook_context *context, int32_t hook_type, co
  * smtp_wasm_context_load. */
 int32_t smtp_wasm_context_load_checked(smtp_hook_context *context, int32_t hook_type, const uint8_t *buf, size_t len, size_t entries);
 
+/* smtp_wasm_context_load_checked for a text without the bytes of its tail
+ * (ABI 1.3): the value of the entry whose length ends at `tail_at` in `buf`
+ * (and is `tail_len`) is not in the module's memory; the changes made since
+ * the event may follow in `buf`. The host keeps that value (the message
+ * body) until the next load, and the first read of its key copies it in
+ * through the import smtp_host_context_tail, into memory the guest
+ * allocates and frees at the next load: a plugin that never reads the body
+ * never has it copied. SMTP_STATUS_INVALID when `tail_at` is past `len`.
+ * Optional: the host calls it when the module exports it, for an event that
+ * carries the body. */
+int32_t smtp_wasm_context_load_lazy(smtp_hook_context *context, int32_t hook_type, const uint8_t *buf, size_t len, size_t entries, size_t tail_at, size_t tail_len);
+
 /* After smtp_plugin_execute_hook: the SMTP_WASM_STATUS_* bits below. */
 uint32_t smtp_wasm_context_status(const smtp_hook_context *context);
 #define SMTP_WASM_STATUS_CANCEL (1u << 0)     /* the plugin set context->cancel */
@@ -148,7 +161,8 @@ int32_t smtp_wasm_take_changes(smtp_hook_context *context, uint8_t *out, size_t 
 
 /* --- Imports --------------------------------------------------------------
  * Module "smtp_host": the clock and the network of smtp_host_api (ABI 1.1)
- * and its counters (ABI 1.2), without the context argument. The guest half's
+ * and its counters (ABI 1.2), without the context argument, and the lazy
+ * load's tail (ABI 1.3). The guest half's
  * host api calls them; a plugin calls them through context->host like a
  * native plugin does. The host checks every address against the plugin's
  * allow_connect grants and every counter call against its allow_counters
@@ -166,6 +180,12 @@ int32_t smtp_host_net_send(int32_t handle, const uint8_t *data, size_t len, uint
 int32_t smtp_host_net_recv(int32_t handle, uint8_t *buf, size_t cap, uint32_t timeout_ms) SMTP_WASM_HOST_IMPORT("net_recv");
 int32_t smtp_host_net_close(int32_t handle) SMTP_WASM_HOST_IMPORT("net_close");
 int64_t smtp_host_counter_incr(const uint8_t *key, size_t key_len, int64_t by, uint32_t window_seconds) SMTP_WASM_HOST_IMPORT("counter_incr");
+/* Copies the tail of the last smtp_wasm_context_load_lazy (the message
+ * body), `len` bytes, to `dst`; returns 0. The host ends the call instead
+ * (SMTP_E_WASM_MEMORY) when `dst` is NULL (the guest had no memory for it),
+ * and (SMTP_E_WASM_BOUNDS) when `len` is not the tail's length, no lazy
+ * load is current, or `dst` + `len` is outside the memory. */
+int32_t smtp_host_context_tail(uint8_t *dst, size_t len) SMTP_WASM_HOST_IMPORT("context_tail");
 #undef SMTP_WASM_HOST_IMPORT
 #endif
 

@@ -12,6 +12,11 @@ pub const Limits = struct {
     keys_max: usize = 1024,
 };
 
+/// Copies the host's tail (the message body) to `dst`, `len` bytes; 0 when
+/// done. A null `dst` tells the host there was no memory for it. The wasm
+/// guest's is its smtp_host.context_tail import.
+pub const TailFetch = *const fn (dst: ?[*]u8, len: usize) i32;
+
 /// A key set since the last load (by a plugin, or by the host on top of the
 /// load): the store owns copies of both.
 pub const Entry = struct {
@@ -25,16 +30,30 @@ pub const Entry = struct {
 const WireEntry = struct {
     key: []const u8,
     value: []const u8,
+    /// The entry whose value is the tail (then `value` is empty while a lazy load has not fetched it).
+    is_tail: bool = false,
 };
 
-/// Walks a wire text: head, whose last value may be `tail`. Stops at the end
-/// or at the first malformed entry (then `malformed` is set).
+/// Walks a wire text: head, one of whose values may be `tail`, which lies
+/// elsewhere. Stops at the end or at the first malformed entry (then
+/// `malformed` is set).
 const WireReader = struct {
     head: []const u8,
     tail: []const u8,
+    /// Where in `head` the tail's value belongs: the entry whose length ends
+    /// here, and is `tail_len`, has the tail as its value and no bytes in
+    /// `head` (head.len for a head that ends with the tail's length; less
+    /// when a lazy load's changes follow it).
+    tail_at: usize,
+    tail_len: usize,
     at: usize = 0,
     tail_used: bool = false,
     malformed: bool = false,
+
+    /// A reader of `head` whose last value may be `tail`.
+    fn ofText(head: []const u8, tail: []const u8) WireReader {
+        return .{ .head = head, .tail = tail, .tail_at = head.len, .tail_len = tail.len };
+    }
 
     fn next(self: *WireReader) ?WireEntry {
         const head = self.head;
@@ -47,14 +66,15 @@ const WireReader = struct {
         const key = head[key_at .. key_at + key_len];
         const value_len = readU32(head[key_at + key_len ..]);
         const value_at = key_at + key_len + 4;
+        // The tail's place first: a lazy load's changes follow it in `head`, and are not its bytes.
+        if (value_at == self.tail_at and !self.tail_used and self.tail_len == value_len) {
+            self.tail_used = true;
+            self.at = value_at;
+            return .{ .key = key, .value = self.tail, .is_tail = true };
+        }
         if (head.len - value_at >= value_len) {
             self.at = value_at + value_len;
             return .{ .key = key, .value = head[value_at .. value_at + value_len] };
-        }
-        if (value_at == head.len and !self.tail_used and self.tail.len == value_len) {
-            self.tail_used = true;
-            self.at = value_at;
-            return .{ .key = key, .value = self.tail };
         }
         return self.fail();
     }
@@ -92,6 +112,17 @@ pub const Store = struct {
     /// two or three keys of the dozen or more loaded.
     wire_head: []const u8 = &.{},
     wire_tail: []const u8 = &.{},
+    /// Where the tail's value belongs in wire_head, and its length (WireReader.tail_at, tail_len).
+    wire_tail_at: usize = 0,
+    wire_tail_len: usize = 0,
+    /// Set by a lazy load (loadLazy): the tail is still the host's, and the
+    /// first read of its key copies it in through `fetch_tail`. A sandboxed
+    /// plugin that never reads the message body never has it copied into
+    /// its memory.
+    tail_pending: bool = false,
+    fetch_tail: ?TailFetch = null,
+    /// The fetched tail, owned by the store until the next load.
+    tail_copy: []u8 = &.{},
     /// Entries in the wire text, a repeated key counted each time: at least its distinct keys.
     wire_entries: usize = 0,
     /// The wire text's distinct keys, counted once when a bound is near (null: not yet).
@@ -135,19 +166,44 @@ pub const Store = struct {
 
     /// The value of `key`: as set since the load, else the last entry of
     /// the wire text with that key (a later entry replaces an earlier one).
-    pub fn lookup(self: *const Store, key: []const u8) ?[]const u8 {
+    /// Reading a lazy load's tail fetches it (fetchTail).
+    pub fn lookup(self: *Store, key: []const u8) ?[]const u8 {
         if (self.find(key)) |entry| return entry.value;
-        return self.loaded(key);
+        const found = self.loaded(key) orelse return null;
+        if (found.is_tail and self.tail_pending) return self.fetchTail();
+        return found.value;
     }
 
-    /// The last value the wire text gives `key`, if any.
-    fn loaded(self: *const Store, key: []const u8) ?[]const u8 {
-        var reader = WireReader{ .head = self.wire_head, .tail = self.wire_tail };
-        var found: ?[]const u8 = null;
-        while (reader.next()) |entry| {
-            if (entry.key.len == key.len and std.mem.eql(u8, entry.key, key)) found = entry.value;
+    fn reader(self: *const Store) WireReader {
+        return .{ .head = self.wire_head, .tail = self.wire_tail, .tail_at = self.wire_tail_at, .tail_len = self.wire_tail_len };
+    }
+
+    /// The last entry the wire text has for `key`, if any (a lazy tail not fetched).
+    fn loaded(self: *const Store, key: []const u8) ?WireEntry {
+        var entries = self.reader();
+        var found: ?WireEntry = null;
+        while (entries.next()) |entry| {
+            if (entry.key.len == key.len and std.mem.eql(u8, entry.key, key)) found = entry;
         }
         return found;
+    }
+
+    /// Copies a lazy load's tail in from the host, once per load. The host
+    /// ends the call itself when it cannot (a refusal here is a host that
+    /// broke the protocol: the call traps).
+    fn fetchTail(self: *Store) []const u8 {
+        const fetch = self.fetch_tail orelse @panic("a lazy load without a fetch function");
+        const len = self.wire_tail_len;
+        const copy = self.allocator.alloc(u8, len) catch {
+            // Told so, the host ends the call with its memory limit named (a null destination).
+            _ = fetch(null, len);
+            @panic("no memory for the message body");
+        };
+        if (len > 0 and fetch(copy.ptr, len) != 0) @panic("the host did not give the message body");
+        self.tail_copy = copy;
+        self.wire_tail = copy;
+        self.tail_pending = false;
+        return copy;
     }
 
     /// Distinct keys in the wire text: counted by pairs once per load (the text does not
@@ -155,9 +211,9 @@ pub const Store = struct {
     fn loadedKeys(self: *Store) usize {
         if (self.wire_distinct) |known| return known;
         var distinct: usize = 0;
-        var reader = WireReader{ .head = self.wire_head, .tail = self.wire_tail };
-        while (reader.next()) |entry| {
-            var later = reader;
+        var entries = self.reader();
+        while (entries.next()) |entry| {
+            var later = entries;
             var repeated = false;
             while (later.next()) |other| {
                 if (std.mem.eql(u8, other.key, entry.key)) {
@@ -272,6 +328,11 @@ pub const Store = struct {
         self.changed_count = 0;
         self.wire_head = &.{};
         self.wire_tail = &.{};
+        self.wire_tail_at = 0;
+        self.wire_tail_len = 0;
+        self.tail_pending = false;
+        self.allocator.free(self.tail_copy);
+        self.tail_copy = &.{};
         self.wire_entries = 0;
         self.wire_distinct = null;
     }
@@ -486,7 +547,7 @@ pub fn loadEncoded(ctx: *plugin.HookContext, hook_type: c_int, head: []const u8,
     store.clear();
     ctx.hook_type = @enumFromInt(hook_type);
     ctx.cancel = false;
-    var reader = WireReader{ .head = head, .tail = tail };
+    var reader = WireReader.ofText(head, tail);
     var count: usize = 0;
     while (reader.next()) |entry| {
         if (entry.key.len == 0) return .invalid;
@@ -507,10 +568,34 @@ pub fn loadEncoded(ctx: *plugin.HookContext, hook_type: c_int, head: []const u8,
 pub fn loadChecked(ctx: *plugin.HookContext, hook_type: c_int, head: []const u8, tail: []const u8, entries: usize) plugin.Status {
     const store = storeOf(ctx);
     store.clear();
+    store.wire_tail = tail;
+    store.wire_tail_at = head.len;
+    store.wire_tail_len = tail.len;
+    return loadWire(ctx, hook_type, head, entries);
+}
+
+/// loadChecked for a text whose tail is not in this memory (the sandbox's
+/// lazy load): `text` holds every entry but the tail's value, which belongs
+/// at `tail_at` (right after its length, `tail_len`; the changes made since
+/// the event follow it). The first read of the tail's key copies it in
+/// through `fetch` (Store.fetchTail); a plugin that never reads it never
+/// has it copied. A `tail_at` past the text is SMTP_STATUS_INVALID.
+pub fn loadLazy(ctx: *plugin.HookContext, hook_type: c_int, text: []const u8, entries: usize, tail_at: usize, tail_len: usize, fetch: TailFetch) plugin.Status {
+    const store = storeOf(ctx);
+    store.clear();
+    if (tail_at > text.len) return .invalid;
+    store.wire_tail_at = tail_at;
+    store.wire_tail_len = tail_len;
+    store.tail_pending = true;
+    store.fetch_tail = fetch;
+    return loadWire(ctx, hook_type, text, entries);
+}
+
+fn loadWire(ctx: *plugin.HookContext, hook_type: c_int, head: []const u8, entries: usize) plugin.Status {
+    const store = storeOf(ctx);
     ctx.hook_type = @enumFromInt(hook_type);
     ctx.cancel = false;
     store.wire_head = head;
-    store.wire_tail = tail;
     store.wire_entries = entries;
     if (entries > store.limits.keys_max and store.loadedKeys() > store.limits.keys_max) {
         store.clear();
@@ -524,7 +609,7 @@ pub fn loadChecked(ctx: *plugin.HookContext, hook_type: c_int, head: []const u8,
 /// this context was loaded. They are not reported back as changes.
 pub fn applyEncoded(ctx: *plugin.HookContext, bytes: []const u8) plugin.Status {
     const store = storeOf(ctx);
-    var reader = WireReader{ .head = bytes, .tail = &.{} };
+    var reader = WireReader.ofText(bytes, &.{});
     while (reader.next()) |entry| {
         const status = store.put(entry.key, entry.value, false);
         if (status != .ok) return status;
@@ -757,6 +842,44 @@ test "a load of a text the host checked walks nothing, and still reads keys and 
     try std.testing.expectEqual(plugin.Status.ok, loadChecked(ctx, 2, wire[0 .. wire.len - 3], "", 3));
     try std.testing.expectEqualStrings("1", ctx.getMetadata("a").?);
     try std.testing.expectEqualStrings("2", ctx.getMetadata("b").?);
+}
+
+/// The host side of the lazy-load test: the body it holds, and how often it was asked for it.
+const TestTail = struct {
+    var body: []const u8 = "";
+    var fetches: usize = 0;
+
+    fn fetch(dst: ?[*]u8, len: usize) i32 {
+        fetches += 1;
+        if (len != body.len) return -1;
+        @memcpy((dst orelse return -1)[0..len], body);
+        return 0;
+    }
+};
+
+test "a lazy load copies the tail in at the first read of its key only, with the changes behind it read as usual" {
+    const ctx = createContext(std.testing.allocator, .{}, &api).?;
+    defer destroyContext(ctx);
+    TestTail.body = "Subject: hi\r\n\r\nbody\r\n";
+    TestTail.fetches = 0;
+    // The event's keys, the tail's length (the tail itself stays in the host), then a change made since.
+    const event = "\x01\x00\x00\x00a\x01\x00\x00\x001" ++ "\x0c\x00\x00\x00message_body\x15\x00\x00\x00";
+    const text = event ++ "\x01\x00\x00\x00a\x01\x00\x00\x002";
+    try std.testing.expectEqual(plugin.Status.ok, loadLazy(ctx, 2, text, 3, event.len, TestTail.body.len, TestTail.fetch));
+    try std.testing.expectEqualStrings("2", ctx.getMetadata("a").?);
+    try std.testing.expectEqual(@as(usize, 2), storeOf(ctx).keyCount());
+    try std.testing.expectEqual(@as(usize, 0), TestTail.fetches);
+    try std.testing.expectEqualStrings(TestTail.body, ctx.getMetadata("message_body").?);
+    try std.testing.expectEqualStrings(TestTail.body, ctx.getMetadata("message_body").?);
+    try std.testing.expectEqual(@as(usize, 1), TestTail.fetches);
+    // A plugin's own value for the key hides the tail and fetches nothing.
+    try std.testing.expectEqual(plugin.Status.ok, loadLazy(ctx, 2, text, 3, event.len, TestTail.body.len, TestTail.fetch));
+    try ctx.setMetadata("message_body", "replaced");
+    try std.testing.expectEqualStrings("replaced", ctx.getMetadata("message_body").?);
+    try std.testing.expectEqual(@as(usize, 1), TestTail.fetches);
+    // A tail place past the text is refused; the next load frees a fetched copy (the testing allocator checks).
+    try std.testing.expectEqual(plugin.Status.invalid, loadLazy(ctx, 2, text, 3, text.len + 1, TestTail.body.len, TestTail.fetch));
+    try std.testing.expect(ctx.getMetadata("a") == null);
 }
 
 test "keys and values kept inside the store and allocated ones read back alike, and a load frees them all" {

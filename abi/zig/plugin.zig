@@ -6,7 +6,7 @@ const builtin = @import("builtin");
 const metadata_host = @import("metadata_host.zig");
 
 pub const abi_version_major: u32 = 1;
-pub const abi_version_minor: u32 = 2;
+pub const abi_version_minor: u32 = 3;
 /// SMTP_PLUGIN_ABI_VERSION: major in the high 16 bits, minor in the low 16.
 pub const abi_version: u32 = (abi_version_major << 16) | abi_version_minor;
 

@@ -40,7 +40,13 @@ const imports = struct {
     extern "smtp_host" fn net_recv(handle: i32, buf: [*]u8, cap: usize, timeout_ms: u32) i32;
     extern "smtp_host" fn net_close(handle: i32) i32;
     extern "smtp_host" fn counter_incr(key: ?[*]const u8, key_len: usize, by: i64, window_seconds: u32) i64;
+    /// ABI 1.3: copies the tail of a lazy load (the message body) to `dst`.
+    extern "smtp_host" fn context_tail(dst: ?[*]u8, len: usize) i32;
 };
+
+fn fetchTail(dst: ?[*]u8, len: usize) i32 {
+    return imports.context_tail(dst, len);
+}
 
 const GuestIo = struct {
     pub fn nowUnixMs(ctx: *const plugin.HookContext) callconv(.c) i64 {
@@ -86,6 +92,14 @@ export fn smtp_wasm_context_load(ctx: *plugin.HookContext, hook_type: i32, buf: 
 /// nothing (metadata_host.loadChecked).
 export fn smtp_wasm_context_load_checked(ctx: *plugin.HookContext, hook_type: i32, buf: [*]const u8, len: usize, entries: usize) i32 {
     return @intFromEnum(host.loadChecked(ctx, hook_type, buf[0..len], &.{}, entries));
+}
+
+/// smtp_wasm_context_load_checked without the tail's bytes (ABI 1.3): they
+/// stay in the host until the plugin reads the tail's key, which copies them
+/// in through smtp_host.context_tail (metadata_host.loadLazy). `tail_at` is
+/// where the tail's value belongs in `buf`, right after its length.
+export fn smtp_wasm_context_load_lazy(ctx: *plugin.HookContext, hook_type: i32, buf: [*]const u8, len: usize, entries: usize, tail_at: usize, tail_len: usize) i32 {
+    return @intFromEnum(host.loadLazy(ctx, hook_type, buf[0..len], entries, tail_at, tail_len, fetchTail));
 }
 
 /// Bit 0: cancel; bit 1: a refused connection (unused here: the host sees

@@ -66,7 +66,7 @@ export const PluginFlag = { BLOCKING: 1n } as const;
 export const ABI_VERSION_1_1 = (1 << 16) | 1;
 
 export const ABI_VERSION_MAJOR = 1;
-export const ABI_VERSION_MINOR = 2;
+export const ABI_VERSION_MINOR = 3;
 export const ABI_VERSION = (ABI_VERSION_MAJOR << 16) | ABI_VERSION_MINOR;
 
 export function formatAbiVersion(version: number): string {

@@ -52,7 +52,10 @@ export const WASM_GUEST_EXPORTS = [
 ] as const;
 
 /** Guest exports the host uses when present (a module built with an older guest half lacks them). */
-export const WASM_GUEST_OPTIONAL_EXPORTS = ['smtp_wasm_context_load_checked'] as const;
+export const WASM_GUEST_OPTIONAL_EXPORTS = ['smtp_wasm_context_load_checked', 'smtp_wasm_context_load_lazy'] as const;
+
+/** The "smtp_host" import that copies a lazy load's tail (the message body) into the module (ABI 1.3). */
+export const WASM_TAIL_IMPORT_NAME = 'context_tail';
 
 /** smtp_wasm_context_status's bits. */
 export const WASM_CONTEXT_STATUS = {

@@ -199,7 +199,9 @@ export class PluginManager {
    * event into memory of their own (a sandbox's linear memory, a component,
    * a process-isolated child): each holds the message body once more while
    * it is called. In-process native plugins read the host's bytes, and a
-   * milter is sent the body in chunks: neither counts.
+   * milter is sent the body in chunks: neither counts. A sandbox with the
+   * lazy body (ABI 1.3) copies it only if its plugin reads it: counted all
+   * the same, since that is known only during the call.
    */
   bodyCopies(hooks: readonly HookName[]): number {
     const copying = new Set<PluginInstance>();

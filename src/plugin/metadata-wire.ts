@@ -154,10 +154,11 @@ export class EncodedMetadata {
     return this.#prefix.value(key);
   }
 
-  /** Copies the whole encoding (head, then tail) into `target` at `offset`; returns the bytes written. */
-  copyTo(target: Uint8Array, offset: number): number {
+  /** Copies the whole encoding (head, then tail; without the tail when `withTail` is false) into `target` at `offset`; returns the bytes written. */
+  copyTo(target: Uint8Array, offset: number, withTail = true): number {
     target.set(this.head, offset);
-    if (this.tail !== null) target.set(this.tail, offset + this.head.length);
+    if (this.tail === null || !withTail) return this.head.length;
+    target.set(this.tail, offset + this.head.length);
     return this.byteLength;
   }
 
@@ -515,9 +516,14 @@ export function wireSize(context: HookContext, bounds: WireBounds | undefined, w
   return { changes, bytes: base.byteLength + changes.length };
 }
 
-/** Writes what wireSize measured into `target` at `offset`: the event's bytes, then the change log. */
-export function copyWire(context: HookContext, changes: ChangeLog, target: Uint8Array, offset = 0): void {
-  const written = context.base.copyTo(target, offset);
+/**
+ * Writes what wireSize measured into `target` at `offset`: the event's bytes,
+ * then the change log. Without `withTail`, the event's tail (its body) is
+ * left out, the change log following its length (a lazy load, which copies
+ * the tail in only when read).
+ */
+export function copyWire(context: HookContext, changes: ChangeLog, target: Uint8Array, offset = 0, withTail = true): void {
+  const written = context.base.copyTo(target, offset, withTail);
   // A plain Uint8Array view: Buffer#subarray goes through Buffer's subclass constructor, at about twice the cost.
   const log = changes.bytes;
   if (changes.length > 0) target.set(new Uint8Array(log.buffer, log.byteOffset, changes.length), offset + written);

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { ABI_VERSION, formatAbiVersion, isAbiCompatible } from '../abi/hooks.js';
-import { WASM32_METADATA, WASM32_POINTER_BYTES, WASM_CONTEXT_STATUS, WASM_GUEST_EXPORTS, WASM_PLUGIN_EXPORTS, wasmMetadataSize } from '../abi/wasm-layout.js';
+import { WASM32_METADATA, WASM32_POINTER_BYTES, WASM_CONTEXT_STATUS, WASM_GUEST_EXPORTS, WASM_PLUGIN_EXPORTS, WASM_TAIL_IMPORT_NAME, wasmMetadataSize } from '../abi/wasm-layout.js';
 import { HostError, hostError, isHostError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { HookContext } from '../plugin/hook-context.js';
@@ -42,6 +42,8 @@ interface GuestExports {
   smtp_wasm_context_load(context: number, hook: number, buf: number, len: number): number;
   /** Optional (guest halves before it lack it): the load of a text the host checked, given its entry count. */
   smtp_wasm_context_load_checked?(context: number, hook: number, buf: number, len: number, entries: number): number;
+  /** Optional (ABI 1.3): the checked load without the tail's bytes, which the guest copies in through the context_tail import when read. */
+  smtp_wasm_context_load_lazy?(context: number, hook: number, buf: number, len: number, entries: number, tailAt: number, tailLen: number): number;
   smtp_wasm_context_status(context: number): number;
   smtp_wasm_take_changes(context: number, out: number, cap: number): number;
 }
@@ -62,6 +64,8 @@ interface Live {
   loadedBytes: number;
   loadedId: number;
   loadedVersion: number;
+  /** The tail a lazy load left out (the message body): what the context_tail import copies in; null when the load had none. */
+  tail: Buffer | null;
   /** The whole memory as a plain Uint8Array, made again once growth detaches it (its length then reads 0). */
   view: Uint8Array;
 }
@@ -70,8 +74,8 @@ function fail(code: Parameters<typeof hostError>[0], message: string, cause?: un
   throw hostError(code, message, cause);
 }
 
-/** The "smtp_host" functions a module may import: the clock, the network and the counters. */
-const HOST_IMPORT_NAMES: readonly string[] = [...NET_IMPORT_NAMES, ...COUNTER_IMPORT_NAMES];
+/** The "smtp_host" functions a module may import: the clock, the network, the counters and the lazy load's tail. */
+const HOST_IMPORT_NAMES: readonly string[] = [...NET_IMPORT_NAMES, ...COUNTER_IMPORT_NAMES, WASM_TAIL_IMPORT_NAME];
 
 /** Validates imports: WASI preview1 functions, env.memory, the host's clock, network and counters, and its own deadline check only. */
 function checkImports(module: WebAssembly.Module, path: string): void {
@@ -189,6 +193,7 @@ class WasmPlugin implements Plugin {
       const now = this.#clock();
       return this.#deadline - now;
     };
+    let live: Live | undefined;
     const imports: WebAssembly.Imports = {
       [WASI_MODULE]: this.#wasi.imports as WebAssembly.ModuleImports,
       [CHECK_IMPORT_MODULE]: { [CHECK_IMPORT_NAME]: budgetExhausted },
@@ -196,6 +201,7 @@ class WasmPlugin implements Plugin {
         ...netImports(() => memory!, this.#net, remainingMs),
         // The counters are the plugin's by name: none before its metadata is read.
         ...counterImports(() => memory!, this.#counters, () => this.metadata?.name, remainingMs),
+        [WASM_TAIL_IMPORT_NAME]: (dst: number, len: number): number => this.#copyTail(live, dst >>> 0, len >>> 0),
       },
       ...(imported ? { env: { memory: imported } } : {}),
     };
@@ -210,7 +216,7 @@ class WasmPlugin implements Plugin {
     memory = imported ?? exports.memory;
     if (!(memory instanceof WebAssembly.Memory)) fail('SMTP_E_PLUGIN_MISSING_EXPORT', `${this.path}: exports no memory and imports none`);
     budget = exports[BUDGET_EXPORT] as WebAssembly.Global;
-    const live: Live = {
+    live = {
       exports,
       memory,
       budget,
@@ -222,6 +228,7 @@ class WasmPlugin implements Plugin {
       loadedBytes: 0,
       loadedId: 0,
       loadedVersion: -1,
+      tail: null,
       view: new Uint8Array(memory.buffer),
     };
     const { limits } = this.#options;
@@ -454,7 +461,11 @@ class WasmPlugin implements Plugin {
   #load(live: Live, context: HookContext): void {
     const { exports } = live;
     const who = this.#who;
-    const { changes, bytes } = wireSize(context, this.#bounds, who);
+    const { changes, bytes: wholeBytes } = wireSize(context, this.#bounds, who);
+    // A guest with the lazy load gets the body only if its plugin reads it (most never do).
+    const tail = context.base.tail;
+    const lazy = tail !== null && exports.smtp_wasm_context_load_lazy !== undefined;
+    const bytes = lazy ? wholeBytes - tail.length : wholeBytes;
     const shrink = live.inputBytes > SCRATCH_DOUBLING_BYTES_MAX && bytes < live.inputBytes / INPUT_SHRINK_FRACTION;
     if (bytes > live.inputBytes || live.input === 0 || shrink) {
       // Empty the guest's context first: its entries point into the old buffer.
@@ -470,16 +481,44 @@ class WasmPlugin implements Plugin {
     if (live.input + bytes > view.length) this.#outside(live, live.input, bytes, 'metadata buffer');
     // The guest's copy is about to be overwritten: until the load succeeds it is no context's.
     live.loadedId = 0;
-    copyWire(context, changes, view, live.input);
-    // wireSize checked the text against this context's bounds: a guest that can skip its own walk is told so.
-    const checked = exports.smtp_wasm_context_load_checked;
-    const status = checked !== undefined
-      ? checked(live.context, context.hookValue, live.input, bytes, context.base.count + changes.encoded)
-      : exports.smtp_wasm_context_load(live.context, context.hookValue, live.input, bytes);
-    if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: the sandbox could not hold the metadata (status ${status})`);
+    live.tail = null;
+    const entries = context.base.count + changes.encoded;
+    if (lazy) {
+      copyWire(context, changes, view, live.input, false);
+      const status = exports.smtp_wasm_context_load_lazy!(live.context, context.hookValue, live.input, bytes, entries, context.base.head.length, tail.length);
+      if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: the sandbox could not hold the metadata (status ${status})`);
+      live.tail = tail;
+    } else {
+      copyWire(context, changes, view, live.input);
+      // wireSize checked the text against this context's bounds: a guest that can skip its own walk is told so.
+      const checked = exports.smtp_wasm_context_load_checked;
+      const status = checked !== undefined
+        ? checked(live.context, context.hookValue, live.input, bytes, entries)
+        : exports.smtp_wasm_context_load(live.context, context.hookValue, live.input, bytes);
+      if (status !== 0) throw hostError('SMTP_E_METADATA_LIMIT', `${who}: the sandbox could not hold the metadata (status ${status})`);
+    }
     live.loadedId = context.id;
     live.loadedVersion = context.version;
     live.loadedBytes = bytes;
+  }
+
+  /**
+   * The context_tail import: copies the tail the current load left out (the
+   * message body) to `dst` in guest memory, when the plugin first reads it.
+   * Anything but the exact request ends the call: a guest out of memory
+   * (`dst` 0) with its memory limit named, a length or place that is not the
+   * tail's as a bounds error. Both replace the instance, whose call was cut.
+   */
+  #copyTail(live: Live | undefined, dst: number, len: number): number {
+    const tail = live?.tail ?? null;
+    if (live === undefined || tail === null || len !== tail.length) {
+      throw hostError('SMTP_E_WASM_BOUNDS', `${this.#who}: asked for a ${len}-byte message body, ${tail === null ? 'with none left out of its load' : `which has ${tail.length} bytes`}`);
+    }
+    if (dst === 0) throw hostError('SMTP_E_WASM_MEMORY', `${this.#who}: no room for the ${len}-byte message body within ${this.#options.limits.memoryMb} MiB`);
+    const view = this.#view(live);
+    if (dst + len > view.length) this.#outside(live, dst, len, 'message body');
+    view.set(tail, dst);
+    return 0;
   }
 
   /**

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ABI_VERSION_1_1, PluginFlag } from '../../src/abi/hooks.js';
-import { WASM32_METADATA, WASM32_POINTER_BYTES, WASM_CONTEXT_STATUS, WASM_GUEST_EXPORTS, WASM_GUEST_OPTIONAL_EXPORTS, WASM_PLUGIN_EXPORTS, WASM_WIRE_LENGTH_BYTES, wasmMetadataSize } from '../../src/abi/wasm-layout.js';
+import { WASM32_METADATA, WASM32_POINTER_BYTES, WASM_CONTEXT_STATUS, WASM_GUEST_EXPORTS, WASM_GUEST_OPTIONAL_EXPORTS, WASM_PLUGIN_EXPORTS, WASM_TAIL_IMPORT_NAME, WASM_WIRE_LENGTH_BYTES, wasmMetadataSize } from '../../src/abi/wasm-layout.js';
 import type { Logger } from '../../src/log.js';
 import { loadNativePlugin } from '../../src/native/native-plugin.js';
 import { ABI_DIR, PROJECT_ROOT, ZIG_MODULE_ROOT } from '../../src/paths.js';
@@ -148,7 +148,7 @@ describe('abi/smtp_wasm.h: the sandbox ABI', () => {
     it('names the exports and imports the host uses', () => {
       expect([...header.exports.keys()].filter((name) => name.startsWith('smtp_wasm_')).sort()).toEqual([...WASM_GUEST_EXPORTS, ...WASM_GUEST_OPTIONAL_EXPORTS].sort());
       for (const name of WASM_PLUGIN_EXPORTS) expect(header.exports.has(name), name).toBe(true);
-      expect([...header.imports.keys()].sort()).toEqual([...NET_IMPORT_NAMES, ...COUNTER_IMPORT_NAMES].map((name) => `${NET_IMPORT_MODULE}.${name}`).sort());
+      expect([...header.imports.keys()].sort()).toEqual([...NET_IMPORT_NAMES, ...COUNTER_IMPORT_NAMES, WASM_TAIL_IMPORT_NAME].map((name) => `${NET_IMPORT_MODULE}.${name}`).sort());
     });
 
     // A Zig plugin (both Zig versions) and a C plugin: each links the Zig guest half.

@@ -85,7 +85,7 @@ describe('smtp-server plugin info', () => {
     expect(JSON.parse(run.stdout)).toEqual({
       file: fixture('spam_filter'),
       kind: 'native',
-      abi_version: '1.2',
+      abi_version: '1.3',
       name: 'spam-filter',
       version: '1.2.0',
       author: 'SMTP Team',
@@ -99,7 +99,7 @@ describe('smtp-server plugin info', () => {
     });
     // A plugin that waits on the network says so (ABI 1.1 flags).
     const probe = runCli(['plugin', 'info', fixture('net_probe')]);
-    expect(JSON.parse(probe.stdout)).toMatchObject({ name: 'net-probe', abi_version: '1.2', blocking: true });
+    expect(JSON.parse(probe.stdout)).toMatchObject({ name: 'net-probe', abi_version: '1.3', blocking: true });
   });
 
   it('loads a library named relative to the working directory', () => {
@@ -142,7 +142,7 @@ describe('smtp-server plugin call on sandboxed plugins', () => {
     const args = ['--hook', 'message_filtered', '--meta', `message_body=${SIX_KEYWORDS}`];
     expect(callJson(runCli(['plugin', 'call', out, ...args]))).toEqual(callJson(runCli(['plugin', 'call', fixture('spam_filter'), ...args])));
     const info = JSON.parse(runCli(['plugin', 'info', out]).stdout);
-    expect(info).toMatchObject({ kind: 'wasm', abi_version: '1.2', name: 'spam-filter', handled_hooks: ['message_filtered'] });
+    expect(info).toMatchObject({ kind: 'wasm', abi_version: '1.3', name: 'spam-filter', handled_hooks: ['message_filtered'] });
   });
 
   it('stops an endless loop within twice --deadline-ms and a memory bomb at --memory-mb', () => {

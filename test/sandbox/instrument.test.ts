@@ -121,7 +121,8 @@ function wasiImports(module: WebAssembly.Module, memory: () => WebAssembly.Memor
 }
 
 /** The host's clock, network and counters, as a plugin with no grants sees them: every connect and counter call refused. */
-const NO_NET = { now_unix_ms: () => 0n, net_connect: () => -1, net_send: () => -5, net_recv: () => -5, net_close: () => -5, counter_incr: () => -1n };
+// context_tail (ABI 1.3) is never called here: these tests load the whole text with smtp_wasm_context_load.
+const NO_NET = { now_unix_ms: () => 0n, net_connect: () => -1, net_send: () => -5, net_recv: () => -5, net_close: () => -5, counter_incr: () => -1n, context_tail: () => -1 };
 
 function instantiatePlugin(bytes: Uint8Array<ArrayBuffer>, budgetExhausted: () => void = () => {}): Exports {
   const module = new WebAssembly.Module(bytes);

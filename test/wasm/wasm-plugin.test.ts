@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { PluginManager } from '../../src/manager/plugin-manager.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { PluginInstance } from '../../src/plugin/lifecycle.js';
+import { encodeFields } from '../../src/plugin/metadata-wire.js';
 import { resolvePluginOptions } from '../../src/plugin/options.js';
 import { loadWasmPlugin } from '../../src/wasm/wasm-plugin.js';
 import { wasmFixture } from '../helpers/fixtures.js';
@@ -191,6 +192,45 @@ describe('sandboxed plugins and large messages', () => {
       expect(context.getMetadata('is_spam')).toBe('true');
     }
     await filter.shutdown();
+  });
+});
+
+describe('sandboxed plugins get the message body only when they read it (ABI 1.3)', () => {
+  const MiB = 1024 * 1024;
+  /** An event as the server encodes it: the body is the encoding's tail, left out of a lazy load. */
+  const withBody = (mode: string, body: Buffer): HookContext =>
+    new HookContext('message_received', undefined, encodeFields({ mode, sender_domain: 'example.org', message_body: body }, 'message_body'));
+
+  it('copies the body in at the first read only, and the changes made since the event still reach the plugin', async () => {
+    const instance = await probe({ memoryMb: 64, metadataValueBytesMax: 16 * MiB });
+    const memoryBytes = (): number => instance.plugin.runtimeStats!().memoryBytes;
+    const body = Buffer.alloc(8 * MiB, 'a');
+    body.write('the very end....', body.length - 16);
+    const skipped = withBody('count', body);
+    instance.executeHook(skipped);
+    expect(skipped.getMetadata('calls')).toBe('1');
+    // The 8 MiB body was never copied into a plugin that did not read it.
+    const before = memoryBytes();
+    expect(before).toBeLessThan(8 * MiB);
+    const read = withBody('body', body);
+    read.setMetadata('after', 'set since the event');
+    instance.executeHook(read);
+    expect(read.getMetadata('body_len')).toBe(String(8 * MiB));
+    expect(read.getMetadata('body_end')).toBe('the very end....');
+    expect(read.getMetadata('after_seen')).toBe('set since the event');
+    expect(memoryBytes()).toBeGreaterThanOrEqual(before + 8 * MiB);
+    await instance.shutdown();
+  });
+
+  it('ends a call whose body does not fit the memory limit with SMTP_E_WASM_MEMORY, and serves the next call', async () => {
+    const instance = await probe({ memoryMb: 16, metadataValueBytesMax: 16 * MiB });
+    const body = Buffer.alloc(12 * MiB, 'b');
+    // Not read, the body is never copied in: it fits whatever its size.
+    expect(instance.executeHook(withBody('count', body)).code).toBe(0);
+    await expectCode(() => instance.executeHook(withBody('body', body)), 'SMTP_E_WASM_MEMORY', `no room for the ${12 * MiB}-byte message body within 16 MiB`);
+    // The call was cut inside the plugin: the instance was replaced, and its count starts again.
+    expect(run(instance, 'count').getMetadata('calls')).toBe('1');
+    await instance.shutdown();
   });
 });
 
