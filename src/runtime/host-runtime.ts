@@ -43,7 +43,7 @@ let library: ReturnType<typeof koffi.load> | undefined;
 export function runtimeLibrary(): ReturnType<typeof koffi.load> {
   if (library) return library;
   if (!existsSync(RUNTIME_LIBRARY)) {
-    throw hostError('SMTP_E_RUNTIME_MISSING', `the native host runtime ${RUNTIME_LIBRARY} is missing: run "npm run build:native" (npm install does it)`);
+    throw hostError('SMTP_E_RUNTIME_MISSING', `the native host runtime ${RUNTIME_LIBRARY} is missing: run "node scripts/setup.mjs" (npm install runs it)`);
   }
   library = koffi.load(RUNTIME_LIBRARY);
   return library;
