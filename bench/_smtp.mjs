@@ -326,7 +326,17 @@ export async function interleaved(source, peers, load, rounds, options = {}) {
   // A short unrecorded run first, so that the first recorded one does not pay for cold caches.
   const first = peers[0].load ?? load;
   await measure(source, peers[0], { ...first, messages: Math.min(2_000, Math.ceil(first.messages / 10)) }, { ...options, collector: peers[0].collector });
-  for (let round = 0; round < rounds; round++) {
+  return moreRounds(source, peers, load, rounds, samples, options);
+}
+
+/**
+ * `rounds` more rounds into `samples` (by peer name, as interleaved returns
+ * them), continuing interleaved's order: the first starts where the last
+ * recorded round left off.
+ */
+export async function moreRounds(source, peers, load, rounds, samples, options = {}) {
+  const done = samples.get(peers[0].name).length;
+  for (let round = done; round < done + rounds; round++) {
     const shift = round % peers.length;
     for (const peer of [...peers.slice(shift), ...peers.slice(0, shift)]) {
       samples.get(peer.name).push(await measure(source, peer, peer.load ?? load, { ...options, collector: peer.collector, expectRecords: peer.expectRecords }));
