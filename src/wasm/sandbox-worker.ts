@@ -7,9 +7,11 @@
  *
  * Protocol (src/wasm/worker-plugin.ts is the other side): one port, every
  * request numbered and answered with its number; requests are handled
- * strictly in order, so a plugin is never entered twice at once. Lifecycle
- * requests and hook calls alike are asynchronous for the main thread: it
- * never blocks waiting for this one.
+ * strictly in order, so a plugin is never entered twice at once. Hook calls
+ * come in batches (HookBatch: the calls the main thread made in one turn of
+ * its event loop) and are answered together, in order, in one message.
+ * Lifecycle requests and hook calls alike are asynchronous for the main
+ * thread: it never blocks waiting for this one.
  */
 import { type MessagePort, workerData } from 'node:worker_threads';
 import { isHookName } from '../abi/hooks.js';
@@ -41,6 +43,18 @@ export interface HookRequest {
   readonly id: number;
   readonly hook: string;
   readonly metadata: Uint8Array;
+}
+
+/** Hook calls sent together (one message each way instead of one per call): run in order, answered by a ReplyBatch. */
+export interface HookBatch {
+  readonly kind: 'hooks';
+  readonly calls: readonly HookRequest[];
+}
+
+/** The replies to a HookBatch, in its order. */
+export interface ReplyBatch {
+  readonly kind: 'replies';
+  readonly replies: readonly HookReply[];
 }
 
 export type Failure = { readonly ok: false; readonly code: string; readonly message: string };
@@ -143,10 +157,12 @@ function runHook(request: HookRequest): HookReply {
   }
 }
 
-data.port.on('message', (request: LifecycleRequest | HookRequest) => {
-  if (request.kind === 'hook') {
-    const reply = runHook(request);
-    data.port.postMessage(reply, reply.ok ? [reply.changes.buffer as ArrayBuffer] : []);
+data.port.on('message', (request: LifecycleRequest | HookBatch) => {
+  if (request.kind === 'hooks') {
+    const replies = request.calls.map(runHook);
+    const transfer: ArrayBuffer[] = [];
+    for (const reply of replies) if (reply.ok) transfer.push(reply.changes.buffer as ArrayBuffer);
+    data.port.postMessage({ kind: 'replies', replies } satisfies ReplyBatch, transfer);
     return;
   }
   let reply: LifecycleReply;

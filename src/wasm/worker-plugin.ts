@@ -10,7 +10,7 @@ import type { HookContext } from '../plugin/hook-context.js';
 import { applyChanges, copyWire, wireSize } from '../plugin/metadata-wire.js';
 import type { PluginOptions } from '../plugin/options.js';
 import type { Plugin, PluginMetadata, PluginRuntimeStats } from '../plugin/plugin.js';
-import type { Failure, HookReply, HookRequest, LifecycleReply, LifecycleRequest, WorkerEvent } from './sandbox-worker.js';
+import type { Failure, HookBatch, HookReply, HookRequest, LifecycleReply, LifecycleRequest, ReplyBatch, WorkerEvent } from './sandbox-worker.js';
 
 /** Beyond the hook deadline, how long the worker may take to answer before it is killed (its own deadline check should answer first). */
 export const WORKER_GRACE_MS = 1000;
@@ -51,6 +51,9 @@ interface Live {
   readonly port: MessagePort;
   /** The runtime context holding the plugin's connections; freed here when the worker exits. */
   netContext: bigint | null;
+  /** Hook calls made this turn, not sent yet (sent together by #flush), and the buffers they move. */
+  calls: HookRequest[];
+  transfer: ArrayBuffer[];
 }
 
 type Lifecycle = LifecycleRequest extends infer R ? (R extends { readonly id: number } ? Omit<R, 'id' | 'kind'> : never) : never;
@@ -108,10 +111,10 @@ class WorkerWasmPlugin implements Plugin {
       resourceLimits: { maxOldGenerationSizeMb: 64 },
     });
     worker.unref();
-    const live: Live = { worker, port: channel.port1, netContext: null };
+    const live: Live = { worker, port: channel.port1, netContext: null, calls: [], transfer: [] };
     worker.on('error', (error) => this.#logger.error({ code: 'SMTP_E_WASM_TRAP', err: String(error) }, 'sandbox worker failed'));
     worker.on('exit', () => this.#onExit(live));
-    channel.port1.on('message', (message: HookReply | LifecycleReply | WorkerEvent) => this.#onMessage(live, message));
+    channel.port1.on('message', (message: ReplyBatch | LifecycleReply | WorkerEvent) => this.#onMessage(live, message));
     channel.port1.unref();
     this.#live = live;
     try {
@@ -126,8 +129,9 @@ class WorkerWasmPlugin implements Plugin {
     }
   }
 
-  #onMessage(live: Live, message: HookReply | LifecycleReply | WorkerEvent): void {
+  #onMessage(live: Live, message: ReplyBatch | LifecycleReply | WorkerEvent): void {
     if ('id' in message) this.#onReply(message);
+    else if (message.kind === 'replies') for (const reply of message.replies) this.#onReply(reply);
     else if (message.kind === 'log') this.#logger[message.level](message.fields, message.message);
     else live.netContext = message.pointer;
   }
@@ -150,14 +154,40 @@ class WorkerWasmPlugin implements Plugin {
     }
   }
 
-  /** Sends one numbered request; the worker is killed when it does not answer within `timeoutMs`. */
+  /**
+   * Sends one numbered request; the worker is killed when it does not answer
+   * within `timeoutMs`. A hook call waits for the end of this turn of the
+   * event loop (setImmediate), to go with the others made in it: the
+   * message_stored calls of one group commit, say, cost one message each
+   * way instead of one per call. A lifecycle request sends the calls queued
+   * before it first, so the worker still sees everything in call order.
+   */
   #send(live: Live, request: (id: number) => LifecycleRequest | HookRequest, timeoutMs: number, what: string, context: HookContext | null, transfer: ArrayBuffer[] = []): Promise<unknown> {
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => this.#watchdog(live, id, `${what} did not answer within ${timeoutMs} ms`), timeoutMs);
       this.#pending.set(id, { resolve, reject, context, timer });
-      live.port.postMessage(request(id), transfer);
+      const message = request(id);
+      if (message.kind === 'hook') {
+        if (live.calls.length === 0) setImmediate(() => this.#flush(live));
+        live.calls.push(message);
+        live.transfer.push(...transfer);
+        return;
+      }
+      this.#flush(live);
+      live.port.postMessage(message, transfer);
     });
+  }
+
+  /** Sends the hook calls queued for `live` (if any) as one batch. */
+  #flush(live: Live): void {
+    if (live.calls.length === 0) return;
+    const batch: HookBatch = { kind: 'hooks', calls: live.calls };
+    const { transfer } = live;
+    live.calls = [];
+    live.transfer = [];
+    // A worker killed meanwhile has failed these calls already; its closed port drops the message.
+    live.port.postMessage(batch, transfer);
   }
 
   #call(live: Live, request: Lifecycle, timeoutMs: number): Promise<unknown> {
@@ -167,7 +197,7 @@ class WorkerWasmPlugin implements Plugin {
   /** A call's timer fired: replies already waiting on the port are read first (a blocked event loop may not have got to them). */
   #watchdog(live: Live, id: number, why: string): void {
     for (let next = receiveMessageOnPort(live.port); next !== undefined; next = receiveMessageOnPort(live.port)) {
-      this.#onMessage(live, next.message as HookReply | LifecycleReply | WorkerEvent);
+      this.#onMessage(live, next.message as ReplyBatch | LifecycleReply | WorkerEvent);
     }
     if (this.#pending.has(id)) this.#kill(live, why);
   }
@@ -256,11 +286,14 @@ class WorkerWasmPlugin implements Plugin {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#current().then((live) => {
+    const send = (live: Live): Promise<number> => {
       const limit = this.#hookTimeout() * (this.#pending.size + 1);
       const request = (id: number): HookRequest => ({ kind: 'hook', id, hook: context.hook, metadata });
       return this.#send(live, request, limit, context.hook, context, [metadata.buffer as ArrayBuffer]) as Promise<number>;
-    });
+    };
+    // Queued at once with a live worker: a lifecycle call made after this one, in the same turn, then reaches the worker after it.
+    if (this.#live !== null) return send(this.#live);
+    return this.#current().then(send);
   }
 
   #onReply(reply: HookReply | LifecycleReply): void {
