@@ -64,7 +64,7 @@ interface Live {
   loadedBytes: number;
   loadedId: number;
   loadedVersion: number;
-  /** The tail a lazy load left out (the message body): what the context_tail import copies in; null when the load had none. */
+  /** The tail a lazy load left out (the message body), during the call only: what the context_tail import copies in; null when the load had none, or once copied. */
   tail: Buffer | null;
   /** The whole memory as a plain Uint8Array, made again once growth detaches it (its length then reads 0). */
   view: Uint8Array;
@@ -447,6 +447,11 @@ class WasmPlugin implements Plugin {
         context.cancel = true;
         live.loadedId = 0; // the guest copy now carries cancel
       }
+      if (live.tail !== null) {
+        // The body was not read: the host's buffer is the call's only (it is reused for the next message), so it is not kept for a later call, which reloads.
+        live.tail = null;
+        live.loadedId = 0;
+      }
       return code;
     } catch (error) {
       throw this.#failed(error, context.hook);
@@ -518,6 +523,8 @@ class WasmPlugin implements Plugin {
     const view = this.#view(live);
     if (dst + len > view.length) this.#outside(live, dst, len, 'message body');
     view.set(tail, dst);
+    // The guest holds its own copy now, for as long as this load.
+    live.tail = null;
     return 0;
   }
 
