@@ -137,10 +137,10 @@ int32_t smtp_wasm_context_load_checked(smtp_hook_context *context, int32_t hook_
  * (ABI 1.3): the value of the entry whose length ends at `tail_at` in `buf`
  * (and is `tail_len`) is not in the module's memory; the changes made since
  * the event may follow in `buf`. The host keeps that value (the message
- * body) until the next load, and the first read of its key copies it in
- * through the import smtp_host_context_tail, into memory the guest
- * allocates and frees at the next load: a plugin that never reads the body
- * never has it copied. SMTP_STATUS_INVALID when `tail_at` is past `len`.
+ * body) during the execute_hook call that follows the load (a later call
+ * gets a new load), and the first read of its key copies it in through the
+ * import smtp_host_context_tail, into memory the guest allocates and frees
+ * at the next load: a plugin that never reads the body never has it copied. SMTP_STATUS_INVALID when `tail_at` is past `len`.
  * Optional: the host calls it when the module exports it, for an event that
  * carries the body. */
 int32_t smtp_wasm_context_load_lazy(smtp_hook_context *context, int32_t hook_type, const uint8_t *buf, size_t len, size_t entries, size_t tail_at, size_t tail_len);
@@ -183,8 +183,9 @@ int64_t smtp_host_counter_incr(const uint8_t *key, size_t key_len, int64_t by, u
 /* Copies the tail of the last smtp_wasm_context_load_lazy (the message
  * body), `len` bytes, to `dst`; returns 0. The host ends the call instead
  * (SMTP_E_WASM_MEMORY) when `dst` is NULL (the guest had no memory for it),
- * and (SMTP_E_WASM_BOUNDS) when `len` is not the tail's length, no lazy
- * load is current, or `dst` + `len` is outside the memory. */
+ * and (SMTP_E_WASM_BOUNDS) when `len` is not the tail's length, the
+ * current call's load left no tail out (or it was copied already), or
+ * `dst` + `len` is outside the memory. */
 int32_t smtp_host_context_tail(uint8_t *dst, size_t len) SMTP_WASM_HOST_IMPORT("context_tail");
 #undef SMTP_WASM_HOST_IMPORT
 #endif
