@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ABI_VERSION, formatAbiVersion } from '../../src/abi/hooks.js';
 import { FIXTURE_DIR, FIXTURE_SOURCES, fixture, wasmFixture } from '../helpers/fixtures.js';
 import { callJson, runCli } from '../helpers/cli.js';
 
@@ -85,7 +86,7 @@ describe('smtp-server plugin info', () => {
     expect(JSON.parse(run.stdout)).toEqual({
       file: fixture('spam_filter'),
       kind: 'native',
-      abi_version: '1.3',
+      abi_version: formatAbiVersion(ABI_VERSION),
       name: 'spam-filter',
       version: '1.2.0',
       author: 'SMTP Team',
@@ -99,7 +100,7 @@ describe('smtp-server plugin info', () => {
     });
     // A plugin that waits on the network says so (ABI 1.1 flags).
     const probe = runCli(['plugin', 'info', fixture('net_probe')]);
-    expect(JSON.parse(probe.stdout)).toMatchObject({ name: 'net-probe', abi_version: '1.3', blocking: true });
+    expect(JSON.parse(probe.stdout)).toMatchObject({ name: 'net-probe', abi_version: formatAbiVersion(ABI_VERSION), blocking: true });
   });
 
   it('loads a library named relative to the working directory', () => {
@@ -142,7 +143,7 @@ describe('smtp-server plugin call on sandboxed plugins', () => {
     const args = ['--hook', 'message_filtered', '--meta', `message_body=${SIX_KEYWORDS}`];
     expect(callJson(runCli(['plugin', 'call', out, ...args]))).toEqual(callJson(runCli(['plugin', 'call', fixture('spam_filter'), ...args])));
     const info = JSON.parse(runCli(['plugin', 'info', out]).stdout);
-    expect(info).toMatchObject({ kind: 'wasm', abi_version: '1.3', name: 'spam-filter', handled_hooks: ['message_filtered'] });
+    expect(info).toMatchObject({ kind: 'wasm', abi_version: formatAbiVersion(ABI_VERSION), name: 'spam-filter', handled_hooks: ['message_filtered'] });
   });
 
   it('stops an endless loop within twice --deadline-ms and a memory bomb at --memory-mb', () => {

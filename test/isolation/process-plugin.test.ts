@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ABI_VERSION, formatAbiVersion } from '../../src/abi/hooks.js';
 import { backendFor, isIsolated, openPlugin } from '../../src/plugin/backends.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { resolvePluginOptions, type PluginOptionsInput } from '../../src/plugin/options.js';
@@ -74,7 +75,7 @@ describe('isolation = "process": the backend seam', () => {
     await expectCode(() => open('/nonexistent/libnothing.so'), 'SMTP_E_PLUGIN_NOT_FOUND', '/nonexistent/libnothing.so');
     await expectCode(() => open(fixture('not_a_library')), 'SMTP_E_PLUGIN_NOT_LIBRARY', 'not_a_library');
     await expectCode(() => open(fixture('c_no_marker')), 'SMTP_E_PLUGIN_MISSING_EXPORT', 'smtp_plugin_abi_version');
-    await expectCode(() => open(fixture('c_bad_abi')), 'SMTP_E_PLUGIN_ABI_VERSION', 'built for ABI 2.0, this host runs ABI 1.3');
+    await expectCode(() => open(fixture('c_bad_abi')), 'SMTP_E_PLUGIN_ABI_VERSION', `built for ABI 2.0, this host runs ABI ${formatAbiVersion(ABI_VERSION)}`);
     await expectCode(() => open(fixture('c_missing_disable')), 'SMTP_E_PLUGIN_MISSING_EXPORT', 'smtp_plugin_disable');
     await expectCode(() => open(fixture('c_null_metadata')), 'SMTP_E_PLUGIN_METADATA', 'get_metadata returned NULL');
     await expectCode(() => open(fixture('c_bad_utf8')), 'SMTP_E_PLUGIN_METADATA', 'metadata author is not valid UTF-8');

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { ABI_VERSION, formatAbiVersion } from '../../src/abi/hooks.js';
 import { loadNativePlugin } from '../../src/native/native-plugin.js';
 import { HookContext } from '../../src/plugin/hook-context.js';
 import { fixture } from '../helpers/fixtures.js';
@@ -10,7 +11,7 @@ describe('the native backend', () => {
     await expectCode(() => loadNativePlugin('/nonexistent/libnothing.so'), 'SMTP_E_PLUGIN_NOT_FOUND', '/nonexistent/libnothing.so');
     await expectCode(() => loadNativePlugin(fixture('not_a_library')), 'SMTP_E_PLUGIN_NOT_LIBRARY', 'not_a_library');
     await expectCode(() => loadNativePlugin(fixture('c_no_marker')), 'SMTP_E_PLUGIN_MISSING_EXPORT', 'smtp_plugin_abi_version');
-    await expectCode(() => loadNativePlugin(fixture('c_bad_abi')), 'SMTP_E_PLUGIN_ABI_VERSION', 'built for ABI 2.0, this host runs ABI 1.2');
+    await expectCode(() => loadNativePlugin(fixture('c_bad_abi')), 'SMTP_E_PLUGIN_ABI_VERSION', `built for ABI 2.0, this host runs ABI ${formatAbiVersion(ABI_VERSION)}`);
     await expectCode(() => loadNativePlugin(fixture('c_missing_disable')), 'SMTP_E_PLUGIN_MISSING_EXPORT', 'smtp_plugin_disable');
     await expectCode(() => loadNativePlugin(fixture('c_null_metadata')), 'SMTP_E_PLUGIN_METADATA', 'get_metadata returned NULL');
     await expectCode(() => loadNativePlugin(fixture('c_bad_utf8')), 'SMTP_E_PLUGIN_METADATA', 'metadata author is not valid UTF-8');
