@@ -60,6 +60,26 @@ export interface ScannedSegment {
   readonly usable: boolean;
   /** A record in it could not be read and bytes follow it: more than a torn tail. */
   readonly damaged: boolean;
+  /** Nothing but zeros: a segment zero-filled ahead (segment-log.ts) whose SEGMENT record never reached the disk. */
+  readonly blank: boolean;
+}
+
+/**
+ * Whether the file holds only zeros from `from` to `fileBytes`: space a
+ * segment zero-filled ahead of its records (segment-log.ts) that no record
+ * reached. A torn batch leaves bytes that are not all zeros, or a record
+ * whose CRC fails.
+ */
+async function zerosFrom(fd: number, from: number, fileBytes: number): Promise<boolean> {
+  const chunk = Buffer.allocUnsafe(Math.min(SCAN_CHUNK_BYTES, Math.max(fileBytes - from, 1)));
+  const zeros = Buffer.alloc(chunk.length);
+  for (let at = from; at < fileBytes; ) {
+    const read = await readFd(fd, chunk, 0, Math.min(chunk.length, fileBytes - at), at);
+    if (read === 0) return false;
+    if (!chunk.subarray(0, read).equals(zeros.subarray(0, read))) return false;
+    at += read;
+  }
+  return true;
 }
 
 /** Applies records, segment after segment, to the index of live messages. */
@@ -126,7 +146,14 @@ export class IndexBuilder {
       const at = offset - base;
       const header = readHeader(buffer, at);
       if (header === null) {
-        stop('corrupt_record', 'no record header here (bad magic, reserved bits or length)');
+        // Zeros to the end: space filled ahead that no record reached, the segment's clean end.
+        if (await zerosFrom(fd, offset, fileBytes)) {
+          if (first) return { sequence, fd, validBytes: 0, usable: false, damaged: false, blank: true };
+          break;
+        }
+        // Only zeros after the header's 16 bytes: a header cut short in space filled ahead, the last batch's.
+        const torn = await zerosFrom(fd, offset + HEADER_BYTES, fileBytes);
+        stop(torn ? 'torn_tail' : 'corrupt_record', 'no record header here (bad magic, reserved bits or length)');
         break;
       }
       const recordBytes = HEADER_BYTES + header.payloadBytes;
@@ -136,7 +163,9 @@ export class IndexBuilder {
       }
       const start = offset - base;
       if (!crcMatches(buffer, start, header)) {
-        stop(offset + recordBytes >= fileBytes ? 'torn_tail' : 'corrupt_record', 'CRC mismatch');
+        // Only zeros after it: the last batch, cut short in space filled ahead, is a torn tail too.
+        const torn = offset + recordBytes >= fileBytes || (await zerosFrom(fd, offset + recordBytes, fileBytes));
+        stop(torn ? 'torn_tail' : 'corrupt_record', 'CRC mismatch');
         break;
       }
       const payloadStart = start + HEADER_BYTES;
@@ -146,7 +175,7 @@ export class IndexBuilder {
         const segment = header.type === RecordType.SEGMENT ? safely(() => decodeSegment(buffer, payloadStart, payloadEnd)) : null;
         if (segment === null || segment.sequence !== sequence || segment.version > FORMAT_VERSION) {
           stop('bad_segment_header', segment === null ? 'the first record is not a SEGMENT record' : `SEGMENT record says sequence ${segment.sequence}, format ${segment.version}`);
-          return { sequence, fd, validBytes: 0, usable: false, damaged: true };
+          return { sequence, fd, validBytes: 0, usable: false, damaged: true, blank: false };
         }
       } else {
         this.records++;
@@ -161,8 +190,8 @@ export class IndexBuilder {
       }
       offset += recordBytes;
     }
-    if (first) return { sequence, fd, validBytes: 0, usable: false, damaged };
-    return { sequence, fd, validBytes: offset, usable: true, damaged };
+    if (first) return { sequence, fd, validBytes: 0, usable: false, damaged, blank: false };
+    return { sequence, fd, validBytes: offset, usable: true, damaged, blank: false };
   }
 
   #apply(type: number, buffer: Buffer, start: number, end: number, sequence: number, offset: number, bytes: number): void {

@@ -23,6 +23,21 @@ export const BATCH_BYTES_MAX = 8 * 2 ** 20;
  * the event loop is not held for a big copy.
  */
 export const SYNC_WRITE_BYTES_MAX = 256 * 2 ** 10;
+/**
+ * With fsync on, the active segment is zero-filled ahead of its tail, this
+ * many bytes at a time (in the thread pool). A batch that overwrites blocks
+ * already written and made durable changes no file metadata, so its
+ * fdatasync flushes the data alone; an append also commits the file's new
+ * size and blocks (on ext4, a journal commit). Measured here (13 KiB write
+ * + fdatasync, ext4 on virtio, 3 runs of 800): appending 870-1,210 us and
+ * 184-212 us of system CPU each, overwriting 541-615 us and 70-85 us.
+ */
+export const PREALLOCATE_EXTENT_BYTES = 4 * 2 ** 20;
+/** The next extent is zero-filled once the tail comes this close to the end of the filled part. */
+const PREALLOCATE_LOW_WATER_BYTES = 2 * 2 ** 20;
+/** Zeros written per iovec by the fill (shared, never written to). */
+const ZERO_CHUNK = Buffer.alloc(2 ** 20);
+
 /** Durable batches remembered for groupCommitMs's early flush. */
 const RECENT_BATCHES = 8;
 /** Records written without an fsync of their own (DONE) are made durable within this long if nothing else comes. */
@@ -43,6 +58,8 @@ export interface Segment {
   fd: number;
   /** Bytes of whole records in the file: the next record goes here. */
   bytes: number;
+  /** Bytes of the file written, records or the zeros filled ahead of them (PREALLOCATE_EXTENT_BYTES): at least `bytes`. */
+  allocated: number;
   /** Live messages whose current STORE record is in this segment, and their record bytes. */
   live: number;
   liveBytes: number;
@@ -132,6 +149,10 @@ export class SegmentLog {
   #largeSynced = 0;
   #drained: (() => void)[] = [];
   #closed = false;
+  /** The zero fill in progress (one at a time), of which segment, from which offset. */
+  #filling: Promise<void> | null = null;
+  #fillingSegment: Segment | null = null;
+  #fillingFrom = 0;
 
   constructor(options: SegmentLogOptions) {
     this.#options = options;
@@ -143,7 +164,7 @@ export class SegmentLog {
 
   /** A segment found at open: closed for appends, readable, counted by the spool. */
   adopt(sequence: number, fd: number, bytes: number, damaged: boolean): Segment {
-    const segment: Segment = { sequence, path: join(this.#options.dir, segmentName(sequence)), fd, bytes, live: 0, liveBytes: 0, readers: 0, deleted: false, damaged };
+    const segment: Segment = { sequence, path: join(this.#options.dir, segmentName(sequence)), fd, bytes, allocated: bytes, live: 0, liveBytes: 0, readers: 0, deleted: false, damaged };
     this.segments.set(sequence, segment);
     this.#nextSequence = Math.max(this.#nextSequence, sequence + 1);
     return segment;
@@ -229,6 +250,7 @@ export class SegmentLog {
     if (this.#closed) return;
     await this.flush();
     this.#closed = true;
+    await this.#filling;
     if (this.#idleTimer !== null) clearTimeout(this.#idleTimer);
     if (this.#timer !== null) clearTimeout(this.#timer);
     for (const run of this.#afterSync.splice(0)) run();
@@ -242,6 +264,11 @@ export class SegmentLog {
 
   #closeQuietly(segment: Segment): void {
     if (segment.fd < 0) return;
+    // A zero fill queued in the thread pool would write into whatever file reused the fd.
+    if (this.#filling !== null && this.#fillingSegment === segment) {
+      void this.#filling.then(() => this.#closeQuietly(segment));
+      return;
+    }
     const fd = segment.fd;
     segment.fd = -1;
     fs.close(fd, (error) => {
@@ -350,6 +377,8 @@ export class SegmentLog {
       await this.#fail(batch, error as Error, null);
       return;
     }
+    // Never written under a zero fill still in flight: the fill's zeros could land after the records.
+    if (this.#filling !== null && this.#fillingSegment === segment && segment.bytes + bytes > this.#fillingFrom) await this.#filling;
     const start = segment.bytes;
     const positions: Position[] = [];
     if (batch.length > 0) {
@@ -368,6 +397,8 @@ export class SegmentLog {
         return;
       }
       segment.bytes = start + bytes;
+      if (segment.allocated < segment.bytes) segment.allocated = segment.bytes;
+      this.#fillAhead(segment);
       this.#options.stats.batches++;
       this.#options.stats.records += batch.length;
       if (fsync) this.#unsynced = true;
@@ -420,6 +451,41 @@ export class SegmentLog {
       clearTimeout(this.#idleTimer);
       this.#idleTimer = null;
     }
+  }
+
+  /**
+   * Zero-fills the next PREALLOCATE_EXTENT_BYTES of the active segment once
+   * its tail comes within PREALLOCATE_LOW_WATER_BYTES of the filled end (fsync
+   * on only: without fsync there is no commit to spare). The fill is made
+   * durable by the next batch's fdatasync, which pays the file's growth once
+   * for the batches after it. Recovery reads zeros after the last record as
+   * the end of the segment (recovery.ts). A failed fill is logged and the
+   * segment appends as before.
+   */
+  #fillAhead(segment: Segment): void {
+    const { fsync, segmentBytesMax } = this.#options;
+    if (!fsync || this.#filling !== null || this.#closed || segment !== this.#active) return;
+    if (segment.allocated >= segmentBytesMax || segment.allocated - segment.bytes > PREALLOCATE_LOW_WATER_BYTES) return;
+    const from = segment.allocated;
+    const to = Math.min(segmentBytesMax, from + PREALLOCATE_EXTENT_BYTES);
+    const zeros: Buffer[] = [];
+    for (let at = from; at < to; at += ZERO_CHUNK.length) zeros.push(at + ZERO_CHUNK.length <= to ? ZERO_CHUNK : ZERO_CHUNK.subarray(0, to - at));
+    this.#fillingSegment = segment;
+    this.#fillingFrom = from;
+    this.#filling = writevFd(segment.fd, zeros, from)
+      .then((written) => {
+        if (written !== to - from) throw new Error(`wrote ${written} of ${to - from} bytes of zeros`);
+        segment.allocated = Math.max(segment.allocated, to);
+      })
+      .catch((error: unknown) => {
+        // The records go on appending; no further fill is tried in this segment.
+        segment.allocated = segmentBytesMax;
+        this.#options.logger.warn({ code: 'SMTP_E_SPOOL_WRITE', segment: segment.path, err: error }, "cannot zero-fill ahead of the spool segment's tail; its records are appended");
+      })
+      .finally(() => {
+        this.#filling = null;
+        this.#fillingSegment = null;
+      });
   }
 
   #armIdleSync(): void {
@@ -480,9 +546,10 @@ export class SegmentLog {
       await unlinkIfPresent(path).catch(() => undefined);
       throw error;
     }
-    const segment: Segment = { sequence, path, fd, bytes: header.bytes, live: 0, liveBytes: 0, readers: 0, deleted: false, damaged: false };
+    const segment: Segment = { sequence, path, fd, bytes: header.bytes, allocated: header.bytes, live: 0, liveBytes: 0, readers: 0, deleted: false, damaged: false };
     this.segments.set(sequence, segment);
     this.#active = segment;
+    this.#fillAhead(segment);
     if (this.#options.fsync) this.#unsynced = true;
     if (previous !== null) this.#options.onRoll();
     return segment;

@@ -547,8 +547,10 @@ export class Spool {
     for (const sequence of sequences) {
       const name = segmentName(sequence);
       const fd = await openFd(join(this.dir, name), 'r');
+      let blank = false;
       try {
         const scanned = await builder.scan(sequence, fd, name, await fstatSize(fd));
+        blank = scanned.blank;
         if (scanned.usable) {
           log.adopt(sequence, fd, scanned.validBytes, scanned.damaged);
           continue;
@@ -559,10 +561,10 @@ export class Spool {
         throw error;
       }
       await closeFd(fd);
-      // No SEGMENT record: cut short at creation (nothing in it was ever acknowledged) when too short to hold one, else kept aside.
+      // No SEGMENT record: cut short at creation (nothing in it was ever acknowledged) when too short to hold one or only zeros, else kept aside.
       const path = join(this.dir, name);
       const { size } = await stat(path);
-      if (size < SEGMENT_RECORD_BYTES) await unlinkIfPresent(path);
+      if (size < SEGMENT_RECORD_BYTES || blank) await unlinkIfPresent(path);
       else await renamePath(path, damagedName(path));
       log.dirChanged();
     }

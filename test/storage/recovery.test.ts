@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Spool, type SpooledMessage } from '../../src/storage/spool.js';
-import { ENVELOPE, capturingLogger, messageBytes, openSpool, reopen, segmentFiles } from './spool-helpers.js';
+import { ENVELOPE, capturingLogger, messageBytes, openSpool, recordsEnd, reopen, segmentFiles } from './spool-helpers.js';
 
-/** Stores `count` messages one after the other; returns them with their bytes and the segment size after each. */
+/** Stores `count` messages one after the other; returns them with their bytes and where the segment's records end after each. */
 async function storeSequentially(spool: Spool, count: number): Promise<{ messages: SpooledMessage[]; bodies: Buffer[]; sizes: number[] }> {
   const messages: SpooledMessage[] = [];
   const bodies: Buffer[] = [];
@@ -14,7 +14,7 @@ async function storeSequentially(spool: Spool, count: number): Promise<{ message
     const body = messageBytes(`message-${i}-MARK${i}MARK`, 300 + i * 17);
     messages.push(await spool.store(ENVELOPE, body));
     bodies.push(body);
-    sizes.push(statSync(join(spool.dir, segmentFiles(spool.dir).at(-1)!)).size);
+    sizes.push(recordsEnd(join(spool.dir, segmentFiles(spool.dir).at(-1)!)));
   }
   return { messages, bodies, sizes };
 }
@@ -33,18 +33,27 @@ describe('Spool recovery', () => {
     const [segment] = segmentFiles(spool.dir);
     const boundary = sizes[8]!; // where the 10th record starts
     const end = sizes[9]!;
-    // Cut inside the last record's header, inside its payload, one byte short of its end.
-    for (const cut of [boundary + 3, boundary + 16 + 5, end - 1]) {
+    // The segment was zero-filled ahead of its records (fsync on): a batch cut short leaves zeros after it, not the file's end.
+    expect(statSync(join(spool.dir, segment!)).size).toBeGreaterThan(end);
+    // Cut inside the last record's header, inside its payload, one byte short of its end: the file ends there, or zeros follow.
+    const cuts = [boundary + 3, boundary + 16 + 5, end - 1].flatMap((cut) => [{ cut, how: 'truncated' }, { cut, how: 'zeroed' }]);
+    for (const { cut, how } of cuts) {
       const dir = copyOf(spool.dir);
-      truncateSync(join(dir, segment!), cut);
+      if (how === 'truncated') {
+        truncateSync(join(dir, segment!), cut);
+      } else {
+        const fd = openSync(join(dir, segment!), 'r+');
+        writeSync(fd, Buffer.alloc(end - cut), 0, end - cut, cut);
+        closeSync(fd);
+      }
       const { logger, lines } = capturingLogger();
       const again = new Spool({ dir, fsync: true, logger });
       await again.open();
       const listed = await again.list();
-      expect(listed.map((m) => m.id), `cut at ${cut}`).toEqual(messages.slice(0, 9).map((m) => m.id));
+      expect(listed.map((m) => m.id), `${how} at ${cut}`).toEqual(messages.slice(0, 9).map((m) => m.id));
       for (const [i, m] of listed.entries()) expect(await again.readBody(m)).toEqual(bodies[i]);
       const torn = lines.find((l) => l.reason === 'torn_tail');
-      expect(torn, `cut at ${cut}`).toMatchObject({ code: 'SMTP_E_SPOOL_READ', segment, offset: boundary });
+      expect(torn, `${how} at ${cut}`).toMatchObject({ code: 'SMTP_E_SPOOL_READ', segment, offset: boundary });
       // A torn tail is no damage: the old segment is compacted and deleted like any other.
       expect(readdirSync(dir).filter((n) => n.endsWith('.damaged'))).toEqual([]);
       const third = await reopen(again);
@@ -78,6 +87,21 @@ describe('Spool recovery', () => {
     expect(corrupt!.bytes_skipped).toBeGreaterThan(0);
     // Its readable messages were copied forward; the file itself is kept under another name, out of the log.
     expect(readdirSync(spool.dir).filter((n) => n.startsWith(`${segment}.`) && n.endsWith('.damaged'))).toHaveLength(1);
+    await again.close();
+  });
+
+  it('a segment of zeros only (filled ahead, its SEGMENT record never written) is removed, not kept aside', async () => {
+    const spool = await openSpool();
+    const { messages } = await storeSequentially(spool, 3);
+    await spool.close();
+    const blank = `${String(999).padStart(16, '0')}.seg`;
+    writeFileSync(join(spool.dir, blank), Buffer.alloc(2 ** 20));
+    const { logger, lines } = capturingLogger();
+    const again = new Spool({ dir: spool.dir, fsync: true, logger });
+    await again.open();
+    expect((await again.list()).map((m) => m.id)).toEqual(messages.map((m) => m.id));
+    expect(readdirSync(spool.dir).filter((n) => n.startsWith(blank))).toEqual([]);
+    expect(lines.filter((l) => l.code === 'SMTP_E_SPOOL_READ')).toEqual([]);
     await again.close();
   });
 

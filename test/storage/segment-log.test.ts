@@ -2,7 +2,8 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Spool } from '../../src/storage/spool.js';
-import { ENVELOPE, messageBytes, openSpool, reopen, sameBytes, segmentFiles } from './spool-helpers.js';
+import { PREALLOCATE_EXTENT_BYTES } from '../../src/storage/segment-log.js';
+import { ENVELOPE, messageBytes, openSpool, recordsEnd, reopen, sameBytes, segmentFiles } from './spool-helpers.js';
 
 /** Small segments, so that a few messages roll them. */
 const SEGMENT_BYTES_MAX = 4096;
@@ -28,6 +29,24 @@ describe('Spool segments', () => {
     expect(after.at(-1)! > files.at(-1)!).toBe(true);
     expect((await again.list()).map((m) => m.id)).toEqual(stored.map((m) => m.id));
     await again.close();
+  });
+
+  it('with fsync, zero-fills the active segment ahead of its records; without, the file is its records', async () => {
+    for (const fsync of [true, false]) {
+      const spool = await openSpool({ fsync });
+      const stored = [];
+      for (let i = 0; i < 5; i++) stored.push(await spool.store(ENVELOPE, messageBytes(`m-${i}`, 1024)));
+      const path = join(spool.dir, segmentFiles(spool.dir).at(-1)!);
+      const end = recordsEnd(path);
+      expect(end).toBeGreaterThan(5 * 1024);
+      const size = statSync(path).size;
+      if (fsync) expect(size).toBeGreaterThanOrEqual(PREALLOCATE_EXTENT_BYTES);
+      else expect(size).toBe(end);
+      // The zeros after the records are the segment's clean end: everything is read back.
+      const again = await reopen(spool, { fsync });
+      expect((await again.list()).map((m) => m.id)).toEqual(stored.map((m) => m.id));
+      await again.close();
+    }
   });
 
   it('deletes segments only oldest first: a live message in the oldest keeps every later one', async () => {

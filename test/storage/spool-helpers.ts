@@ -1,9 +1,10 @@
 // Shared by the storage tests: temporary spools on the real disk (real
 // fsync), a logger that keeps its lines, and segment file helpers.
-import { mkdtempSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
+import { HEADER_BYTES, readHeader } from '../../src/storage/record.js';
 import { Spool, type Envelope, type SpoolOptions } from '../../src/storage/spool.js';
 
 export const ENVELOPE: Envelope = { from: 'alice@example.org', to: ['bob@example.net', 'carol@example.net'] };
@@ -30,6 +31,17 @@ export function segmentFiles(dir: string): string[] {
   return readdirSync(dir)
     .filter((name) => /^\d{16}\.seg$/.test(name))
     .sort();
+}
+
+/** Where a segment file's records end: with fsync the spool zero-fills ahead of them, so the file is longer. */
+export function recordsEnd(path: string): number {
+  const bytes = readFileSync(path);
+  let at = 0;
+  for (;;) {
+    const header = at + HEADER_BYTES <= bytes.length ? readHeader(bytes, at) : null;
+    if (header === null) return at;
+    at += HEADER_BYTES + header.payloadBytes;
+  }
 }
 
 export interface LogLine {
