@@ -58,7 +58,7 @@ export interface Segment {
   fd: number;
   /** Bytes of whole records in the file: the next record goes here. */
   bytes: number;
-  /** Bytes of the file written, records or the zeros filled ahead of them (PREALLOCATE_EXTENT_BYTES): at least `bytes`. */
+  /** Bytes of the file written, records or the zeros filled ahead of them (PREALLOCATE_EXTENT_BYTES): at least `bytes`; set to segmentBytesMax after a failed fill, so that none is tried again. */
   allocated: number;
   /** Live messages whose current STORE record is in this segment, and their record bytes. */
   live: number;
