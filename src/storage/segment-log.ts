@@ -149,10 +149,9 @@ export class SegmentLog {
   #largeSynced = 0;
   #drained: (() => void)[] = [];
   #closed = false;
-  /** The zero fill in progress (one at a time), of which segment, from which offset. */
+  /** The zero fill in progress (one at a time) and its segment; it starts at that segment's `allocated`, which moves only when it ends. */
   #filling: Promise<void> | null = null;
   #fillingSegment: Segment | null = null;
-  #fillingFrom = 0;
 
   constructor(options: SegmentLogOptions) {
     this.#options = options;
@@ -378,7 +377,7 @@ export class SegmentLog {
       return;
     }
     // Never written under a zero fill still in flight: the fill's zeros could land after the records.
-    if (this.#filling !== null && this.#fillingSegment === segment && segment.bytes + bytes > this.#fillingFrom) await this.#filling;
+    if (this.#filling !== null && this.#fillingSegment === segment && segment.bytes + bytes > segment.allocated) await this.#filling;
     const start = segment.bytes;
     const positions: Position[] = [];
     if (batch.length > 0) {
@@ -471,7 +470,6 @@ export class SegmentLog {
     const zeros: Buffer[] = [];
     for (let at = from; at < to; at += ZERO_CHUNK.length) zeros.push(at + ZERO_CHUNK.length <= to ? ZERO_CHUNK : ZERO_CHUNK.subarray(0, to - at));
     this.#fillingSegment = segment;
-    this.#fillingFrom = from;
     this.#filling = writevFd(segment.fd, zeros, from)
       .then((written) => {
         if (written !== to - from) throw new Error(`wrote ${written} of ${to - from} bytes of zeros`);
