@@ -25,6 +25,18 @@ export function scratchBuffer(bytes: number): Buffer {
   return scratch;
 }
 
+/**
+ * Encodings up to this size are written into encodeScratch and copied out at
+ * their exact length. encodeFields sizes its buffer for the worst case (three
+ * bytes per UTF-16 unit), about three times what short ASCII keys take: an
+ * allocation of that size used up Node's 8 KiB Buffer pool three times as
+ * fast, and a new pool (a zero-filled ArrayBuffer) cost about 5 us here.
+ * Measured by hand on a message_filtered event: Buffer.allocUnsafe(700)
+ * 345-415 ns, of 400 bytes 131-148 ns.
+ */
+export const ENCODE_SCRATCH_BYTES = 16 * 1024;
+const encodeScratch = Buffer.allocUnsafe(ENCODE_SCRATCH_BYTES);
+
 /** UTF-8 needs at most three bytes per UTF-16 unit. */
 const UTF8_BYTES_PER_UNIT_MAX = 3;
 
@@ -223,7 +235,7 @@ export function encodeFields(fields: MetadataFields, tailKey?: string, prefix?: 
   const tailValue = tailKey === undefined ? undefined : fields[tailKey];
   const tail = tailValue === undefined ? null : typeof tailValue === 'string' ? Buffer.from(tailValue, 'utf8') : Buffer.isBuffer(tailValue) ? tailValue : Buffer.from(tailValue.buffer, tailValue.byteOffset, tailValue.byteLength);
   if (tail !== null) estimate += 8 + UTF8_BYTES_PER_UNIT_MAX * tailKey!.length;
-  const buf = Buffer.allocUnsafe(estimate);
+  const buf = estimate <= ENCODE_SCRATCH_BYTES ? encodeScratch : Buffer.allocUnsafe(estimate);
   let at = 0;
   let count = 0;
   let keyBytesMax = 0;
@@ -276,7 +288,12 @@ export function encodeFields(fields: MetadataFields, tailKey?: string, prefix?: 
     }
   }
   const maxima = { keyBytesMax, valueBytesMax: Math.max(0, valueBytesMax), largestKey };
-  return new EncodedMetadata(buf.subarray(0, at), tail, count, maxima, fields, prefix ?? null, tailEntryBytes, tail === null ? null : tailKey!);
+  let head: Buffer;
+  if (buf === encodeScratch) {
+    head = Buffer.allocUnsafe(at);
+    copyInto(buf, 0, at, head, 0);
+  } else head = buf.subarray(0, at);
+  return new EncodedMetadata(head, tail, count, maxima, fields, prefix ?? null, tailEntryBytes, tail === null ? null : tailKey!);
 }
 
 /** Takes wire bytes as they came (from another thread) as an event's encoding; the fields are decoded only if asked for. */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { HookContext, type MetadataValue } from '../../src/plugin/hook-context.js';
-import { applyChanges, copyWire, encodeEntries, encodeFields, wireMetadata, wireSize } from '../../src/plugin/metadata-wire.js';
+import { applyChanges, copyWire, ENCODE_SCRATCH_BYTES, encodeEntries, encodeFields, wireMetadata, wireSize } from '../../src/plugin/metadata-wire.js';
 
 /** Decoded values are bytes: as text, to compare. */
 const text = (fields: Record<string, unknown>): Record<string, string> => Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, Buffer.from(v as Uint8Array).toString()]));
@@ -15,6 +15,22 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     expect(event.count).toBe(4);
     const decoded = wireMetadata(Buffer.concat([event.head, event.tail!]));
     expect(text(decoded.fields)).toEqual({ session_id: 's1', remote_ip: '127.0.0.1', sender: 'a@example.org', message_body: body.toString() });
+  });
+
+  it('gives each encoding bytes of its own at their exact length, small (written through a shared scratch) or large: a later event never changes an earlier one', () => {
+    const first = encodeFields({ sender: 'a@example.org', subject: 'héllo' }, undefined, session);
+    const firstBytes = Buffer.from(first.head);
+    const large = encodeFields({ header_from: 'x'.repeat(ENCODE_SCRATCH_BYTES) }, undefined, session);
+    const second = encodeFields({ sender: 'b@example.net', subject: 'other' }, undefined, session);
+    expect(first.head).toEqual(firstBytes);
+    expect(text(first.fields)).toEqual({ session_id: 's1', remote_ip: '127.0.0.1', sender: 'a@example.org', subject: 'héllo' });
+    expect(text(wireMetadata(first.head).fields)).toEqual(text(first.fields));
+    expect(text(wireMetadata(second.head).fields)).toEqual({ session_id: 's1', remote_ip: '127.0.0.1', sender: 'b@example.net', subject: 'other' });
+    // 8 bytes of lengths per key: exactly what the keys take, no slack behind them.
+    const keyBytes = (fields: Record<string, string>): number => Object.entries(fields).reduce((sum, [k, v]) => sum + 8 + Buffer.byteLength(k) + Buffer.byteLength(v), 0);
+    expect(first.head.length).toBe(keyBytes({ session_id: 's1', remote_ip: '127.0.0.1', sender: 'a@example.org', subject: 'héllo' }));
+    expect(large.head.length).toBe(keyBytes({ session_id: 's1', remote_ip: '127.0.0.1', header_from: 'x'.repeat(ENCODE_SCRATCH_BYTES) }));
+    expect(text(wireMetadata(large.head).fields).header_from).toHaveLength(ENCODE_SCRATCH_BYTES);
   });
 
   it('merges the session keys into its fields once: every read is the same object, however many plugins read it', () => {
