@@ -214,6 +214,49 @@ export class HookContext {
     }
   }
 
+  /**
+   * Applies a whole block of a plugin's changes, source[start, start +
+   * length) in the wire format, when every one of its `count` keys is new to
+   * this context and the change log is current: the block is appended to the
+   * log in one copy, each value staying there as in applyPluginEntry.
+   * `keys[i]` is entry i's key, exactly its bytes (ASCII or valid UTF-8, no
+   * key twice), of `keyBytes[i]` bytes, its value `valueBytes[i]` bytes at
+   * `valueAt[i]` of `source`. Every entry is checked against the limits
+   * before any is applied. Returns false, having changed nothing, when the
+   * block must go entry by entry: a key set before, a log to rebuild, or a
+   * key count near keys_max (applyPluginEntry checks it exactly). One copy
+   * of the block instead of one per entry: a byte loop over a 20-byte entry
+   * cost about 80 ns here, about a quarter of applying it.
+   */
+  applyPluginBlock(source: Uint8Array, start: number, length: number, count: number, keys: readonly string[], keyBytes: readonly number[], valueAt: readonly number[], valueBytes: readonly number[]): boolean {
+    const changes = this.#changes;
+    const changed = changes === null ? 0 : changes.size;
+    if (changed > 0 && this.#log === null) return false;
+    if (this.base.count + changed + count >= this.limits.keysMax) return false;
+    for (let i = 0; i < count; i++) {
+      if (changes !== null && changes.has(keys[i]!)) return false;
+    }
+    for (let i = 0; i < count; i++) this.#checkBytes(keys[i]!, keyBytes[i]!, valueBytes[i]!);
+    const log = this.#currentLog();
+    const bytes = reserve(log, log.length + length);
+    const at = log.length;
+    copyInto(source, start, length, bytes, at);
+    const map = this.#changes!;
+    for (let i = 0; i < count; i++) {
+      const key = keys[i]!;
+      const valueLength = valueBytes[i]!;
+      map.set(key, { value: null, version: ++this.#version, byPlugin: true, logBytes: bytes, at: at + (valueAt[i]! - start), length: valueLength });
+      if (keyBytes[i]! > log.keyBytesMax) log.keyBytesMax = keyBytes[i]!;
+      if (valueLength > log.valueBytesMax) {
+        log.valueBytesMax = valueLength;
+        log.largestKey = key;
+      }
+    }
+    log.length = at + length;
+    log.encoded += count;
+    return true;
+  }
+
   #set(key: string, value: MetadataValue, byPlugin: boolean): void {
     const changes = (this.#changes ??= new Map());
     const replaced = changes.delete(key); // re-inserted last: changes stay in version order

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { HookContext, type MetadataValue } from '../../src/plugin/hook-context.js';
-import { applyChanges, copyWire, ENCODE_SCRATCH_BYTES, encodeEntries, encodeFields, wireMetadata, wireSize } from '../../src/plugin/metadata-wire.js';
+import { applyChanges, CHANGE_BLOCK_ENTRIES_MAX, copyWire, ENCODE_SCRATCH_BYTES, encodeEntries, encodeFields, wireMetadata, wireSize } from '../../src/plugin/metadata-wire.js';
 
 /** Decoded values are bytes: as text, to compare. */
 const text = (fields: Record<string, unknown>): Record<string, string> => Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, Buffer.from(v as Uint8Array).toString()]));
@@ -192,6 +192,47 @@ describe('encoded metadata (one encoding per event, shared by every plugin)', ()
     expect(log).toBe(rebuilt); // appended to since the rebuild
     expect(log.bytes.subarray(0, log.length).equals(encodeEntries([['a', '2'], ['b', '3'], ['c', '4'], ['host', 'h'], ['d', '5']]))).toBe(true);
     expect(context.toJSON()).toEqual({ a: '2', b: '3', c: '4', host: 'h', d: '5' });
+  });
+
+  it('applies a block of changes whole or not at all, and keeps the log exact for a key given twice, a key set before and a block past the whole-block size', () => {
+    const wireOf = (context: HookContext): Buffer => {
+      const log = context.encodedChanges();
+      return Buffer.from(log.bytes.subarray(0, log.length));
+    };
+    const context = new HookContext('message_filtered', { keyBytesMax: 16, valueBytesMax: 8, keysMax: 64 });
+    const apply = (entries: [string, MetadataValue][], bytes = encodeEntries(entries)): void => {
+      applyChanges(bytes, 0, bytes.length, context, undefined, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
+      bytes.fill(0);
+    };
+    apply([['a', '1'], ['b', '2']]);
+    // A value over the context's limit, or a truncated last entry: nothing of the block is applied.
+    expect(() => apply([['c', '3'], ['d', '123456789']])).toThrow(/metadata "d" of 9 bytes/);
+    const truncated = encodeEntries([['c', '3'], ['d', '4']]);
+    expect(() => apply([], truncated.subarray(0, truncated.length - 1))).toThrow(/is truncated/);
+    expect(context.toJSON()).toEqual({ a: '1', b: '2' });
+    expect(wireOf(context).equals(encodeEntries([['a', '1'], ['b', '2']]))).toBe(true);
+    // A key twice in one block: the later value, once in the log.
+    apply([['e', '5'], ['f', '6'], ['e', '7']]);
+    expect(context.toJSON()).toEqual({ a: '1', b: '2', f: '6', e: '7' });
+    expect(wireOf(context).equals(encodeEntries([['a', '1'], ['b', '2'], ['f', '6'], ['e', '7']]))).toBe(true);
+    // A key set before (here by the host) beside new ones.
+    context.setMetadata('h', 'host');
+    apply([['g', '8'], ['h', 'plugin']]);
+    expect(context.getMetadata('h')).toBe('plugin');
+    // More keys than a block takes whole (CHANGE_BLOCK_ENTRIES_MAX).
+    const many: [string, MetadataValue][] = Array.from({ length: CHANGE_BLOCK_ENTRIES_MAX + 8 }, (_, i) => [`k${i}`, `v${i}`]);
+    apply(many);
+    const expected: [string, MetadataValue][] = [['a', '1'], ['b', '2'], ['f', '6'], ['e', '7'], ['g', '8'], ['h', 'plugin'], ...many];
+    expect(context.toJSON()).toEqual(Object.fromEntries(expected));
+    expect(wireOf(context).equals(encodeEntries(expected))).toBe(true);
+    expect(context.encodedChanges().encoded).toBe(expected.length);
+    // Near keys_max the block goes entry by entry, checked exactly: the first key fits, the second is refused.
+    const near = new HookContext('message_filtered', { keyBytesMax: 16, valueBytesMax: 8, keysMax: 4 });
+    const three = encodeEntries([['x', '1'], ['y', '2'], ['z', '3']]);
+    applyChanges(three, 0, three.length, near, undefined, 'SMTP_E_WASM_BOUNDS', 'plugin "p"');
+    const two = encodeEntries([['u', '1'], ['w', '2']]);
+    expect(() => applyChanges(two, 0, two.length, near, undefined, 'SMTP_E_WASM_BOUNDS', 'plugin "p"')).toThrow(/more than 4 metadata keys/);
+    expect(near.size).toBe(4);
   });
 
   it('reads changes where they lie in a larger memory (a guest\'s), bounded by their own span, and keeps copies', () => {
