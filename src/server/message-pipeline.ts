@@ -2,7 +2,8 @@ import type { SMTPServerSession } from 'smtp-server';
 import { isHostError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { DeliveryQueue } from '../delivery/delivery-queue.js';
-import { encodeFields, type EncodedMetadata, type MetadataFields } from '../plugin/metadata-wire.js';
+import { encodeFields, type EncodedMetadata } from '../plugin/metadata-wire.js';
+import type { MetadataValue } from '../plugin/hook-context.js';
 import type { HookName } from '../abi/hooks.js';
 import { quarantineFolder, type IncomingMessage, type Spool, type SpooledMessage } from '../storage/spool.js';
 import { lateCallRunning } from '../native/pool-calls.js';
@@ -41,6 +42,9 @@ export interface MessagePipelineOptions {
 }
 
 /** Where a message stands between its stages. */
+/** A message's keys (hook-table.ts ENVELOPE_KEYS), and a place for its body from the first body stage on. */
+type MessageFields = Record<string, MetadataValue | undefined> & { [BODY_KEY]: Buffer | undefined };
+
 interface InFlight {
   readonly session: SMTPServerSession;
   readonly data: ReceivedData;
@@ -122,7 +126,7 @@ export class MessagePipeline {
     const recipients = session.envelope.rcptTo.map((r) => r.address);
     const messageId = headers.messageId ?? `<${Date.now().toString(36)}.${session.id}@${this.#options.hostname}>`;
     const message: InFlight = { session, data, incoming, messageId, encoded: null, carried: new CarriedKeys(), quarantined: false, quarantinePath: undefined, edits: null };
-    const fields: MetadataFields = {
+    const fields: MessageFields = {
       sender,
       sender_domain: domainOf(sender),
       recipients: recipients.join(','),
@@ -132,6 +136,8 @@ export class MessagePipeline {
       subject: headers.subject ?? undefined,
       header_from: headers.from ?? undefined,
       size: String(data.size),
+      // Set when a body stage runs (#encoder); skipped by the encoding until then.
+      message_body: undefined,
     };
     const { hooks } = this.#options;
     // Only stages a plugin handles read the body; with log_hook_calls the others are still logged, without it.
@@ -154,7 +160,7 @@ export class MessagePipeline {
    * costs nothing more here, and the stages run at once unless a plugin's
    * answer is a promise.
    */
-  #filter(message: InFlight, fields: MetadataFields, stages: readonly HookName[], headerProblem: string | null): void | Promise<void> {
+  #filter(message: InFlight, fields: MessageFields, stages: readonly HookName[], headerProblem: string | null): void | Promise<void> {
     const inMemory = message.data.body ?? message.incoming!.body();
     if (inMemory === null) return this.#filterFromFile(message, fields, stages, headerProblem);
     let pending: void | Promise<void>;
@@ -173,7 +179,7 @@ export class MessagePipeline {
    * buffer and once per plugin that copies it into memory of its own (a
    * sandbox keeps that copy resident: it counts too).
    */
-  async #filterFromFile(message: InFlight, fields: MetadataFields, stages: readonly HookName[], headerProblem: string | null): Promise<void> {
+  async #filterFromFile(message: InFlight, fields: MessageFields, stages: readonly HookName[], headerProblem: string | null): Promise<void> {
     const budget = this.#bodyBudget;
     const { size } = message.data;
     const release = await budget.acquire(size * (1 + this.#options.hooks.bodyCopies(stages)));
@@ -190,9 +196,24 @@ export class MessagePipeline {
     }
   }
 
-  /** The body stages' event: the message's keys and body, encoded once, at the first stage that runs. */
-  #encoder(message: InFlight, fields: MetadataFields, body: Buffer): () => EncodedMetadata {
-    return () => (message.encoded ??= sessionEvent(message.session, Object.assign({}, fields, { [BODY_KEY]: body }), BODY_KEY));
+  /**
+   * The body stages' event: the message's keys and body, encoded once, at the
+   * first stage that runs. The body goes into the keys' own object: a copy
+   * with it added (Object.assign) cost about 0.4 us per message in one
+   * process, and gave an object of another shape to encode.
+   */
+  #encoder(message: InFlight, fields: MessageFields, body: Buffer): () => EncodedMetadata {
+    return () => {
+      if (message.encoded !== null) return message.encoded;
+      fields[BODY_KEY] = body;
+      try {
+        return (message.encoded = sessionEvent(message.session, fields, BODY_KEY));
+      } catch (error) {
+        // Not encoded: message_stored's keys (withoutBody) must not carry the body.
+        fields[BODY_KEY] = undefined;
+        throw error;
+      }
+    };
   }
 
   /** Runs stages[from...] in order; returns a promise only from the first stage whose plugins answer with one. */
