@@ -7,7 +7,7 @@ import { AbiVersionProto, INTERFACE_FIELDS, InitProto, IntProto, PluginInterface
 import { hostError } from '../errors.js';
 import type { HookContext } from '../plugin/hook-context.js';
 import { METADATA_LIMITS, validateMetadata, type RawMetadata } from '../plugin/metadata.js';
-import type { Plugin, PluginMetadata } from '../plugin/plugin.js';
+import type { Plugin, PluginMetadata, SharedNativeHook } from '../plugin/plugin.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { MetadataLimits } from '../plugin/hook-context.js';
 import { DEFAULT_PLUGIN_OPTIONS, type PluginOptions } from '../plugin/options.js';
@@ -218,6 +218,14 @@ class NativePlugin implements Plugin {
     }
     return slot;
   }
+
+  /** Plugin.sharedNativeHook: set when this plugin has no grants and does not block (made at load). */
+  get sharedNativeHook(): SharedNativeHook | null {
+    if (this.#blockingCalls !== null || this.#grants.connect.length > 0 || this.#grants.counters !== null) return null;
+    return (this.#sharedNativeHook ??= Object.freeze({ executeHook: this.#executeHook, onDenied: this.#deniedListener }));
+  }
+
+  #sharedNativeHook: SharedNativeHook | undefined;
 
   executeHook(context: HookContext): number | Promise<number> {
     const blockingCalls = this.#blockingCalls;

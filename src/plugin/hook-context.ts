@@ -282,6 +282,8 @@ export class HookContext {
 
   /** The change log brought up to date with every change (made empty when there is none). */
   #currentLog(): ChangeLog {
+    // Usually current already (every new key appended as it came): asked once or twice per plugin call.
+    if (this.#log !== null && this.#unencoded === null) return this.#log;
     const changes = (this.#changes ??= new Map());
     let log = this.#log;
     let fresh: [string, MetadataValue][];

@@ -138,6 +138,15 @@ export class PluginInstance {
     return this.executeHookAsync(context) as HookCallResult;
   }
 
+  /**
+   * What a call made on this plugin's behalf answered (the runtime called a
+   * run of native plugins in one crossing: NativeRun), read as executeHook
+   * reads its own call's code. The caller checked the plugin is enabled.
+   */
+  resultOf(code: number, context: HookContext): HookCallResult {
+    return this.#result(code, context);
+  }
+
   #result(code: number, context: HookContext): HookCallResult {
     if (code !== HookCode.CONTINUE && code !== HookCode.STOP && code !== HookCode.CANCEL) {
       throw hostError('SMTP_E_PLUGIN_HOOK_CODE', `plugin "${this.name}": ${context.hook} returned ${code} (expected 0, 1 or 2)`);

@@ -1,4 +1,5 @@
 import type { BackendName } from './backends.js';
+import type { DenialLog } from './denied-log.js';
 import type { HookContext } from './hook-context.js';
 
 /** smtp_plugin_metadata, copied and validated at load. */
@@ -48,6 +49,13 @@ export interface Plugin {
   readonly blocking?: boolean;
   /** Runs one hook; returns the raw code and sets context.cancel if the plugin did. */
   executeHook(context: HookContext): number | Promise<number>;
+  /**
+   * Set by a native plugin whose hooks run in this thread on the context
+   * shared by every native plugin without grants: consecutive such plugins of
+   * a chain are called in one crossing (src/manager/native-runs.ts), which
+   * is what a call of executeHook on each would do.
+   */
+  readonly sharedNativeHook?: SharedNativeHook | null;
   deinit(): void | Promise<void>;
   /** Releases the code; nothing may be called afterwards. */
   unload(): void | Promise<void>;
@@ -60,4 +68,11 @@ export interface PluginRuntimeStats {
   readonly restarts: number;
   /** Bytes of sandbox memory in use (the instance's linear memory), or null where the host cannot see it cheaply. */
   readonly memoryBytes: number | null;
+}
+
+/** A native plugin's execute_hook on the shared context, and who hears of what it was refused. */
+export interface SharedNativeHook {
+  /** The execute_hook function pointer. */
+  readonly executeHook: bigint;
+  readonly onDenied: DenialLog;
 }

@@ -23,6 +23,8 @@ interface RuntimeFunctions {
   denied: (ctx: NativePointer, out: Buffer, cap: number) => number;
   callHook: (fn: NativePointer, ctx: NativePointer) => number;
   loadAndCall: (ctx: NativePointer, hook: number, head: Buffer, headLen: number, tail: Buffer | null, tailLen: number, fn: NativePointer) => number;
+  callChain: (executeHooks: BigUint64Array, n: number, ctx: NativePointer, results: Int32Array) => number;
+  loadAndCallChain: (ctx: NativePointer, hook: number, head: Buffer, headLen: number, tail: Buffer | null, tailLen: number, executeHooks: BigUint64Array, n: number, results: Int32Array) => number;
   callBatch: { async: (fn: NativePointer, contexts: NativePointer, states: NativePointer, results: NativePointer, n: number, done: AsyncCallback<undefined>) => void };
   shareNet: (ctx: NativePointer, first: NativePointer) => void;
   exitNow: (code: number) => void;
@@ -63,6 +65,8 @@ function loadRuntime(): RuntimeFunctions {
     denied: lib.func('size_t smtp_host_context_denied(void *ctx, uint8_t *out, size_t cap)'),
     callHook: lib.func('int64_t smtp_host_call_hook(void *fn, void *ctx)'),
     loadAndCall: lib.func('int64_t smtp_host_load_and_call(void *ctx, int hook, const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len, void *fn)'),
+    callChain: lib.func('size_t smtp_host_call_chain(void *execute_hooks, size_t n, void *ctx, void *results)'),
+    loadAndCallChain: lib.func('int64_t smtp_host_load_and_call_chain(void *ctx, int hook, const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len, void *execute_hooks, size_t n, void *results)'),
     callBatch: lib.func('void smtp_host_call_batch(void *fn, void *contexts, void *states, void *results, size_t n)'),
     shareNet: lib.func('void smtp_host_context_share_net(void *ctx, void *first)'),
     exitNow: lib.func('void smtp_host_exit_now(int code)'),
@@ -184,6 +188,33 @@ export class NativeContextSlot implements PendingChanges {
       return this.#finish(fns, context, packed, onDenied, true);
     }
     return this.#finish(fns, context, fns.callHook(executeHook, this.pointer), onDenied, true);
+  }
+
+  /**
+   * Runs `n` plugins' execute_hook (`executeHooks[0..n)`, n >= 1) in this
+   * thread, one after another, in one crossing (smtp_host_call_chain):
+   * the chain stops after a call that answers other than continue, cancels,
+   * or was refused a connect or a counter. Returns how many were called;
+   * `results` holds each call's packed result (two int32s, low half first),
+   * the last call's code first of its pair, and what `call` takes in from a
+   * call (cancel, changes, a refusal, heard by `onDenied`) is taken in from
+   * the last.
+   */
+  callChain(executeHooks: BigUint64Array, n: number, context: HookContext, results: Int32Array, onDenied: (index: number) => DeniedListener | undefined): number {
+    const fns = loadRuntime();
+    let made: number;
+    if (this.#prepare(fns, context, true)) {
+      const { base } = context;
+      made = fns.loadAndCallChain(this.pointer, context.hookValue, base.head, base.head.length, base.tail, base.tail === null ? 0 : base.tail.length, executeHooks, n, results);
+      if (made < 0) throw this.#refusedLoad(-made);
+      this.#loaded(context);
+    } else {
+      made = fns.callChain(executeHooks, n, this.pointer, results);
+    }
+    const last = made - 1;
+    const packed = results[2 * last + 1]! * TWO_POW_32 + (results[2 * last]! >>> 0);
+    this.#finish(fns, context, packed, onDenied(last), true);
+    return made;
   }
 
   /**
@@ -407,12 +438,26 @@ const sharedSlots = new Map<MetadataLimits, NativeContextSlot>();
 
 /** Runs a native execute_hook function pointer on `context` in this thread, on the shared context (no grants). */
 export function callNativeHook(executeHook: NativePointer, context: HookContext, onDenied?: DeniedListener): number {
-  let target = sharedSlots.get(context.limits);
-  if (!target) {
-    target = new NativeContextSlot(context.limits);
-    sharedSlots.set(context.limits, target);
+  return sharedSlot(context.limits).call(executeHook, context, onDenied);
+}
+
+/** The context shared by every native plugin without grants in this thread, one per set of limits. */
+function sharedSlot(limits: MetadataLimits): NativeContextSlot {
+  let slot = sharedSlots.get(limits);
+  if (!slot) {
+    slot = new NativeContextSlot(limits);
+    sharedSlots.set(limits, slot);
   }
-  return target.call(executeHook, context, onDenied);
+  return slot;
+}
+
+/**
+ * Runs a chain of native plugins on the shared context in this thread, in
+ * one crossing (NativeContextSlot.callChain): what callNativeHook on each
+ * in turn would do.
+ */
+export function callNativeChain(executeHooks: BigUint64Array, n: number, context: HookContext, results: Int32Array, onDenied: (index: number) => DeniedListener | undefined): number {
+  return sharedSlot(context.limits).callChain(executeHooks, n, context, results, onDenied);
 }
 
 /** Frees a runtime context made in another thread (a sandbox worker that was killed), closing its connections. */

@@ -176,6 +176,39 @@ export fn smtp_host_load_and_call(ctx: *plugin.HookContext, hook_type: c_int, he
 /// Bits of the changed-keys count in smtp_host_call_hook's packing.
 const changed_bits = 18;
 
+/// What ends a run of smtp_host_call_chain after a call, in its packing: a
+/// code other than continue (0), cancel, a connect or a counter refused (the
+/// host reports a refusal as that plugin's, from the context's last one).
+fn endsChain(result: i64) bool {
+    const code: u32 = @truncate(@as(u64, @bitCast(result)));
+    const cancel_or_net_denied = (result >> 32) & 0b11;
+    const counters_denied = (result >> 52) & 1;
+    return code != 0 or cancel_or_net_denied != 0 or counters_denied != 0;
+}
+
+/// Calls `execute_hooks[0..n]` on `ctx`, one after another, as consecutive
+/// smtp_host_call_hook calls would, in one crossing from the host: a chain of
+/// native plugins on one shared context pays the crossing once. Stops after
+/// the first call that endsChain; `results[i]` gets call i's packed result.
+/// Returns how many calls were made (at least 1 when n > 0).
+export fn smtp_host_call_chain(execute_hooks: [*]const *const fn (*plugin.HookContext) callconv(.c) c_int, n: usize, ctx: *plugin.HookContext, results: [*]i64) usize {
+    for (0..n) |i| {
+        const result = smtp_host_call_hook(execute_hooks[i], ctx);
+        results[i] = result;
+        if (endsChain(result)) return i + 1;
+    }
+    return n;
+}
+
+/// smtp_host_context_load, then smtp_host_call_chain: the usual first run of
+/// an event. Returns the calls made, or, when the load is refused, the load's
+/// status negated (no hook is called).
+export fn smtp_host_load_and_call_chain(ctx: *plugin.HookContext, hook_type: c_int, head: ?[*]const u8, head_len: usize, tail: ?[*]const u8, tail_len: usize, execute_hooks: [*]const *const fn (*plugin.HookContext) callconv(.c) c_int, n: usize, results: [*]i64) i64 {
+    const status = smtp_host_context_load(ctx, hook_type, head, head_len, tail, tail_len);
+    if (status != 0) return -@as(i64, status);
+    return @intCast(smtp_host_call_chain(execute_hooks, n, ctx, results));
+}
+
 /// Makes `ctx` reach the connections of `first` (the same plugin's first
 /// context), so a handle a blocking plugin opened in one call of a batch is
 /// valid in the next, whichever context that call runs in.
