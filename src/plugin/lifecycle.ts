@@ -126,7 +126,8 @@ export class PluginInstance {
    * manager awaits); the others answer at once.
    */
   executeHookAsync(context: HookContext): HookCallResult | Promise<HookCallResult> {
-    this.#enter('executeHook');
+    // The transition table's answer for a hook call, without its lookup: this runs for every plugin of every event.
+    if (this.#state !== 'enabled') this.#enter('executeHook');
     const code = this.plugin.executeHook(context);
     return typeof code === 'number' ? this.#result(code, context) : code.then((settled) => this.#result(settled, context));
   }

@@ -400,6 +400,8 @@ const keyTexts = new Map<number, string>();
 let keyTextBytes = 0;
 /** Whether the key keyText returned last is exactly its bytes (ASCII); false when not known to be. */
 let keyTextExact = false;
+/** A hash of the key keyText returned last, when keyTextExact (equal keys, equal hashes). */
+let keyTextHash = 0;
 
 /** view[start, end) decoded as UTF-8, with keyTextBytes set to what the text takes. */
 function utf8Key(view: Uint8Array, start: number, end: number): string {
@@ -427,6 +429,7 @@ function keyText(view: Uint8Array, start: number, end: number): string {
   }
   keyTextBytes = length;
   keyTextExact = true;
+  keyTextHash = hash;
   const known = keyTexts.get(hash);
   if (known !== undefined && known.length === length) {
     let same = true;
@@ -478,6 +481,7 @@ export const CHANGE_BLOCK_ENTRIES_MAX = 32;
 
 /** The entries of one block applyChanges may take whole, reused from call to call (module state: no allocation per call). */
 const blockKeys: string[] = [];
+const blockHashes: number[] = [];
 const blockKeyBytes: number[] = [];
 const blockValueAt: number[] = [];
 const blockValueLen: number[] = [];
@@ -510,7 +514,9 @@ export function applyChanges(view: Uint8Array, start: number, length: number, co
     }
     const key = keyText(view, entryKeyAt, entryKeyAt + entryKeyLen);
     if (!keyTextExact) whole = false;
-    for (let i = 0; i < count && whole; i++) if (blockKeys[i] === key) whole = false;
+    // A key given twice has the same hash: only those are compared as text.
+    for (let i = 0; i < count && whole; i++) if (blockHashes[i] === keyTextHash && blockKeys[i] === key) whole = false;
+    blockHashes[count] = keyTextHash;
     blockKeys[count] = key;
     blockKeyBytes[count] = keyTextBytes;
     blockValueAt[count] = entryValueAt;
