@@ -219,7 +219,7 @@ class NativePlugin implements Plugin {
     return slot;
   }
 
-  /** Plugin.sharedNativeHook: set when this plugin has no grants and does not block (made at load). */
+  /** Plugin.sharedNativeHook: set when this plugin has no grants and does not block (both fixed at load). */
   get sharedNativeHook(): SharedNativeHook | null {
     if (this.#blockingCalls !== null || this.#grants.connect.length > 0 || this.#grants.counters !== null) return null;
     return (this.#sharedNativeHook ??= Object.freeze({ executeHook: this.#executeHook, onDenied: this.#deniedListener }));

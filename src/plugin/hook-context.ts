@@ -233,9 +233,7 @@ export class HookContext {
     const changed = changes === null ? 0 : changes.size;
     if (changed > 0 && this.#log === null) return false;
     if (this.base.count + changed + count >= this.limits.keysMax) return false;
-    for (let i = 0; i < count; i++) {
-      if (changes !== null && changes.has(keys[i]!)) return false;
-    }
+    if (changes !== null) for (let i = 0; i < count; i++) if (changes.has(keys[i]!)) return false;
     for (let i = 0; i < count; i++) this.#checkBytes(keys[i]!, keyBytes[i]!, valueBytes[i]!);
     const log = this.#currentLog();
     const bytes = reserve(log, log.length + length);

@@ -41,10 +41,10 @@ export interface MessagePipelineOptions {
   readonly metrics?: ServerMetrics | null;
 }
 
-/** Where a message stands between its stages. */
 /** A message's keys (hook-table.ts ENVELOPE_KEYS), and a place for its body from the first body stage on. */
 type MessageFields = Record<string, MetadataValue | undefined> & { [BODY_KEY]: Buffer | undefined };
 
+/** Where a message stands between its stages. */
 interface InFlight {
   readonly session: SMTPServerSession;
   readonly data: ReceivedData;
