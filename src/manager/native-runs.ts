@@ -8,9 +8,9 @@ import type { Entry } from './plugin-manager.js';
  * loop's thread and share the runtime's context (no grants, not blocking:
  * Plugin.sharedNativeHook). The runtime calls them one after another in one
  * crossing from JavaScript (smtp_host_call_chain), stopping where a call
- * would have ended the chain or has something to report: each plugin's own
- * call through koffi and the host's steps around it cost about 300 ns per
- * plugin in one process on this machine, the crossing about 60.
+ * would have ended the chain or has something to report. Measured by hand
+ * in one process (16 native plugins against 1): 855-924 ns per added plugin
+ * called one by one, 463-584 in runs.
  */
 export class NativeRun {
   /** The run's entries, in chain order. */

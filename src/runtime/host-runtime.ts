@@ -194,11 +194,10 @@ export class NativeContextSlot implements PendingChanges {
    * Runs `n` plugins' execute_hook (`executeHooks[0..n)`, n >= 1) in this
    * thread, one after another, in one crossing (smtp_host_call_chain):
    * the chain stops after a call that answers other than continue, cancels,
-   * or was refused a connect or a counter. Returns how many were called;
-   * `results` holds each call's packed result (two int32s, low half first),
-   * the last call's code first of its pair, and what `call` takes in from a
-   * call (cancel, changes, a refusal, heard by `onDenied`) is taken in from
-   * the last.
+   * or was refused a connect or a counter. Returns how many were called.
+   * `results` gets each call's packed result as two int32s, the code first.
+   * What `call` takes in from its call (cancel, changes, a refusal, told to
+   * `onDenied` of that call's index) is taken in from the last call here.
    */
   callChain(executeHooks: BigUint64Array, n: number, context: HookContext, results: Int32Array, onDenied: (index: number) => DeniedListener | undefined): number {
     const fns = loadRuntime();
